@@ -1,0 +1,1 @@
+"""SlimQwen harness: calibrate, compress and distill Mixture-of-Experts language models."""

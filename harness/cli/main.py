@@ -1,0 +1,44 @@
+"""`slim` command line: a plain mapping from subcommand to function (litgpt style).
+
+Every subcommand takes `key=value` overrides (`model=tiny`, `train.max_steps=100`) and
+`--config FILE` YAML files; bad input is reported as one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from harness.cli import commands
+from harness.errors import UserError
+
+SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "pretrain": commands.pretrain,
+    "params": commands.params,
+    "config": commands.show_config,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, func in SUBCOMMANDS.items():
+        doc = (func.__doc__ or "").strip()
+        cmd = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        cmd.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
+        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command](args)
+    except UserError as err:
+        print(f"slim {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

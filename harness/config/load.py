@@ -1,0 +1,104 @@
+"""Load a typed config: schema defaults <- conf/ presets <- YAML files <- `key=value` overrides.
+
+Every error is a one-line UserError naming the bad key and the valid keys (or expected type),
+raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from harness.config.schema import SlimConfig
+from harness.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+T = TypeVar("T")
+
+
+def preset_names(group: str) -> list[str]:
+    """Preset files available for a group (e.g. `model` -> conf/model/*.yaml)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _valid_keys(schema: Any, dotted: str) -> list[str]:
+    """Field names at the level where `dotted` points (for error messages)."""
+    node = schema
+    for part in dotted.split(".")[:-1]:
+        match = [f for f in fields(node) if f.name == part]
+        if not match or not is_dataclass(getattr(node, part)):
+            break
+        node = getattr(node, part)
+    return [f.name for f in fields(node)]
+
+
+def _key_error(schema: Any, dotted: str) -> UserError:
+    valid = _valid_keys(schema, dotted)
+    leaf = dotted.split(".")[-1]
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"unknown config key {dotted!r}{hint}; valid keys here: {', '.join(valid)}")
+
+
+def _merge(base: DictConfig, update: Any, schema: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as err:
+        raise _key_error(schema, str(err.full_key)) from None
+    except ValidationError as err:
+        raise UserError(f"{source}: bad value for {err.full_key!r}: {err.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as err:
+        raise UserError(f"{source}: {str(err).splitlines()[0]}") from None
+
+
+def _read_yaml(path: Path, what: str) -> DictConfig:
+    if not path.is_file():
+        raise UserError(f"{what}: file not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml errors come in many types
+        raise UserError(f"{what}: cannot parse {path}: {str(err).splitlines()[0]}") from None
+
+
+def _preset(group: str, name: str) -> DictConfig:
+    valid = preset_names(group)
+    if name not in valid:
+        raise UserError(f"{group}: unknown preset {name!r}; valid: {', '.join(valid)}")
+    return OmegaConf.create({group: _read_yaml(CONF_DIR / group / f"{name}.yaml", group)})
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"bad override {item!r}: expected key=value, e.g. train.max_steps=100")
+    return key.strip(), value
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | tuple[str, ...] = (),
+                schema: type[T] = SlimConfig) -> T:  # type: ignore[assignment]
+    """Resolve a config: schema defaults, then YAML files, then `key=value` / `group=preset` overrides."""
+    defaults = schema()
+    cfg = OmegaConf.structured(schema)
+    for file in files:
+        cfg = _merge(cfg, _read_yaml(Path(file), "config file"), defaults, file)
+    for item in overrides:
+        key, value = _parse_override(item)
+        if (CONF_DIR / key).is_dir() and "." not in key:
+            cfg = _merge(cfg, _preset(key, value), defaults, item)
+            continue
+        try:
+            update = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise UserError(f"bad override {item!r}: {str(err).splitlines()[0]}") from None
+        cfg = _merge(cfg, update, defaults, item)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (saved next to every artifact)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

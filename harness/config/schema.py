@@ -1,0 +1,94 @@
+"""Typed configuration: OmegaConf structured dataclasses, one per component.
+
+The config tree mirrors the module tree (torchtitan style): `model` builds the network,
+`data` the corpus/tokenizer/packed datasets, `train` the optimizer and trainer.
+YAML files in `conf/` only override these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODEL_FAMILIES = ("qwen3_next", "qwen3_moe", "olmoe")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a MoE causal LM; `family` picks the transformers architecture."""
+
+    family: str = "qwen3_next"
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    # Qwen3-Next: every `full_attention_interval`-th layer is gated full attention, the rest Gated DeltaNet.
+    full_attention_interval: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_key_head_dim: int = 32
+    linear_value_head_dim: int = 32
+    linear_conv_kernel_dim: int = 4
+    num_experts: int = 16
+    num_experts_per_tok: int = 4
+    moe_intermediate_size: int = 64
+    # 0 means "no shared expert" (qwen3_moe / olmoe have none).
+    shared_expert_intermediate_size: int = 128
+    norm_topk_prob: bool = True
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 0.25
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    router_aux_loss_coef: float = 0.001
+    # Multi-token-prediction depth D (SlimQwen eq 9); the harness owns the MTP module.
+    mtp_num_layers: int = 1
+    initializer_range: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    """Shipped corpus, its deterministic split, the BPE tokenizer and packed sequences."""
+
+    corpus_path: str = "data/corpus/kjv.txt.gz"
+    # Tokenizer directory: trained on the train split when missing.
+    tokenizer_dir: str = "artifacts/tokenizer"
+    vocab_size: int = 4096
+    seq_len: int = 256
+    # Every `heldout_every`-th chapter goes to validation, the next one to calibration.
+    heldout_every: int = 20
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and trainer settings shared by pretraining and distillation."""
+
+    max_steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    val_every: int = 100
+    val_batches: int = 16
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    seed: int = 0
+    num_threads: int = 0
+    resume: bool = True
+
+
+@dataclass
+class SlimConfig:
+    """Root config: every `slim` subcommand reads the sections it needs."""
+
+    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,85 @@
+"""One registry type for every pluggable family (criteria, reducers, loss mixes, model families, ...).
+
+Entries register themselves with a decorator in their own module; the registry rejects
+duplicates, suggests the closest key on a typo and lists entries with their one-line docs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from harness.errors import UserError
+
+T = TypeVar("T")
+
+_ALL_REGISTRIES: dict[str, "Registry"] = {}
+
+
+class Registry(Generic[T]):
+    """Name -> implementation map for one method family."""
+
+    def __init__(self, family: str, package: str | None = None) -> None:
+        """`package` is imported lazily (all its modules) so entries self-register on first lookup."""
+        if family in _ALL_REGISTRIES:
+            raise ValueError(f"registry family {family!r} already exists")
+        self.family = family
+        self.package = package
+        self._entries: dict[str, T] = {}
+        self._loaded = package is None
+        _ALL_REGISTRIES[family] = self
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: `@criteria.register("reap")`."""
+
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.family}: duplicate registration of {name!r}")
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        package = importlib.import_module(self.package)
+        for module in pkgutil.walk_packages(package.__path__, prefix=f"{self.package}."):
+            importlib.import_module(module.name)
+
+    def keys(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def validate(self, name: str, field: str) -> str:
+        """Raise a one-line UserError naming `field` and the valid keys when `name` is unknown."""
+        keys = self.keys()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, keys, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{field}: unknown {self.family} {name!r}{hint}; valid: {', '.join(keys)}")
+        return name
+
+    def get(self, name: str, field: str | None = None) -> T:
+        self.validate(name, field or self.family)
+        return self._entries[name]
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        for key in self.keys():
+            yield key, self._entries[key]
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, first docstring line) for every entry."""
+        rows = []
+        for key, obj in self.items():
+            doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            rows.append((key, doc[0] if doc else ""))
+        return rows
+
+
+def all_registries() -> dict[str, Registry]:
+    return dict(_ALL_REGISTRIES)

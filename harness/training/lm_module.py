@@ -1,0 +1,57 @@
+"""Teacher pretraining as a Lightning module: next-token loss + global-batch MoE balance loss."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from harness.config.schema import ModelConfig, TrainConfig
+from harness.models.build import build_model
+from harness.training.load_balance import global_batch_balance_loss
+from harness.training.optim import configure_adamw
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; `labels` are already shifted (labels[t] is the token after inputs[t])."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+class PretrainModule(pl.LightningModule):
+    """Trains a MoE causal LM from scratch; the model is built in `configure_model` (FSDP-ready)."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.train_cfg = train_cfg
+        self.model: torch.nn.Module | None = None
+        self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = build_model(self.model_cfg, seed=self.train_cfg.seed)
+
+    def forward(self, input_ids: torch.Tensor):
+        return self.model(input_ids=input_ids, output_router_logits=True, use_cache=False)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch["input_ids"])
+        lm = next_token_loss(out.logits, batch["labels"])
+        balance = global_batch_balance_loss(out.router_logits, self.model_cfg.num_experts_per_tok)
+        loss = lm + self.model_cfg.router_aux_loss_coef * balance
+        self.log_dict({"train/loss": loss, "train/lm": lm, "train/balance": balance}, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits
+        self.val_loss.update(next_token_loss(logits, batch["labels"]), weight=batch["labels"].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp()}, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict:
+        return configure_adamw(self.model, self.train_cfg, self.train_cfg.max_steps)
