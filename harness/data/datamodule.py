@@ -1,0 +1,66 @@
+"""Lightning data module over the packed corpus: seeded shuffling, plus a calibration loader."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerFast
+
+from harness.config.schema import DataConfig
+from harness.data.packing import CorpusData, PackedDataset, build_corpus_data
+from harness.errors import UserError
+
+
+class CorpusDataModule(pl.LightningDataModule):
+    """Train/validation/calibration loaders; the train order depends only on `seed`."""
+
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"train.batch_size: must be >= 1, got {batch_size}")
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.seed = seed
+        self.data: CorpusData | None = None
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer and write the packed cache once per node, before any `setup`."""
+        build_corpus_data(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = build_corpus_data(self.cfg)
+        if len(self.data.train) < self.batch_size:
+            raise UserError(
+                f"train.batch_size: {self.batch_size} exceeds the {len(self.data.train)} packed train sequences"
+            )
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return self._require_data().tokenizer
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self._require_data().train,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=True,
+            num_workers=0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require_data().validation)
+
+    def calibration_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require_data().calibration)
+
+    def _eval_loader(self, dataset: PackedDataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+    def _require_data(self) -> CorpusData:
+        assert self.data is not None, "CorpusDataModule.setup() must run first"
+        return self.data
