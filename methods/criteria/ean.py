@@ -1,0 +1,21 @@
+"""`ean`: expert activation norm, the unweighted counterpart of REAP.
+
+Sums ||E_i(x)||_2 over the tokens routed to expert i and divides by all calibration tokens, so an
+expert scores high when it is picked often *and* writes large outputs; the gate is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.calibration.stats import MoELayerStats
+from methods.criteria import criteria
+from methods.criteria._per_token import token_mean
+
+
+@criteria.register("ean")
+def ean(stats: MoELayerStats | None, moe: Any) -> torch.Tensor:
+    """Expert activation norm: sum of ||E_i(x)|| over routed tokens, per calibration token (no gate)."""
+    return token_mean(stats, "ean", "ean")

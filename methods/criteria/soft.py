@@ -1,0 +1,17 @@
+"""`soft` (SlimQwen eq 6, right): frequency weighted by how much of the top-k router mass the expert holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.calibration.stats import MoELayerStats
+from methods.criteria import criteria
+from methods.criteria._per_token import token_mean
+
+
+@criteria.register("soft")
+def soft(stats: MoELayerStats | None, moe: Any) -> torch.Tensor:
+    """Soft logits: mean over tokens of the expert's router score normalized over the top-k (eq 6 right)."""
+    return token_mean(stats, "soft", "soft")

@@ -1,0 +1,26 @@
+"""`act_sim` (SlimQwen eq 15): drop a contiguous chunk starting at the layer that changes its input least.
+
+c_l is the cosine between the token-mean pooled outputs of layers l-1 and l (layer l's input is
+layer l-1's output, so c_l = pooled_cos_sum[l] / num_sequences), for l = 1..L-1 (0-based; eq 15's
+l = 2..L). The chunk [l*, l*+N) starts at l* = argmax c_l; when it would run past the last layer it
+is shifted back to [L-N, L), so it still contains the most similar layer.
+"""
+
+from __future__ import annotations
+
+from harness.calibration.stats import CalibrationStats
+from methods.depth import depth_selectors
+from methods.depth._layers import check_num_drop, depth_stats, keep_all_but
+
+
+@depth_selectors.register("act_sim")
+def act_sim(stats: CalibrationStats | None, num_layers: int, num_drop: int) -> list[int]:
+    """Drop num_drop contiguous layers from the one whose pooled output is most similar to its input (eq 15)."""
+    check_num_drop(num_layers, num_drop)
+    if num_drop == 0:
+        return list(range(num_layers))
+    depth = depth_stats(stats, "act_sim", num_layers)
+    adjacent_cos = depth.pooled_cos_sum.double() / depth.num_sequences  # [L], entry 0 compares with embeddings
+    most_similar = 1 + int(adjacent_cos[1:].argmax())  # first maximum over l = 1..L-1
+    start = min(most_similar, num_layers - num_drop)
+    return keep_all_but(num_layers, set(range(start, start + num_drop)))

@@ -1,0 +1,17 @@
+"""`router_weights`: data-free similarity, experts whose router rows point the same way get the same tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.calibration.stats import MoELayerStats
+from methods.similarity import similarities
+from methods.similarity._cosine import cosine_of_rows
+
+
+@similarities.register("router_weights")
+def router_weights(stats: MoELayerStats | None, moe: Any) -> torch.Tensor:
+    """Cosine between experts' router weight rows (no calibration statistics needed)."""
+    return cosine_of_rows(moe.router)
