@@ -1,0 +1,80 @@
+"""Model families: one module per transformers architecture, registered under its `model_type`.
+
+A family says how a `ModelConfig` becomes that architecture's transformers config, which fields it
+cannot express, and how its modules map onto the uniform `ModelView`. Adding a family (Mixtral, ...)
+is one new module here and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from harness.config.schema import ModelConfig
+from harness.errors import UserError
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from harness.models.view import ModelView
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How one architecture is built from a ModelConfig and seen through the uniform view."""
+
+    doc: str
+    hf_config: Callable[[ModelConfig], PretrainedConfig]
+    view: Callable[[PreTrainedModel], ModelView]
+    # Family-specific validation; runs after the generic checks of `validate_model_config`.
+    check: Callable[[ModelConfig], None]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
+
+
+model_families: Registry[ModelFamily] = Registry("model family", package="harness.models.families")
+
+
+def require(cfg: ModelConfig, field: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    """Raise a one-line UserError naming `model.<field>` and the allowed values unless `ok(value)`."""
+    value = getattr(cfg, field)
+    if not ok(value):
+        raise UserError(f"model.{field}: {value!r} is not allowed; allowed: {allowed}")
+
+
+def is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def require_plain_moe(cfg: ModelConfig) -> None:
+    """Families without a shared expert or partial RoPE must leave those fields neutral, not ignore them."""
+    require(cfg, "shared_expert_intermediate_size", lambda v: v == 0, f"0 ({cfg.family} has no shared expert)")
+    require(cfg, "partial_rotary_factor", lambda v: v == 1.0, f"1.0 ({cfg.family} rotates the whole head)")
+
+
+def common_hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """Config kwargs every supported family reads under the same name; `mtp_num_layers` rides along."""
+    return {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "num_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok,
+        "norm_topk_prob": cfg.norm_topk_prob,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "router_aux_loss_coef": cfg.router_aux_loss_coef,
+        "initializer_range": cfg.initializer_range,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "pad_token_id": None,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "mtp_num_layers": cfg.mtp_num_layers,
+    }

@@ -1,0 +1,107 @@
+"""Hugging Face model directories: atomic save, validated load with one-line errors naming the path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from harness.errors import UserError
+from harness.models.families import model_families
+from harness.models.linear_attention_path import install_device_dispatch
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def save_pretrained(
+    model: PreTrainedModel,
+    out_dir: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    extras: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write config.json, model.safetensors and tokenizer files to `out_dir`, all or nothing.
+
+    Everything goes to `<out_dir>.tmp-<pid>` first, then replaces `out_dir`; a killed run leaves the
+    previous directory (or none), never a partial one. `extras(tmp_dir)` may add files (MTP weights,
+    reports) inside the same swap.
+    """
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    model.save_pretrained(tmp_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp_dir)
+    if extras is not None:
+        extras(tmp_dir)
+    if out_dir.exists():
+        old_dir = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old_dir)
+        tmp_dir.rename(out_dir)
+        shutil.rmtree(old_dir)
+    else:
+        tmp_dir.rename(out_dir)
+    return out_dir
+
+
+def _check_weights(path: Path) -> None:
+    """Open every safetensors header so a truncated or corrupt file fails here, naming it."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"checkpoint {path}: no *.safetensors weights found")
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error type for every corruption
+            raise UserError(f"checkpoint {file}: unreadable weights ({error})") from error
+
+
+def _check_directory(path: Path) -> None:
+    """Fail before loading on a missing directory, config.json, unsupported family or corrupt weights."""
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path}: no such directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"checkpoint {path}: no config.json, not a Hugging Face model directory")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise UserError(f"checkpoint {config_file}: not a JSON object ({error})") from error
+    model_families.validate(str(model_type), f"checkpoint {config_file} model_type")
+    _check_weights(path)
+
+
+def _own_cpu_memory(model: PreTrainedModel) -> None:
+    """Copy CPU weights out of the safetensors memory map into fresh, 64-byte aligned allocations.
+
+    Mapped tensors sit at unaligned file offsets, and CPU matmul kernels round differently there
+    (logits off by ~1e-7); owned copies make reloaded logits equal the saved model's bit for bit.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
+
+
+def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """Load a model directory written by `save_pretrained` (or any supported HF checkpoint) onto `device`,
+    with its tokenizer when the directory has one. Missing or mismatched weights are an error, never
+    silently re-initialized."""
+    path = Path(path)
+    _check_directory(path)
+    install_device_dispatch()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, device_map=device, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"checkpoint {path}: cannot load ({first_line})") from error
+    # transformers raises on shape mismatches but only warns on missing tensors, then initializes them randomly.
+    if info["missing_keys"]:
+        raise UserError(f"checkpoint {path}: missing_keys {sorted(info['missing_keys'])} (config.json expects them)")
+    _own_cpu_memory(model)
+    tokenizer = AutoTokenizer.from_pretrained(path) if any((path / f).is_file() for f in TOKENIZER_FILES) else None
+    return model, tokenizer
