@@ -65,7 +65,7 @@ class DataConfig:
 class TrainConfig:
     """Optimizer, schedule and trainer settings shared by pretraining and distillation."""
 
-    max_steps: int = 600
+    max_steps: int = 400
     batch_size: int = 16
     lr: float = 3e-3
     min_lr_ratio: float = 0.1

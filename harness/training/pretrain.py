@@ -50,15 +50,14 @@ def validate_pretrain_config(cfg: SlimConfig) -> None:
 def pretrain(cfg: SlimConfig) -> PretrainSummary:
     """Pretrain `cfg.model` on the corpus; resumes from `<run_dir>/checkpoints/last.ckpt` when present."""
     validate_pretrain_config(cfg)
+    data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
+    data.setup("fit")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-
-    data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
-    data.setup("fit")
     module = PretrainModule(cfg.model, cfg.train)
     trainer = build_trainer(cfg.train, run_dir)
     start = time.perf_counter()
@@ -73,7 +72,7 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
         model_dir=str(model_dir),
         val_perplexity=model_perplexity(model, data.val_dataloader(), desc="validation perplexity"),
         unigram_perplexity=unigram_perplexity(
-            data.data.train.tokens, data.data.validation.tokens[:, 1:], cfg.model.vocab_size
+            data.data.train.sequences, data.data.validation.sequences[:, 1:], cfg.model.vocab_size
         ),
         steps=trainer.global_step,
         tokens_seen=tokens,

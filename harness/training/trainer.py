@@ -39,7 +39,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path) -> pl.Trainer:
         limit_val_batches=cfg.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
-        logger=CSVLogger(str(run_dir), name="metrics", version=""),
+        logger=CSVLogger(str(run_dir), name="metrics"),  # version_N per (re)start: resuming never overwrites
         callbacks=[checkpoint, TQDMProgressBar(refresh_rate=10)],
         enable_model_summary=False,
     )

@@ -1,0 +1,52 @@
+"""The `slim` command line: help on every subcommand, one-line errors, no tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli.main import SUBCOMMANDS
+
+
+def run_slim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_top_level_help_lists_every_subcommand():
+    """`slim --help` lists exactly the registered subcommands."""
+    result = run_slim("--help")
+    assert result.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_every_subcommand_has_help(name: str):
+    """Each subcommand answers --help with its description."""
+    result = run_slim(name, "--help")
+    assert result.returncode == 0 and "KEY=VALUE" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["config", "train.max_step=3"], "unknown config key 'train.max_step'"),
+        (["config", "model=nope"], "unknown preset 'nope'"),
+        (["pretrain", "data.corpus_path=/nonexistent.txt", "run_dir=/tmp/slim-cli-test"], "data.corpus_path"),
+        (["config", "--config", "/nonexistent.yaml"], "file not found"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args: list[str], needle: str):
+    """Bad input exits 2 with a single stderr line naming the problem."""
+    result = run_slim(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_prints_resolved_yaml():
+    """`slim config` shows overrides applied."""
+    result = run_slim("config", "model=tiny", "train.max_steps=123")
+    assert result.returncode == 0 and "max_steps: 123" in result.stdout
