@@ -85,6 +85,64 @@ class TrainConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """One calibration pass over held-out text (SlimQwen uses 1024 samples)."""
+
+    num_samples: int = 1024
+    batch_size: int = 8
+    # Tokens per MoE layer on which *every* expert is evaluated (for the `expert_outputs` similarity).
+    probe_tokens: int = 512
+    # One decoder block's activations in memory at a time, hidden states carried between blocks.
+    layerwise: bool = False
+    device: str = "cpu"
+    output: str = "stats.safetensors"
+
+
+@dataclass
+class DepthTarget:
+    """Depth compression: drop `num_drop` decoder layers chosen by `selector`."""
+
+    num_drop: int = 0
+    selector: str = "last_n"
+
+
+@dataclass
+class WidthTarget:
+    """Width compression: keep `hidden_size` hidden dims chosen by `selector` (0 = keep all)."""
+
+    hidden_size: int = 0
+    selector: str = "rmsnorm_mean_abs"
+
+
+@dataclass
+class ExpertTarget:
+    """Expert compression: per-layer (uniform) or global budget, reducer + criterion + similarity."""
+
+    num_experts: int = 0  # target experts per MoE layer (uniform) or average per layer (global); 0 = keep all
+    top_k: int = 0  # student top-k; 0 = keep the teacher's
+    reducer: str = "prune"
+    criterion: str = "reap"
+    similarity: str = "router_logits"
+    budget: str = "uniform"  # "uniform" | "global"
+    min_per_layer: int = 1  # floor per layer under the global budget (raised to top_k automatically)
+    exempt_first: int = 0  # first N MoE layers keep all experts
+    exempt_last: int = 0  # last N MoE layers keep all experts
+    base_choice: str = "next_important"  # partial_preserve: how merge bases are chosen
+
+
+@dataclass
+class CompressConfig:
+    """A compression recipe: teacher + stats -> student directory."""
+
+    teacher: str = "runs/demo/model"
+    stats: str = ""  # calibration stats file; computed on the fly when empty
+    output: str = "runs/student"
+    depth: DepthTarget = field(default_factory=DepthTarget)
+    width: WidthTarget = field(default_factory=WidthTarget)
+    experts: ExpertTarget = field(default_factory=ExpertTarget)
+
+
+@dataclass
 class SlimConfig:
     """Root config: every `slim` subcommand reads the sections it needs."""
 
@@ -92,3 +150,5 @@ class SlimConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
