@@ -110,8 +110,8 @@ def test_weight_norm_matches_manual_norm(case):
 
 @pytest.mark.parametrize("name", ["freq", "soft", "reap", "ean"])
 def test_statistics_criteria_need_stats(name):
-    """A criterion that reads calibration statistics fails with one line naming experts.criterion when given none."""
-    with pytest.raises(UserError, match="experts.criterion"):
+    """A criterion that reads calibration statistics fails with one line naming compress.experts.criterion when given none."""
+    with pytest.raises(UserError, match="compress.experts.criterion"):
         criteria.get(name)(None, tiny_moe())
 
 
@@ -140,5 +140,5 @@ def test_similarity_of_zero_vector_is_finite():
 
 def test_unknown_criterion_lists_valid_keys():
     """An unknown key fails with a one-line UserError naming the field and every valid key."""
-    with pytest.raises(UserError, match="experts.criterion.*valid: ean, freq, reap, soft, weight_norm"):
-        criteria.get("reep", "experts.criterion")
+    with pytest.raises(UserError, match="compress.experts.criterion.*valid: ean, freq, reap, soft, weight_norm"):
+        criteria.get("reep", "compress.experts.criterion")

@@ -34,9 +34,9 @@ def test_last_n_drops_the_last_layers():
 @pytest.mark.parametrize("name", ["last_n", "act_sim", "block_influence"])
 @pytest.mark.parametrize("num_drop", [-1, 8])
 def test_depth_selectors_reject_bad_num_drop(name, num_drop):
-    """Dropping a negative number of layers or all of them fails naming depth.num_drop."""
+    """Dropping a negative number of layers or all of them fails naming compress.depth.num_drop."""
     stats = depth_calibration([0.5] * 8, [0.5] * 8)
-    with pytest.raises(UserError, match="depth.num_drop"):
+    with pytest.raises(UserError, match="compress.depth.num_drop"):
         depth_selectors.get(name)(stats, 8, num_drop)
 
 
@@ -53,11 +53,11 @@ def test_act_sim_clamps_chunk_to_model_end():
 
 
 def test_depth_selectors_need_depth_stats():
-    """act_sim and block_influence without statistics fail naming depth.selector."""
+    """act_sim and block_influence without statistics fail naming compress.depth.selector."""
     for name in ("act_sim", "block_influence"):
-        with pytest.raises(UserError, match="depth.selector"):
+        with pytest.raises(UserError, match="compress.depth.selector"):
             depth_selectors.get(name)(None, 8, 2)
-        with pytest.raises(UserError, match="depth.selector"):
+        with pytest.raises(UserError, match="compress.depth.selector"):
             depth_selectors.get(name)(CalibrationStats(fingerprint="x", num_layers=8), 8, 2)
 
 
@@ -90,7 +90,7 @@ def test_rmsnorm_mean_abs_on_hand_sums():
 def test_rmsnorm_mean_abs_rejects_bad_input():
     """Targets outside [1, d] and norm statistics of another width fail with one line."""
     select = width_selectors.get("rmsnorm_mean_abs")
-    with pytest.raises(UserError, match="width.target"):
+    with pytest.raises(UserError, match="compress.width.hidden_size"):
         select(width_calibration(), 4, 5)
     with pytest.raises(UserError, match="hidden size 8"):
         select(width_calibration(), 8, 2)
@@ -125,8 +125,8 @@ def test_allocate_experts_random_invariants():
         assert all(3 <= count <= 16 for count in counts.values())
 
 
-@pytest.mark.parametrize("total,min_per_layer,field", [(2, 1, "experts.target"), (13, 1, "experts.target"),
-                                                       (10, 5, "experts.min_per_layer")])
+@pytest.mark.parametrize("total,min_per_layer,field", [(2, 1, "compress.experts.num_experts"), (13, 1, "compress.experts.num_experts"),
+                                                       (10, 5, "compress.experts.min_per_layer")])
 def test_allocate_experts_rejects_infeasible_budgets(total, min_per_layer, field):
     """A total below the floors, above all experts, or a floor above a layer's size fails naming the field."""
     with pytest.raises(UserError, match=field):
@@ -134,11 +134,11 @@ def test_allocate_experts_rejects_infeasible_budgets(total, min_per_layer, field
 
 
 def test_uniform_budget():
-    """Every non-exempt layer keeps `keep`; exempt ones keep all; keep > E fails naming experts.target."""
+    """Every non-exempt layer keeps `keep`; exempt ones keep all; keep > E fails naming compress.experts.num_experts."""
     assert uniform_budget({0: 8, 1: 8, 2: 6}, 4, exempt={1}) == {0: 4, 1: 8, 2: 4}
-    with pytest.raises(UserError, match="experts.target"):
+    with pytest.raises(UserError, match="compress.experts.num_experts"):
         uniform_budget({0: 8, 1: 6}, 7)
-    with pytest.raises(UserError, match="experts.exempt_layers"):
+    with pytest.raises(UserError, match="compress.experts.exempt_first/exempt_last"):
         uniform_budget({0: 8}, 4, exempt={3})
 
 

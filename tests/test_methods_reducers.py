@@ -140,21 +140,21 @@ def test_merge_map_covers_every_expert(name, num_keep):
 @pytest.mark.parametrize("name", ALL_REDUCERS)
 @pytest.mark.parametrize("num_keep", [0, 5])
 def test_reducers_reject_out_of_range_targets(name, num_keep):
-    """num_keep outside [1, E] fails with a UserError naming experts.target."""
-    with pytest.raises(UserError, match="experts.target"):
+    """num_keep outside [1, E] fails with a UserError naming compress.experts.num_experts."""
+    with pytest.raises(UserError, match="compress.experts.num_experts"):
         reducers.get(name)(torch.ones(4), random_similarity(4), num_keep)
 
 
 @pytest.mark.parametrize("name", MERGING)
 def test_merging_reducers_need_similarity(name):
-    """merge and partial_preserve without a similarity fail naming experts.similarity."""
-    with pytest.raises(UserError, match="experts.similarity"):
+    """merge and partial_preserve without a similarity fail naming compress.experts.similarity."""
+    with pytest.raises(UserError, match="compress.experts.similarity"):
         reducers.get(name)(torch.ones(4), None, 2)
 
 
 def test_unknown_base_choice_is_rejected():
     """An unknown partial_preserve base choice names the field and the valid values."""
-    with pytest.raises(UserError, match="experts.base_choice.*next_important, most_similar_to_rest"):
+    with pytest.raises(UserError, match="compress.experts.base_choice.*next_important, most_similar_to_rest"):
         reducers.get("partial_preserve")(torch.ones(4), random_similarity(4), 2, base_choice="random")
 
 

@@ -20,7 +20,7 @@ EPS = 1e-12
 def _check_exempt(exempt: Collection[int], layers: Collection[int]) -> None:
     unknown = sorted(set(exempt) - set(layers))
     if unknown:
-        raise UserError(f"experts.exempt_layers: {unknown} are not MoE layers; MoE layers: {sorted(layers)}")
+        raise UserError(f"compress.experts.exempt_first/exempt_last: {unknown} are not MoE layers; MoE layers: {sorted(layers)}")
 
 
 def uniform_budget(num_experts_per_layer: Mapping[int, int], keep: int,
@@ -34,7 +34,7 @@ def uniform_budget(num_experts_per_layer: Mapping[int, int], keep: int,
         elif 1 <= keep <= num_experts:
             counts[layer] = keep
         else:
-            raise UserError(f"experts.target: must keep between 1 and {num_experts} experts in layer {layer}, "
+            raise UserError(f"compress.experts.num_experts: must keep between 1 and {num_experts} experts in layer {layer}, "
                             f"got {keep}")
     return counts
 
@@ -53,12 +53,12 @@ def allocate_experts(importance: Mapping[int, torch.Tensor], total_keep: int, mi
     _check_exempt(exempt, sizes)
     free = [layer for layer in sizes if layer not in exempt]
     if free and not 1 <= min_per_layer <= min(sizes[layer] for layer in free):
-        raise UserError(f"experts.min_per_layer: must be in [1, {min(sizes[layer] for layer in free)}], "
+        raise UserError(f"compress.experts.min_per_layer: must be in [1, {min(sizes[layer] for layer in free)}], "
                         f"got {min_per_layer}")
     counts = {layer: sizes[layer] if layer in exempt else min_per_layer for layer in sizes}
     lowest, highest = sum(counts.values()), sum(sizes.values())
     if not lowest <= total_keep <= highest:
-        raise UserError(f"experts.target: a global budget of {total_keep} experts is infeasible; with "
+        raise UserError(f"compress.experts.num_experts: a global budget of {total_keep} experts is infeasible; with "
                         f"{min_per_layer} per layer and exempt layers {sorted(exempt)} it must be in "
                         f"[{lowest}, {highest}]")
     candidates = []  # (-scale-free score, layer, expert) for every expert above its layer's floor

@@ -8,7 +8,7 @@ from harness.calibration.stats import MoELayerStats
 from harness.errors import UserError
 from methods._stats import require_stats
 
-FIELD = "experts.criterion"
+FIELD = "compress.experts.criterion"
 
 
 def layer_stats(stats: MoELayerStats | None, criterion: str) -> MoELayerStats:

@@ -12,15 +12,15 @@ def check_inputs(importance: torch.Tensor, num_keep: int) -> None:
     """One-line UserErrors for a target outside [1, E] or importance scores that cannot be ranked."""
     num_experts = importance.numel()
     if not 1 <= num_keep <= num_experts:
-        raise UserError(f"experts.target: must keep between 1 and {num_experts} experts, got {num_keep}")
+        raise UserError(f"compress.experts.num_experts: must keep between 1 and {num_experts} experts, got {num_keep}")
     if not torch.isfinite(importance).all():
-        raise UserError("experts.criterion: importance scores contain NaN or inf")
+        raise UserError("compress.experts.criterion: importance scores contain NaN or inf")
 
 
 def require_similarity(similarity: torch.Tensor | None, reducer: str, num_experts: int) -> torch.Tensor:
-    """The [E, E] similarity a merging reducer needs, or a UserError naming `experts.similarity`."""
+    """The [E, E] similarity a merging reducer needs, or a UserError naming `compress.experts.similarity`."""
     if similarity is None:
-        raise UserError(f"experts.similarity: reducer {reducer!r} merges experts and needs a similarity; none was set")
+        raise UserError(f"compress.experts.similarity: reducer {reducer!r} merges experts and needs a similarity; none was set")
     assert similarity.shape == (num_experts, num_experts), f"similarity {tuple(similarity.shape)} for {num_experts}"
     return similarity
 
@@ -41,7 +41,7 @@ def merged_group(base: int, absorbed: list[int], importance: torch.Tensor) -> Ex
     members = (base, *absorbed)
     scores = importance[list(members)].double()
     if (scores < 0).any():
-        raise UserError("experts.criterion: merge weights need non-negative importance scores")
+        raise UserError("compress.experts.criterion: merge weights need non-negative importance scores")
     total = scores.sum()
     weights = scores / total if total > 0 else torch.full_like(scores, 1.0 / len(members))
     return ExpertGroup(members=members, weights=tuple(weights.tolist()), router_row=base)

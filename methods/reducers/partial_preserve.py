@@ -47,7 +47,7 @@ def partial_preserve(importance: torch.Tensor, similarity: torch.Tensor | None, 
     """Algorithm 1: keep floor(num_keep/2) top experts intact, merge the rest into the other bases by cosine."""
     check_inputs(importance, num_keep)
     if base_choice not in BASE_CHOICES:
-        raise UserError(f"experts.base_choice: unknown {base_choice!r}; valid: {', '.join(BASE_CHOICES)}")
+        raise UserError(f"compress.experts.base_choice: unknown {base_choice!r}; valid: {', '.join(BASE_CHOICES)}")
     similarity = require_similarity(similarity, "partial_preserve", importance.numel())
     order = ranked(importance)
     num_intact = num_keep // 2

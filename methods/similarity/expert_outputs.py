@@ -20,7 +20,7 @@ from methods.similarity._cosine import cosine_of_rows
 @similarities.register("expert_outputs")
 def expert_outputs(stats: MoELayerStats | None, moe: Any) -> torch.Tensor:
     """Cosine between experts' mean outputs on the shared calibration probe set."""
-    stats = require_stats(stats, "expert_outputs", "experts.similarity")
+    stats = require_stats(stats, "expert_outputs", "compress.experts.similarity")
     if stats.probe_tokens <= 0:
-        raise UserError("experts.similarity: 'expert_outputs' needs probe tokens, but calibration recorded none")
+        raise UserError("compress.experts.similarity: 'expert_outputs' needs probe tokens, but calibration recorded none")
     return cosine_of_rows(stats.probe_output_sum)

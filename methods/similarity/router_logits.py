@@ -19,4 +19,4 @@ from methods.similarity._cosine import cosine_from_gram
 @similarities.register("router_logits")
 def router_logits(stats: MoELayerStats | None, moe: Any) -> torch.Tensor:
     """Cosine between experts' router-logit columns over calibration tokens (from the logit Gram matrix)."""
-    return cosine_from_gram(require_stats(stats, "router_logits", "experts.similarity").logit_gram)
+    return cosine_from_gram(require_stats(stats, "router_logits", "compress.experts.similarity").logit_gram)

@@ -19,11 +19,11 @@ from methods.width import width_selectors
 def hidden_importance(stats: CalibrationStats, hidden_size: int) -> torch.Tensor:
     """I [hidden_size] of eq 5: mean over norms of (sum_x |RMSNorm(x)| / tokens), float64."""
     if not stats.norm_abs_sum:
-        raise UserError("width.selector: 'rmsnorm_mean_abs' needs RMSNorm statistics; the calibration has none")
+        raise UserError("compress.width.selector: 'rmsnorm_mean_abs' needs RMSNorm statistics; the calibration has none")
     per_norm = []
     for name, abs_sum in stats.norm_abs_sum.items():
         if abs_sum.numel() != hidden_size or stats.norm_tokens.get(name, 0) <= 0:
-            raise UserError(f"width.selector: norm statistics {name!r} ({abs_sum.numel()} dims, "
+            raise UserError(f"compress.width.selector: norm statistics {name!r} ({abs_sum.numel()} dims, "
                             f"{stats.norm_tokens.get(name, 0)} tokens) do not fit hidden size {hidden_size}")
         per_norm.append(abs_sum.double() / stats.norm_tokens[name])
     return torch.stack(per_norm).mean(dim=0)
@@ -33,6 +33,6 @@ def hidden_importance(stats: CalibrationStats, hidden_size: int) -> torch.Tensor
 def rmsnorm_mean_abs(stats: CalibrationStats, hidden_size: int, target: int) -> list[int]:
     """Keep the target hidden dims with the largest mean |RMSNorm output| averaged over all norms (eq 5)."""
     if not 1 <= target <= hidden_size:
-        raise UserError(f"width.target: must be in [1, {hidden_size}], got {target}")
-    stats = require_stats(stats, "rmsnorm_mean_abs", "width.selector")
+        raise UserError(f"compress.width.hidden_size: must be in [1, {hidden_size}], got {target}")
+    stats = require_stats(stats, "rmsnorm_mean_abs", "compress.width.selector")
     return top(hidden_importance(stats, hidden_size), target)
