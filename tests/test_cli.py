@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from harness.cli.main import SUBCOMMANDS
+from harness.cli.main import SUBCOMMANDS, TAKES_NO_CONFIG
 
 
 def run_slim(*args: str) -> subprocess.CompletedProcess:
@@ -25,7 +25,8 @@ def test_top_level_help_lists_every_subcommand():
 def test_every_subcommand_has_help(name: str):
     """Each subcommand answers --help with its description."""
     result = run_slim(name, "--help")
-    assert result.returncode == 0 and "KEY=VALUE" in result.stdout
+    assert result.returncode == 0
+    assert ("KEY=VALUE" in result.stdout) == (name not in TAKES_NO_CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,15 @@ def test_config_prints_resolved_yaml():
     """`slim config` shows overrides applied."""
     result = run_slim("config", "model=tiny", "train.max_steps=123")
     assert result.returncode == 0 and "max_steps: 123" in result.stdout
+
+
+def test_methods_lists_every_registered_entry():
+    """`slim methods` prints every entry of every method family with its one-line doc."""
+    from harness.methods_catalog import method_registries
+
+    result = run_slim("methods")
+    assert result.returncode == 0
+    for registry in method_registries():
+        assert f"{registry.family}:" in result.stdout
+        for name, doc in registry.describe():
+            assert name in result.stdout and doc in result.stdout

@@ -40,3 +40,11 @@ def show_config(args: argparse.Namespace) -> int:
     """Print the fully resolved config (defaults, presets, files and overrides applied)."""
     print(to_yaml(_config(args)), end="")
     return 0
+
+
+def methods(args: argparse.Namespace) -> int:
+    """List every registered method (criteria, similarities, reducers, depth/width selectors, families)."""
+    from harness.methods_catalog import format_catalog
+
+    print(format_catalog())
+    return 0

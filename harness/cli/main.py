@@ -17,7 +17,9 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": commands.pretrain,
     "params": commands.params,
     "config": commands.show_config,
+    "methods": commands.methods,
 }
+TAKES_NO_CONFIG = {"methods"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func in SUBCOMMANDS.items():
         doc = (func.__doc__ or "").strip()
         cmd = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        if name in TAKES_NO_CONFIG:
+            continue
         cmd.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
     return parser
