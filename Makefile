@@ -1,22 +1,28 @@
-# Two entry points for a newcomer: `make demo` and `make test`. Each creates/updates .venv itself.
-VENV ?= .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two entry points for a newcomer: `make demo` and `make test`. Each creates/updates its own venv.
+# The demo runs on the default CPU install; the tests also install the `gpu` extra (triton,
+# flash-linear-attention) so CI proves the CPU path stays on torch even when Triton is importable.
+PYTHON ?= python3
+DEMO_VENV ?= .venv
+TEST_VENV ?= .venv-test
 
-.PHONY: demo test venv
+.PHONY: demo test
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+$(DEMO_VENV)/.installed: pyproject.toml
+	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $@
 
-venv: $(STAMP)
+$(TEST_VENV)/.installed: pyproject.toml
+	test -x $(TEST_VENV)/bin/python || $(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TEST_VENV)/bin/python -m pip install -q -e ".[test,gpu]"
+	touch $@
 
-demo: $(STAMP)
-	$(VENV)/bin/slim pretrain model=tiny run_dir=runs/demo
+demo: $(DEMO_VENV)/.installed
+	$(DEMO_VENV)/bin/slim pretrain model=tiny run_dir=runs/demo
 
 # pytest exit 5 means "no tests collected": that is a failure here, never a silent pass.
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
