@@ -11,7 +11,10 @@ from harness.config.schema import SlimConfig
 
 
 def _config(args: argparse.Namespace) -> SlimConfig:
-    return load_config(args.overrides, files=args.config)
+    """Positional `*.yaml` arguments are recipe files (applied first), the rest `key=value` overrides."""
+    files = [*args.config, *(item for item in args.overrides if "=" not in item and item.endswith((".yaml", ".yml")))]
+    overrides = [item for item in args.overrides if item not in files]
+    return load_config(overrides, files=files)
 
 
 def pretrain(args: argparse.Namespace) -> int:
@@ -20,6 +23,34 @@ def pretrain(args: argparse.Namespace) -> int:
 
     summary = run_pretrain(_config(args))
     print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """One calibration pass over the teacher (compress.teacher); writes calibration.output (safetensors)."""
+    from harness.calibration.io import save_stats
+    from harness.calibration.run import run_calibration
+    from harness.compression.compress import teacher_config
+    from harness.models.io import load_pretrained
+
+    cfg = _config(args)
+    teacher_config(cfg.compress.teacher)
+    model, _ = load_pretrained(cfg.compress.teacher)
+    stats = run_calibration(model, cfg.data, cfg.calibration)
+    save_stats(stats, cfg.calibration.output)
+    print(f"wrote {cfg.calibration.output} (fingerprint {stats.fingerprint[:12]}, {len(stats.moe)} MoE layers)")
+    return 0
+
+
+def compress(args: argparse.Namespace) -> int:
+    """Compress the teacher by a recipe (`slim compress recipe.yaml`); writes a student HF dir + report."""
+    from harness.compression.compress import compress as run_compress
+    from harness.models.params import format_count
+
+    report = run_compress(_config(args))
+    before, after = report["params"]["teacher"], report["params"]["student"]
+    print(f"teacher {format_count(before['total'])} total / {format_count(before['active'])} active -> "
+          f"student {format_count(after['total'])} total / {format_count(after['active'])} active")
     return 0
 
 

@@ -15,6 +15,8 @@ from harness.errors import UserError
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": commands.pretrain,
+    "calibrate": commands.calibrate,
+    "compress": commands.compress,
     "params": commands.params,
     "config": commands.show_config,
     "methods": commands.methods,
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in TAKES_NO_CONFIG:
             continue
         cmd.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
-        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
+        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe.yaml files and config overrides, e.g. train.max_steps=100")
     return parser
 
 

@@ -1,0 +1,136 @@
+"""`slim compress`: teacher + calibration stats + recipe -> student Hugging Face directory.
+
+All selections (layers, hidden dims, expert plans) are made on the teacher's statistics first, then
+applied as surgery: experts (teacher layer indices), then depth, then width. The student directory
+gets `compression_report.json` with parameter counts, kept layers/dims, per-layer expert maps,
+the methods used and the stats fingerprint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from harness.calibration.fingerprint import model_fingerprint
+from harness.calibration.io import check_fingerprint, load_stats
+from harness.calibration.run import run_calibration
+from harness.calibration.stats import CalibrationStats
+from harness.compression.budget import allocate_experts, uniform_budget
+from harness.compression.plan import ExpertPlan
+from harness.compression.recipe import student_top_k, validate_recipe
+from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
+from harness.config.schema import CompressConfig, SlimConfig
+from harness.errors import UserError
+from harness.models.io import load_pretrained, save_pretrained
+from harness.models.params import count_parameters
+from harness.models.view import ModelView, view
+from methods.criteria import criteria
+from methods.depth import depth_selectors
+from methods.reducers import reducers
+from methods.similarity import similarities
+from methods.width import width_selectors
+
+REPORT_NAME = "compression_report.json"
+
+
+def teacher_config(path: str):
+    """The teacher's config.json only: enough to validate a recipe before loading any weights."""
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"compress.teacher: no Hugging Face model directory at {path} (config.json missing)")
+    return AutoConfig.from_pretrained(path)
+
+
+def exempt_layers(moe_layers: list[int], recipe: CompressConfig) -> set[int]:
+    """The first/last N kept MoE layers, which keep all their experts."""
+    first = moe_layers[: recipe.experts.exempt_first]
+    last = moe_layers[len(moe_layers) - recipe.experts.exempt_last:] if recipe.experts.exempt_last else []
+    return set(first) | set(last)
+
+
+def expert_counts(recipe: CompressConfig, importance: dict[int, torch.Tensor], exempt: set[int],
+                  top_k: int) -> dict[int, int]:
+    """Experts kept per MoE layer under the uniform or global budget."""
+    sizes = {layer: scores.numel() for layer, scores in importance.items()}
+    target = recipe.experts.num_experts
+    if recipe.experts.budget == "uniform":
+        return uniform_budget(sizes, target, exempt)
+    free = [layer for layer in sizes if layer not in exempt]
+    total = target * len(free) + sum(sizes[layer] for layer in exempt)
+    return allocate_experts(importance, total, max(recipe.experts.min_per_layer, top_k), exempt)
+
+
+def plan_experts(recipe: CompressConfig, stats: CalibrationStats, model_view: ModelView, kept_layers: list[int],
+                 top_k: int) -> dict[int, ExpertPlan]:
+    """Teacher layer index -> expert plan, for every kept MoE layer (empty when experts are kept)."""
+    if not recipe.experts.num_experts:
+        return {}
+    moe = {layer.index: layer.moe for layer in model_view.moe_layers() if layer.index in kept_layers}
+    criterion = criteria.get(recipe.experts.criterion)
+    similarity = similarities.get(recipe.experts.similarity)
+    reducer = reducers.get(recipe.experts.reducer)
+    importance = {index: criterion(stats.moe.get(index), block) for index, block in moe.items()}
+    counts = expert_counts(recipe, importance, exempt_layers(sorted(moe), recipe), top_k)
+    options = {"base_choice": recipe.experts.base_choice} if "base_choice" in inspect.signature(reducer).parameters else {}
+    return {
+        index: reducer(importance[index], similarity(stats.moe.get(index), block), counts[index], **options)
+        for index, block in moe.items()
+    }
+
+
+def _stats_for(cfg: SlimConfig, teacher) -> CalibrationStats:
+    if not cfg.compress.stats:
+        return run_calibration(teacher, cfg.data, cfg.calibration)
+    stats = load_stats(cfg.compress.stats)
+    check_fingerprint(stats, teacher)
+    return stats
+
+
+def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats, top_k) -> dict:
+    return {
+        "teacher": cfg.compress.teacher,
+        "recipe": asdict(cfg.compress),
+        "params": {"teacher": asdict(before), "student": asdict(after)},
+        "kept_layers": kept_layers,
+        "kept_dims": kept_dims,
+        "top_k": top_k,
+        "experts": {
+            str(layer): {"kept": plan.num_kept, "kept_ids": plan.kept_ids(), "dropped_ids": plan.dropped_ids(),
+                         "merge_map": {str(k): v for k, v in plan.merge_map().items()}}
+            for layer, plan in sorted(plans.items())
+        },
+        "stats_fingerprint": stats.fingerprint,
+    }
+
+
+def compress(cfg: SlimConfig) -> dict:
+    """Compress `cfg.compress.teacher` by the recipe and write the student to `cfg.compress.output`."""
+    recipe = cfg.compress
+    teacher_cfg = teacher_config(recipe.teacher)
+    validate_recipe(recipe, teacher_cfg)
+    model, tokenizer = load_pretrained(recipe.teacher)
+    stats = _stats_for(cfg, model)
+    before = count_parameters(model)
+    model_view = view(model)
+    layers, hidden = teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size
+    top_k = student_top_k(recipe, teacher_cfg)
+    kept_layers = depth_selectors.get(recipe.depth.selector)(stats, layers, recipe.depth.num_drop)
+    kept_dims = (width_selectors.get(recipe.width.selector)(stats, hidden, recipe.width.hidden_size)
+                 if recipe.width.hidden_size else list(range(hidden)))
+    plans = plan_experts(recipe, stats, model_view, kept_layers, top_k)
+
+    reduce_experts(model, plans, top_k)
+    drop_layers(model, kept_layers)
+    shrink_hidden(model, kept_dims)
+    report = _report(cfg, before, count_parameters(model), kept_layers, kept_dims, plans, stats, top_k)
+    report["student_fingerprint"] = model_fingerprint(model)
+
+    def write_report(directory: Path) -> None:
+        (directory / REPORT_NAME).write_text(json.dumps(report, indent=1))
+
+    save_pretrained(model, recipe.output, tokenizer=tokenizer, extras=write_report)
+    return report

@@ -1,0 +1,67 @@
+"""Validate a compression recipe against the teacher's config before any work starts.
+
+Every check raises a one-line UserError naming the recipe field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+from harness.config.schema import CompressConfig
+from harness.errors import UserError
+from harness.methods_catalog import method_registries
+
+BUDGETS = ("uniform", "global")
+# Families whose head size is derived from the hidden size: slicing hidden dims would break the heads.
+WIDTH_TIED_TO_HEADS = {"olmoe"}
+
+
+def _registry(family: str):
+    return next(registry for registry in method_registries() if registry.family == family)
+
+
+def validate_method_keys(recipe: CompressConfig) -> None:
+    """Unknown method names fail with the list of registered ones."""
+    _registry("depth selector").validate(recipe.depth.selector, "compress.depth.selector")
+    _registry("width selector").validate(recipe.width.selector, "compress.width.selector")
+    _registry("expert reducer").validate(recipe.experts.reducer, "compress.experts.reducer")
+    _registry("expert criterion").validate(recipe.experts.criterion, "compress.experts.criterion")
+    _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
+    if recipe.experts.budget not in BUDGETS:
+        raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; valid: {', '.join(BUDGETS)}")
+
+
+def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:
+    return recipe.experts.top_k or teacher.num_experts_per_tok
+
+
+def validate_targets(recipe: CompressConfig, teacher: PretrainedConfig) -> None:
+    """Targets must be strictly smaller than the teacher (0 = keep) and mutually consistent."""
+    layers, hidden, experts = teacher.num_hidden_layers, teacher.hidden_size, teacher.num_experts
+    if not 0 <= recipe.depth.num_drop < layers:
+        raise UserError(f"compress.depth.num_drop: {recipe.depth.num_drop} out of range; allowed 0..{layers - 1} "
+                        f"(teacher has {layers} layers)")
+    width = recipe.width.hidden_size
+    if width and not 0 < width < hidden:
+        raise UserError(f"compress.width.hidden_size: {width} out of range; allowed 1..{hidden - 1} "
+                        f"(teacher hidden size {hidden}) or 0 to keep all")
+    if width and teacher.model_type in WIDTH_TIED_TO_HEADS:
+        raise UserError(f"compress.width.hidden_size: {teacher.model_type} ties head size to hidden size "
+                        f"(head_dim = hidden/heads, q/k norms span the full width); allowed: 0 (keep width)")
+    target = recipe.experts.num_experts
+    if target and not 0 < target < experts:
+        raise UserError(f"compress.experts.num_experts: {target} must be smaller than the teacher's {experts}; "
+                        f"allowed 1..{experts - 1} or 0 to keep all")
+    top_k, kept = student_top_k(recipe, teacher), target or experts
+    if not 1 <= top_k <= kept:
+        raise UserError(f"compress.experts.top_k: {top_k} must be in 1..{kept} (experts kept per layer)")
+    kept_layers = layers - recipe.depth.num_drop
+    if recipe.experts.exempt_first + recipe.experts.exempt_last > kept_layers:
+        raise UserError(f"compress.experts.exempt_first/exempt_last: {recipe.experts.exempt_first}+"
+                        f"{recipe.experts.exempt_last} exceed the {kept_layers} layers kept")
+
+
+def validate_recipe(recipe: CompressConfig, teacher: PretrainedConfig) -> None:
+    """All recipe checks, cheapest first; needs only the teacher's config, not its weights."""
+    validate_method_keys(recipe)
+    validate_targets(recipe, teacher)
