@@ -81,7 +81,8 @@ def _combine(per_expert: torch.Tensor, group: ExpertGroup) -> torch.Tensor:
     """per_expert [E, ...] -> sum_m w_m * per_expert[members[m]] [...], accumulated in float64 and cast back
     (so a single member with weight 1 comes back bit-identical)."""
     members = per_expert[list(group.members)].double()  # [m, ...]
-    coeffs = torch.tensor(group.weights, dtype=torch.float64).reshape(-1, *[1] * (members.dim() - 1))
+    coeffs = torch.tensor(group.weights, dtype=torch.float64, device=per_expert.device)
+    coeffs = coeffs.reshape(-1, *[1] * (members.dim() - 1))
     return (coeffs * members).sum(dim=0).to(per_expert.dtype)
 
 

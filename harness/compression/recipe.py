@@ -45,6 +45,9 @@ def validate_targets(recipe: CompressConfig, teacher: PretrainedConfig) -> None:
     if width and not 0 < width < hidden:
         raise UserError(f"compress.width.hidden_size: {width} out of range; allowed 1..{hidden - 1} "
                         f"(teacher hidden size {hidden}) or 0 to keep all")
+    if width % 8:
+        raise UserError(f"compress.width.hidden_size: {width} must be a multiple of 8 (grouped expert matmuls "
+                        f"need 16-byte row strides)")
     if width and teacher.model_type in WIDTH_TIED_TO_HEADS:
         raise UserError(f"compress.width.hidden_size: {teacher.model_type} ties head size to hidden size "
                         f"(head_dim = hidden/heads, q/k norms span the full width); allowed: 0 (keep width)")

@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from harness.compression.experts import resize_experts
 from harness.errors import UserError
 from harness.models.families import model_families
 from harness.models.linear_attention_path import install_device_dispatch
@@ -87,6 +89,26 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
             tensor.data = tensor.data.clone()
 
 
+def _model_class(path: Path) -> type[AutoModelForCausalLM] | type[PreTrainedModel]:
+    """AutoModelForCausalLM, or for a config with `num_experts_per_layer` (a student whose MoE layers keep
+    different expert counts, see harness.compression.experts) a same-named subclass of the family's class
+    that resizes those layers right after construction, before transformers loads and converts the weights."""
+    config = AutoConfig.from_pretrained(path)
+    if getattr(config, "num_experts_per_layer", None) is None:
+        return AutoModelForCausalLM
+    if len(config.num_experts_per_layer) != config.num_hidden_layers:
+        raise ValueError(f"config.json num_experts_per_layer has {len(config.num_experts_per_layer)} entries "
+                         f"for {config.num_hidden_layers} layers")
+    base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+
+    def __init__(self: PreTrainedModel, config: AutoConfig, *args: object, **kwargs: object) -> None:
+        base.__init__(self, config, *args, **kwargs)
+        counts = enumerate(config.num_experts_per_layer)
+        resize_experts(self, {layer: n for layer, n in counts if n and n != config.num_experts})
+
+    return type(base.__name__, (base,), {"__init__": __init__, "__qualname__": base.__qualname__})
+
+
 def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Load a model directory written by `save_pretrained` (or any supported HF checkpoint) onto `device`,
     with its tokenizer when the directory has one. Missing or mismatched weights are an error, never
@@ -95,7 +117,8 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     _check_directory(path)
     install_device_dispatch()
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, device_map=device, output_loading_info=True)
+        model_class = _model_class(path)
+        model, info = model_class.from_pretrained(path, device_map=device, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"checkpoint {path}: cannot load ({first_line})") from error

@@ -7,7 +7,7 @@ is one new module here and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,9 @@ class ModelFamily:
     view: Callable[[PreTrainedModel], ModelView]
     # Family-specific validation; runs after the generic checks of `validate_model_config`.
     check: Callable[[ModelConfig], None]
+    # Parameter name (layer index written `*`) -> the dim that is the model width; width pruning slices
+    # exactly these. None: the family cannot shrink its width independently of its heads.
+    hidden_dims: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
@@ -53,6 +56,28 @@ def require_plain_moe(cfg: ModelConfig) -> None:
     """Families without a shared expert or partial RoPE must leave those fields neutral, not ignore them."""
     require(cfg, "shared_expert_intermediate_size", lambda v: v == 0, f"0 ({cfg.family} has no shared expert)")
     require(cfg, "partial_rotary_factor", lambda v: v == 1.0, f"1.0 ({cfg.family} rotates the whole head)")
+
+
+# Hidden dims of the decoder skeleton every family shares; head-sized tensors (q/k norms, biases of
+# q/k/v) are absent on purpose: heads keep their size when the width shrinks.
+BACKBONE_HIDDEN_DIMS: dict[str, int] = {
+    "model.embed_tokens.weight": 1,
+    "model.norm.weight": 0,
+    "lm_head.weight": 1,
+    "model.layers.*.input_layernorm.weight": 0,
+    "model.layers.*.post_attention_layernorm.weight": 0,
+    "model.layers.*.self_attn.q_proj.weight": 1,
+    "model.layers.*.self_attn.k_proj.weight": 1,
+    "model.layers.*.self_attn.v_proj.weight": 1,
+    "model.layers.*.self_attn.o_proj.weight": 0,
+    "model.layers.*.self_attn.o_proj.bias": 0,
+    "model.layers.*.mlp.gate.weight": 1,
+    "model.layers.*.mlp.experts.gate_up_proj": 2,
+    "model.layers.*.mlp.experts.down_proj": 1,
+    "model.layers.*.mlp.gate_proj.weight": 1,
+    "model.layers.*.mlp.up_proj.weight": 1,
+    "model.layers.*.mlp.down_proj.weight": 0,
+}
 
 
 def common_hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:

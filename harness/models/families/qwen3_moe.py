@@ -7,7 +7,13 @@ from transformers import PreTrainedModel, Qwen3MoeConfig
 from transformers.models.qwen3_moe import modeling_qwen3_moe as modeling
 
 from harness.config.schema import ModelConfig
-from harness.models.families import ModelFamily, common_hf_kwargs, model_families, require_plain_moe
+from harness.models.families import (
+    BACKBONE_HIDDEN_DIMS,
+    ModelFamily,
+    common_hf_kwargs,
+    model_families,
+    require_plain_moe,
+)
 from harness.models.view import LayerView, ModelView, decoder_view, moe_view
 
 
@@ -34,4 +40,4 @@ def view(model: PreTrainedModel) -> ModelView:
     return decoder_view(model, _layer_view)
 
 
-model_families.register("qwen3_moe")(ModelFamily(__doc__, hf_config, view, require_plain_moe))
+model_families.register("qwen3_moe")(ModelFamily(__doc__, hf_config, view, require_plain_moe, BACKBONE_HIDDEN_DIMS))

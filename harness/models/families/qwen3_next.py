@@ -12,10 +12,30 @@ from transformers import PreTrainedModel, Qwen3NextConfig
 from transformers.models.qwen3_next import modeling_qwen3_next as modeling
 
 from harness.config.schema import ModelConfig
-from harness.models.families import ModelFamily, common_hf_kwargs, is_positive_int, model_families, require
+from harness.models.families import (
+    BACKBONE_HIDDEN_DIMS,
+    ModelFamily,
+    common_hf_kwargs,
+    is_positive_int,
+    model_families,
+    require,
+)
 from harness.models.view import LayerView, ModelView, decoder_view, moe_view
 
 NORM_TYPES = (modeling.Qwen3NextRMSNorm, modeling.Qwen3NextRMSNormGated)
+
+# The backbone's hidden dims plus Gated DeltaNet's projections and the gated shared expert
+# (the DeltaNet norm and conv1d are head-sized).
+HIDDEN_DIMS = {
+    **BACKBONE_HIDDEN_DIMS,
+    "model.layers.*.linear_attn.in_proj_qkvz.weight": 1,
+    "model.layers.*.linear_attn.in_proj_ba.weight": 1,
+    "model.layers.*.linear_attn.out_proj.weight": 0,
+    "model.layers.*.mlp.shared_expert.gate_proj.weight": 1,
+    "model.layers.*.mlp.shared_expert.up_proj.weight": 1,
+    "model.layers.*.mlp.shared_expert.down_proj.weight": 0,
+    "model.layers.*.mlp.shared_expert_gate.weight": 1,
+}
 
 
 def layer_types(num_layers: int, full_attention_interval: int) -> list[str]:
@@ -81,4 +101,4 @@ def view(model: PreTrainedModel) -> ModelView:
     return decoder_view(model, _layer_view)
 
 
-model_families.register("qwen3_next")(ModelFamily(__doc__, hf_config, view, check))
+model_families.register("qwen3_next")(ModelFamily(__doc__, hf_config, view, check, HIDDEN_DIMS))

@@ -1,0 +1,43 @@
+"""Depth surgery (SlimQwen eq 4): keep a subset of decoder layers and renumber everything that counts them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from harness.compression._kept import check_kept
+from harness.compression.experts import record_expert_counts
+from harness.models.view import view
+
+
+def _renumber(layer: nn.Module, index: int) -> None:
+    """Point every `layer_idx` inside `layer` (attention, Gated DeltaNet, ...) at its new cache slot."""
+    for module in layer.modules():
+        if hasattr(module, "layer_idx"):
+            module.layer_idx = index
+
+
+def drop_layers(model: PreTrainedModel, kept_layers: Sequence[int]) -> None:
+    """Keep decoder layers `kept_layers` (strictly increasing) in order, in place.
+
+    Updates config.num_hidden_layers, config.layer_types, the dense-MLP layer list and the per-layer
+    expert counts, and renumbers every `layer_idx` so the KV / recurrent cache of `generate` still lines up.
+    """
+    model_view = view(model)
+    kept = check_kept(kept_layers, len(model_view.layers), "compress.depth", ordered=True)
+    dense = [new for new, old in enumerate(kept) if model_view.layers[old].moe is None]
+    layers = model.model.layers  # the decoder skeleton every family shares (see view.decoder_view)
+    model.model.layers = nn.ModuleList([layers[old] for old in kept])
+    for new, layer in enumerate(model.model.layers):
+        _renumber(layer, new)
+    config = model.config
+    config.num_hidden_layers = len(kept)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [config.layer_types[old] for old in kept]
+    if hasattr(config, "mlp_only_layers"):
+        # A kept layer's new index may change its place in the `decoder_sparse_step` pattern: list dense layers.
+        config.mlp_only_layers = dense
+        config.decoder_sparse_step = 1
+    record_expert_counts(model)

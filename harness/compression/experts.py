@@ -1,0 +1,94 @@
+"""Expert surgery (SlimQwen eqs 6-8): give each MoE layer new experts from an ExpertPlan, or just new counts.
+
+Layers may keep different numbers of experts (global budget). transformers' config has one
+`num_experts`, so the per-layer counts ride along as `config.num_experts_per_layer` (one entry per
+decoder layer, 0 for dense layers; absent when all MoE layers agree) with `config.num_experts` their
+maximum; `harness.models.io.load_pretrained` rebuilds those shapes. Tensors are swapped through
+`.data`, so Parameter objects (and views, ties) survive; only sizes change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from transformers import PreTrainedModel
+
+from harness.compression.plan import ExpertPlan, apply_plan
+from harness.errors import UserError
+from harness.models.view import MoEView, view
+
+
+def _moe_layers(model: PreTrainedModel, layers: Mapping[int, object]) -> dict[int, MoEView]:
+    """layer index -> MoEView of every MoE layer; `layers` (from code, not users) must name MoE layers only."""
+    moes = {layer.index: layer.moe for layer in view(model).moe_layers()}
+    unknown = sorted(set(layers) - set(moes))
+    if unknown:
+        raise ValueError(f"layers {unknown} are not MoE layers; MoE layers: {sorted(moes)}")
+    return moes
+
+
+def _check_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], counts: Mapping[int, int],
+                 top_k: int | None) -> None:
+    """The student's top-k must fit the MoE layer that keeps the fewest experts."""
+    fewest = min(counts.get(index, moe.num_experts) for index, moe in moes.items())
+    k = model.config.num_experts_per_tok if top_k is None else top_k
+    if not 1 <= k <= fewest:
+        raise UserError(f"compress.experts.top_k: {k} is not allowed; allowed: 1..{fewest} "
+                        "(the fewest experts any MoE layer keeps)")
+
+
+def _set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> None:
+    """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I] and the modules' expert counts."""
+    moe.router.data, moe.gate_up_proj.data, moe.down_proj.data = router, gate_up_proj, down_proj
+    moe.module.gate.num_experts = moe.module.experts.num_experts = router.shape[0]
+
+
+def _set_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], top_k: int | None) -> None:
+    if top_k is None:
+        return
+    for moe in moes.values():
+        moe.module.gate.top_k = top_k
+    model.config.num_experts_per_tok = top_k
+    if hasattr(model, "num_experts_per_tok"):  # the CausalLM copies it for transformers' aux loss
+        model.num_experts_per_tok = top_k
+
+
+def record_expert_counts(model: PreTrainedModel) -> None:
+    """Write the model's actual expert counts into its config (see the module docstring)."""
+    counts = [layer.moe.num_experts if layer.moe is not None else 0 for layer in view(model).layers]
+    moe_counts = {count for count in counts if count > 0}
+    if not moe_counts:
+        return
+    config = model.config
+    config.num_experts = max(moe_counts)
+    if len(moe_counts) > 1:
+        config.num_experts_per_layer = counts
+    elif hasattr(config, "num_experts_per_layer"):
+        del config.num_experts_per_layer
+    if hasattr(model, "num_experts"):
+        model.num_experts = config.num_experts
+
+
+def reduce_experts(model: PreTrainedModel, plans: Mapping[int, ExpertPlan], top_k: int | None = None) -> None:
+    """Apply `plans` (decoder layer index -> plan; unlisted MoE layers stay) in place and set top-k
+    (None keeps the current one). Router rows follow their experts (plan.apply_plan)."""
+    moes = _moe_layers(model, plans)
+    _check_top_k(model, moes, {index: plan.num_kept for index, plan in plans.items()}, top_k)
+    for index, plan in plans.items():
+        moe = moes[index]
+        _set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj))
+    _set_top_k(model, moes, top_k)
+    record_expert_counts(model)
+
+
+def resize_experts(model: PreTrainedModel, counts: Mapping[int, int], top_k: int | None = None) -> None:
+    """Give the MoE layers in `counts` that many *uninitialized* experts (same dtype and device) and set
+    top-k: the shapes of a reduced model without its weights, for loading a checkpoint or planning on meta."""
+    moes = _moe_layers(model, counts)
+    _check_top_k(model, moes, counts, top_k)
+    for index, count in counts.items():
+        moe = moes[index]
+        _set_experts(moe, *(t.new_empty(count, *t.shape[1:]) for t in (moe.router, moe.gate_up_proj, moe.down_proj)))
+    _set_top_k(model, moes, top_k)
+    record_expert_counts(model)
