@@ -13,6 +13,7 @@ METHOD_PACKAGES: dict[str, str] = {
     "methods.reducers": "reducers",
     "methods.depth": "depth_selectors",
     "methods.width": "width_selectors",
+    "methods.plans": "plans",
     "harness.models.families": "model_families",
 }
 
