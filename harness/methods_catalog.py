@@ -14,6 +14,8 @@ METHOD_PACKAGES: dict[str, str] = {
     "methods.depth": "depth_selectors",
     "methods.width": "width_selectors",
     "methods.plans": "plans",
+    "methods.losses": "loss_mixes",
+    "methods.schedules": "weight_schedules",
     "harness.models.families": "model_families",
 }
 

@@ -1,0 +1,45 @@
+"""Loss mixes (SlimQwen Table 3 rows): how the per-term losses become the training loss at the current λ, β.
+
+Terms, computed by the training module from harness.training.loss_terms: "lm" (L_LM), "kd" (L_KD),
+"mtp_lm" (L_MTP-LM, eq 10) and "mtp_kd" (L_MTP-KD, eq 11). A mix declares the terms it `needs`, so
+only those are computed (and the MTP module runs only when one of them is an MTP term). λ balances KD
+against LM, β the MTP terms against the backbone terms; mixes without a term ignore its weight.
+The MoE load-balancing loss is added by the training module outside every mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from harness.registry import Registry
+
+TERMS = frozenset({"lm", "kd", "mtp_lm", "mtp_kd"})
+MTP_TERMS = frozenset({"mtp_lm", "mtp_kd"})
+
+LossTerms = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossMix:
+    """A combination `combine(terms, lam, beta)` of the scalar terms named in `needs`."""
+
+    combine: Callable[[LossTerms, float, float], torch.Tensor]
+    needs: frozenset[str]
+
+    def __post_init__(self) -> None:
+        assert self.needs <= TERMS, f"unknown loss terms {sorted(self.needs - TERMS)}"
+        object.__setattr__(self, "__doc__", self.combine.__doc__)  # what `slim methods` lists
+
+    @property
+    def needs_mtp(self) -> bool:
+        return bool(self.needs & MTP_TERMS)
+
+    def __call__(self, terms: LossTerms, lam: float, beta: float) -> torch.Tensor:
+        assert self.needs <= terms.keys(), f"missing loss terms {sorted(self.needs - terms.keys())}"
+        return self.combine(terms, lam, beta)
+
+
+loss_mixes: Registry[LossMix] = Registry("loss mix", package="methods.losses")
