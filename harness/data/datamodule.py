@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
 from harness.config.schema import DataConfig
 from harness.data.packing import CorpusData, PackedDataset, build_corpus_data
+from harness.data.sampler import ResumableBatchSampler
 from harness.errors import UserError
 
 
 class CorpusDataModule(pl.LightningDataModule):
-    """Train/validation/calibration loaders; the train order depends only on `seed`."""
+    """Train/validation/calibration loaders; the train order depends only on `seed` and the step."""
 
     def __init__(self, cfg: DataConfig, batch_size: int, seed: int = 0) -> None:
         super().__init__()
@@ -42,15 +42,12 @@ class CorpusDataModule(pl.LightningDataModule):
         return self._require_data().tokenizer
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._require_data().train,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
-            drop_last=True,
-            num_workers=0,
-        )
+        """The seeded batch stream from the trainer's current (possibly restored) global step to max_steps."""
+        trainer = self.trainer
+        steps_done = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
+        end = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else 1
+        sampler = ResumableBatchSampler(len(self._require_data().train), self.batch_size, self.seed, steps_done, end)
+        return DataLoader(self._require_data().train, batch_sampler=sampler, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require_data().validation)

@@ -1,0 +1,45 @@
+"""A batch order that depends only on (seed, step), so a resumed run sees exactly the batches it missed.
+
+Epoch e visits the train set in `randperm(n, seed + e)` order (trailing partial batch dropped).
+Starting at global step s skips the first s batches of that stream: a run killed at step s and
+resumed reproduces the uninterrupted run's batches from s on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Yields the seeded stream's batches from `current_step()` (read at each new iteration) to `end_step`.
+
+    Reading the step when iteration starts, not at construction, keeps the stream right when the
+    trainer restores its step after building the loader, or restarts iteration at an epoch boundary.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, current_step: Callable[[], int],
+                 end_step: int) -> None:
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.current_step = current_step
+        self.end_step = end_step
+        self.batches_per_epoch = num_items // batch_size
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step, end = self.current_step(), self.end_step
+        while step < end:
+            epoch, offset = divmod(step, self.batches_per_epoch)
+            order = self._epoch_order(epoch)
+            for batch in range(offset, min(self.batches_per_epoch, offset + end - step)):
+                yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+                step += 1
+
+    def __len__(self) -> int:
+        return max(self.end_step - self.current_step(), 1)
