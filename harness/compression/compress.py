@@ -86,7 +86,7 @@ def _stats_for(cfg: SlimConfig, teacher) -> CalibrationStats:
     if not cfg.compress.stats:
         return run_calibration(teacher, cfg.data, cfg.calibration)
     stats = load_stats(cfg.compress.stats)
-    check_fingerprint(stats, teacher)
+    check_fingerprint(stats, teacher, cfg.compress.stats)
     return stats
 
 
