@@ -54,6 +54,15 @@ def compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def distill(args: argparse.Namespace) -> int:
+    """Distill the student (distill.student) from the frozen teacher (distill.teacher); writes distill.output."""
+    from harness.training.distill import distill as run_distill
+
+    summary = run_distill(_config(args))
+    print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
 def params(args: argparse.Namespace) -> int:
     """Build the configured model on the meta device and report total / active parameters."""
     from harness.models.build import build_model, validate_model_config

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": commands.pretrain,
     "calibrate": commands.calibrate,
     "compress": commands.compress,
+    "distill": commands.distill,
     "params": commands.params,
     "config": commands.show_config,
     "methods": commands.methods,

@@ -143,6 +143,25 @@ class CompressConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation of a student from a frozen teacher (SlimQwen sec 3.3, eq 12; Table 7 schedules)."""
+
+    teacher: str = "runs/demo/model"  # teacher HF directory (its mtp.safetensors, when present, gives MTP-KD targets)
+    student: str = "runs/student-slimqwen"  # student HF directory to start from (usually `slim compress` output)
+    output: str = "runs/distilled"  # where the distilled student (HF dir + mtp.safetensors + tokenizer) is written
+    loss: str = "full"  # loss mix key (methods/losses): lm, kd, kd+lm, kd+mtp_kd, kd+lm+mtp_lm, full
+    lambda_schedule: str = "linear"  # weight schedule key (methods/schedules) for λ, the KD-vs-LM weight
+    lambda_start: float = 1.0  # λ at progress 0, in [0, 1]
+    lambda_end: float = 0.75  # λ at progress 1, in [0, 1]
+    beta_schedule: str = "cosine"  # weight schedule key for β, the MTP-vs-backbone weight
+    beta_start: float = 0.3  # β at progress 0, >= 0
+    beta_end: float = 0.1  # β at progress 1, >= 0
+    temperature: float = 1.0  # softmax temperature of both KD distributions, > 0 (no τ² factor)
+    kd_kernel: str = "chunked"  # KD implementation key (kernels/kd_loss): reference, chunked, triton
+    router_kd_weight: float = 0.0  # weight of a router-logit KD term, >= 0; the term is not implemented yet (0 only)
+
+
+@dataclass
 class SlimConfig:
     """Root config: every `slim` subcommand reads the sections it needs."""
 
@@ -152,3 +171,4 @@ class SlimConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

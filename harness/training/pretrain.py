@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import lightning.pytorch as pl
-import torch
-
-from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
@@ -18,7 +11,7 @@ from harness.evaluation.perplexity import model_perplexity, unigram_perplexity
 from harness.models.build import validate_model_config
 from harness.models.io import save_pretrained
 from harness.training.lm_module import PretrainModule
-from harness.training.trainer import build_trainer, resume_path
+from harness.training.run import fit, prepare_run, validate_train_config, write_summary
 
 
 @dataclass
@@ -41,10 +34,7 @@ def validate_pretrain_config(cfg: SlimConfig) -> None:
         raise UserError(
             f"model.vocab_size ({cfg.model.vocab_size}) must equal data.vocab_size ({cfg.data.vocab_size})"
         )
-    if cfg.train.max_steps < 1 or cfg.train.batch_size < 1:
-        raise UserError("train.max_steps and train.batch_size must be >= 1")
-    if cfg.train.warmup_steps >= cfg.train.max_steps:
-        raise UserError(f"train.warmup_steps ({cfg.train.warmup_steps}) must be < train.max_steps ({cfg.train.max_steps})")
+    validate_train_config(cfg.train)
 
 
 def pretrain(cfg: SlimConfig) -> PretrainSummary:
@@ -52,17 +42,9 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
     validate_pretrain_config(cfg)
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
     data.setup("fit")
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    run_dir = prepare_run(cfg)
     module = PretrainModule(cfg.model, cfg.train)
-    trainer = build_trainer(cfg.train, run_dir)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg.train))
-    wall = time.perf_counter() - start
+    trainer, wall = fit(module, data, cfg.train, run_dir)
 
     model = module.model
     model_dir = run_dir / "model"
@@ -79,5 +61,5 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
         wall_seconds=round(wall, 1),
         tokens_per_second=round(tokens / max(wall, 1e-9), 1),
     )
-    (run_dir / "pretrain_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_summary(run_dir, "pretrain_summary", summary)
     return summary

@@ -1,0 +1,132 @@
+"""`slim distill`: train a compressed student against its frozen teacher and write the distilled HF directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+from harness.config.schema import SlimConfig
+from harness.data.datamodule import CorpusDataModule
+from harness.errors import UserError
+from harness.evaluation.perplexity import model_perplexity
+from harness.models.io import TOKENIZER_FILES, save_pretrained
+from harness.models.mtp import save_mtp
+from harness.training.distill_module import DistillModule
+from harness.training.run import fit, prepare_run, validate_train_config, write_summary
+from kernels.kd_loss import kd_implementations
+from methods.losses import loss_mixes
+from methods.schedules import weight_schedules
+
+
+@dataclass
+class DistillSummary:
+    """What `slim distill` reports and writes to `<run_dir>/distill_summary.json`."""
+
+    output_dir: str
+    val_perplexity: float
+    teacher_val_perplexity: float
+    steps: int
+    tokens_seen: int
+    wall_seconds: float
+    tokens_per_second: float
+    final_lambda: float
+    final_beta: float
+
+
+def _check_range(cfg: object, field: str, low: float, high: float | None = None) -> None:
+    value = getattr(cfg, field)
+    if value < low or (high is not None and value > high):
+        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise UserError(f"distill.{field}: must be {allowed}, got {value}")
+
+
+def validate_distill_config(cfg: SlimConfig) -> None:
+    """Registry keys and weight ranges of `distill`, and the trainer fields, before anything is loaded."""
+    d = cfg.distill
+    loss_mixes.validate(d.loss, "distill.loss")
+    weight_schedules.validate(d.lambda_schedule, "distill.lambda_schedule")
+    weight_schedules.validate(d.beta_schedule, "distill.beta_schedule")
+    kd_implementations.validate(d.kd_kernel, "distill.kd_kernel")
+    for field in ("lambda_start", "lambda_end"):
+        _check_range(d, field, 0.0, 1.0)
+    for field in ("beta_start", "beta_end"):
+        _check_range(d, field, 0.0)
+    if d.router_kd_weight != 0:
+        raise UserError(f"distill.router_kd_weight: must be 0 (router KD is not implemented yet), "
+                        f"got {d.router_kd_weight}")
+    if not d.temperature > 0:
+        raise UserError(f"distill.temperature: must be > 0, got {d.temperature}")
+    validate_train_config(cfg.train)
+
+
+def _model_config(path: str, field: str) -> PretrainedConfig:
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
+    return AutoConfig.from_pretrained(path)
+
+
+def tokenizer_vocab(path: str, field: str) -> dict[str, int]:
+    """token -> id of the tokenizer saved in model directory `path`; refused when it has none."""
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{field}: no tokenizer files in {path}; KD compares token ids, so both models need theirs")
+    return AutoTokenizer.from_pretrained(path).get_vocab()
+
+
+def validate_pair(student_dir: str, teacher_dir: str) -> PretrainedConfig:
+    """Refuse a student whose vocabulary (config.vocab_size or tokenizer) differs from the teacher's:
+    KD compares the two distributions token id by token id. Returns the student's config."""
+    student, teacher = _model_config(student_dir, "distill.student"), _model_config(teacher_dir, "distill.teacher")
+    if student.vocab_size != teacher.vocab_size:
+        raise UserError(f"distill.student: vocab_size {student.vocab_size} differs from the teacher's "
+                        f"{teacher.vocab_size} ({teacher_dir}); KD needs one vocabulary")
+    if tokenizer_vocab(student_dir, "distill.student") != tokenizer_vocab(teacher_dir, "distill.teacher"):
+        raise UserError(f"distill.student: the tokenizer in {student_dir} differs from the teacher's in {teacher_dir}; "
+                        "KD needs one vocabulary")
+    return student
+
+
+def _check_student_mtp(cfg: SlimConfig, student: PretrainedConfig) -> None:
+    if loss_mixes.get(cfg.distill.loss).needs_mtp and not getattr(student, "mtp_num_layers", 0):
+        raise UserError(f"distill.loss: {cfg.distill.loss!r} has MTP terms but the student {cfg.distill.student} has "
+                        "mtp_num_layers=0; pick a mix without mtp terms (lm, kd, kd+lm)")
+
+
+def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:
+    if data.tokenizer.get_vocab() != tokenizer_vocab(cfg.distill.teacher, "distill.teacher"):
+        raise UserError(f"data.tokenizer_dir: the tokenizer at {cfg.data.tokenizer_dir} differs from the teacher's "
+                        f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
+
+
+def distill(cfg: SlimConfig) -> DistillSummary:
+    """Distill `distill.student` from `distill.teacher` on the corpus; resumes from
+    `<run_dir>/checkpoints/last.ckpt` when present."""
+    validate_distill_config(cfg)
+    _check_student_mtp(cfg, validate_pair(cfg.distill.student, cfg.distill.teacher))
+    data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
+    data.setup("fit")
+    _check_data_tokenizer(cfg, data)
+    run_dir = prepare_run(cfg)
+    module = DistillModule(cfg.distill, cfg.train)
+    trainer, wall = fit(module, data, cfg.train, run_dir)
+
+    student_mtp = module.student_mtp
+    save_pretrained(module.student, cfg.distill.output, tokenizer=data.tokenizer,
+                    extras=None if student_mtp is None else lambda directory: save_mtp(student_mtp, directory))
+    tokens = trainer.global_step * cfg.train.batch_size * cfg.data.seq_len
+    final_lambda, final_beta = module.loss_weights()
+    summary = DistillSummary(
+        output_dir=cfg.distill.output,
+        val_perplexity=model_perplexity(module.student, data.val_dataloader(), desc="student validation perplexity"),
+        teacher_val_perplexity=model_perplexity(module.teacher.model, data.val_dataloader(),
+                                                desc="teacher validation perplexity"),
+        steps=trainer.global_step,
+        tokens_seen=tokens,
+        wall_seconds=round(wall, 1),
+        tokens_per_second=round(tokens / max(wall, 1e-9), 1),
+        final_lambda=final_lambda,
+        final_beta=final_beta,
+    )
+    write_summary(run_dir, "distill_summary", summary)
+    return summary

@@ -1,0 +1,198 @@
+"""Distillation as a Lightning module: a trainable student (+ its MTP module) against a frozen teacher.
+
+The training loss is a loss mix (methods/losses, SlimQwen eq 12) at the current λ, β (methods/schedules)
+plus the global-batch MoE balance loss. `step_offset` / `total_steps` place this run inside a longer
+budget, so the stages of a progressive plan continue one LR decay and one λ/β schedule.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.tensor import DTensor
+from torchmetrics import MeanMetric
+from transformers import PreTrainedModel
+
+from harness.config.schema import DistillConfig, TrainConfig
+from harness.errors import UserError
+from harness.models.io import load_pretrained
+from harness.models.mtp import MTP_FILE, MTPModule, build_mtp, load_mtp, mtp_depth
+from harness.training.distill_terms import (
+    KD_TERMS,
+    backbone_hidden,
+    collect_router_logits,
+    compute_terms,
+    hidden_states,
+    kd_term,
+)
+from harness.training.load_balance import global_batch_balance_loss
+from harness.training.loss_terms import lm_loss
+from harness.training.optim import configure_adamw
+from kernels.kd_loss import kd_implementations
+from methods.losses import loss_mixes
+from methods.schedules import weight_schedules
+
+
+class NonFiniteLossError(UserError):
+    """A NaN/inf loss or gradient: training stops before the optimizer step, so the last checkpoint stays good."""
+
+
+@dataclass
+class FrozenTeacher:
+    """The teacher and its MTP module (None without one), kept outside the module tree: no checkpoint
+    entries, no optimizer state, and Lightning's train()/eval() switches never reach it."""
+
+    model: PreTrainedModel
+    mtp: MTPModule | None
+
+    def to(self, device: torch.device) -> None:
+        """Move to `device` (once: a no-op when already there)."""
+        if self.model.device != device:
+            self.model.to(device)
+            if self.mtp is not None:
+                self.mtp.to(device)
+
+
+def load_teacher(path: str | Path) -> FrozenTeacher:
+    """The teacher in eval mode without gradients, with its MTP module when `mtp.safetensors` exists."""
+    model, _ = load_pretrained(path)
+    mtp = load_mtp(model, path) if (Path(path) / MTP_FILE).is_file() else None
+    for module in (model, mtp):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return FrozenTeacher(model, mtp)
+
+
+def load_student(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
+    """The student (in train mode) and its MTP module; a fresh MTP module when config.json has MTP depths but
+    no weights were saved."""
+    model, _ = load_pretrained(path)
+    model.train()
+    if mtp_depth(model) and not (Path(path) / MTP_FILE).is_file():
+        rank_zero_info(f"{path}: no {MTP_FILE}; the student's {mtp_depth(model)}-depth MTP module starts "
+                       "from a fresh init")
+        return model, build_mtp(model)
+    return model, load_mtp(model, path)
+
+
+@dataclass
+class StepLoss:
+    """One batch's training loss, the terms it was made of (mix terms + "balance") and the weights used."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    lam: float
+    beta: float
+
+
+class DistillModule(pl.LightningModule):
+    """Student + MTP trained on a loss mix against a frozen teacher; models are loaded in `configure_model`."""
+
+    def __init__(self, distill_cfg: DistillConfig, train_cfg: TrainConfig, step_offset: int = 0,
+                 total_steps: int | None = None) -> None:
+        super().__init__()
+        self.distill_cfg = distill_cfg
+        self.train_cfg = train_cfg
+        self.step_offset = step_offset
+        self.total_steps = step_offset + train_cfg.max_steps if total_steps is None else total_steps
+        self.mix = loss_mixes.get(distill_cfg.loss, "distill.loss")
+        self.kd = kd_implementations.get(distill_cfg.kd_kernel, "distill.kd_kernel")
+        self.lambda_schedule = weight_schedules.get(distill_cfg.lambda_schedule, "distill.lambda_schedule")
+        self.beta_schedule = weight_schedules.get(distill_cfg.beta_schedule, "distill.beta_schedule")
+        self.student: PreTrainedModel | None = None
+        self.student_mtp: MTPModule | None = None
+        self.teacher: FrozenTeacher | None = None
+        self.val_lm = MeanMetric()
+        self.val_kd = MeanMetric()
+        self._batch_started = 0.0
+
+    def configure_model(self) -> None:
+        if self.student is not None:
+            return
+        self.student, self.student_mtp = load_student(self.distill_cfg.student)
+        self.teacher = load_teacher(self.distill_cfg.teacher)
+        if self.teacher.mtp is not None and mtp_depth(self.teacher.model) < mtp_depth(self.student):
+            rank_zero_info("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
+            self.teacher.mtp = None
+
+    def loss_weights(self) -> tuple[float, float]:
+        """(λ, β) at the current step, as a fraction of the whole budget `total_steps`."""
+        progress = (self.global_step + self.step_offset) / self.total_steps
+        cfg = self.distill_cfg
+        return (self.lambda_schedule(cfg.lambda_start, cfg.lambda_end, progress),
+                self.beta_schedule(cfg.beta_start, cfg.beta_end, progress))
+
+    def _teacher(self) -> FrozenTeacher:
+        self.teacher.to(self.device)
+        return self.teacher
+
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
+        """Mix of the terms the loss needs at the current λ, β, plus router_aux_loss_coef × balance."""
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        depth = mtp_depth(self.student) if self.mix.needs_mtp else 0
+        with collect_router_logits(self.student) as router_logits:
+            student = hidden_states(self.student, self.student_mtp, input_ids, depth)
+        teacher = None
+        if self.mix.needs & KD_TERMS:
+            with torch.no_grad():
+                frozen = self._teacher()
+                teacher = hidden_states(frozen.model, frozen.mtp, input_ids, depth if "mtp_kd" in self.mix.needs else 0)
+        terms = compute_terms(self.mix.needs, student, teacher, labels, self.kd, self.distill_cfg.temperature)
+        terms["balance"] = global_batch_balance_loss(router_logits, self.student.config.num_experts_per_tok)
+        lam, beta = self.loss_weights()
+        total = self.mix(terms, lam, beta) + self.student.config.router_aux_loss_coef * terms["balance"]
+        return StepLoss(total, terms, lam, beta)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        step = self.step_loss(batch)
+        if not torch.isfinite(step.total):
+            bad = [f"train/{name}" for name, value in step.terms.items() if not torch.isfinite(value)]
+            raise NonFiniteLossError(f"step {self.global_step}: non-finite {', '.join(bad) or 'train/loss'}; "
+                                     "training stopped, the last checkpoint was written before this step")
+        self.log_dict({"train/loss": step.total, **{f"train/{name}": value for name, value in step.terms.items()}},
+                      prog_bar=True)
+        self.log_dict({"train/lambda": step.lam, "train/beta": step.beta,
+                       "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
+        return step.total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop on a non-finite gradient too: a finite loss can still give inf/NaN grads (overflow)."""
+        grads = [param.grad for param in self.parameters() if param.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        if not torch.isfinite(norm):
+            raise NonFiniteLossError(f"step {self.global_step}: non-finite gradient norm; training stopped, "
+                                     "the last checkpoint was written before this step")
+        self.log("train/grad_norm", norm)
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: object, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        seconds = max(time.perf_counter() - self._batch_started, 1e-9)
+        self.log("train/tokens_per_sec", batch["input_ids"].numel() * self.trainer.world_size / seconds)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        hidden = backbone_hidden(self.student, input_ids)
+        head = self.student.get_output_embeddings().weight
+        teacher = self._teacher().model
+        kd = kd_term(self.kd, hidden, backbone_hidden(teacher, input_ids), head,
+                     teacher.get_output_embeddings().weight, self.distill_cfg.temperature)
+        self.val_lm.update(lm_loss(F.linear(hidden, head), labels), weight=labels.numel())
+        self.val_kd.update(kd, weight=labels.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss, kd = self.val_lm.compute(), self.val_kd.compute()
+        self.val_lm.reset()
+        self.val_kd.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/kd": kd}, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict:
+        return configure_adamw(self, self.train_cfg, self.total_steps, self.step_offset)

@@ -1,0 +1,51 @@
+"""What every training command does around `Trainer.fit`: validate the trainer fields, prepare the run
+directory, fit with resume from `last.ckpt`, and write the summary JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from harness.config.load import to_yaml
+from harness.config.schema import SlimConfig, TrainConfig
+from harness.errors import UserError
+from harness.training.trainer import build_trainer, resume_path
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    """Refuse step counts that cannot make a run, naming the `train.` field."""
+    if cfg.max_steps < 1 or cfg.batch_size < 1:
+        raise UserError("train.max_steps and train.batch_size must be >= 1")
+    if cfg.warmup_steps >= cfg.max_steps:
+        raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({cfg.max_steps})")
+
+
+def prepare_run(cfg: SlimConfig) -> Path:
+    """Create `run_dir` with the resolved config.yaml, set the thread count and seed every RNG."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    return run_dir
+
+
+def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConfig,
+        run_dir: Path) -> tuple[pl.Trainer, float]:
+    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present); the trainer and wall seconds."""
+    trainer = build_trainer(cfg, run_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg))
+    return trainer, time.perf_counter() - start
+
+
+def write_summary(run_dir: Path, name: str, summary: Any) -> None:
+    """`<run_dir>/<name>.json` from a summary dataclass."""
+    (run_dir / f"{name}.json").write_text(json.dumps(asdict(summary), indent=2))

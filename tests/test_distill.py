@@ -1,0 +1,243 @@
+"""Distillation: eq 12 terms from a frozen teacher, kernels agree, KD falls, checkpoints resume and stay clean."""
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from harness.compression.surgery import drop_layers
+from harness.config.load import load_config
+from harness.config.schema import SlimConfig
+from harness.data.datamodule import CorpusDataModule
+from harness.errors import UserError
+from harness.models.build import build_model
+from harness.models.io import load_pretrained, save_pretrained
+from harness.models.mtp import MTP_FILE, build_mtp, load_mtp, run_mtp, save_mtp
+from harness.training.distill import distill
+from harness.training.distill_module import DistillModule, NonFiniteLossError
+from harness.training.loss_terms import kd_loss_from_logits, lm_loss, main_head_targets, mtp_kd_loss, mtp_lm_loss
+from harness.training.optim import configure_adamw
+from harness.training.pretrain import pretrain
+from harness.training.trainer import build_trainer
+from tests.conftest import TINY_OVERRIDES
+
+# hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, vocab 1024, sequences of 64.
+# One thread: on a shared 2-core machine two OpenMP threads wait on each other and run ~100x slower.
+TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",
+              "model.num_experts=8", "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",
+              "model.shared_expert_intermediate_size=64"]
+SHORT = ["train.batch_size=4", "train.warmup_steps=1", "train.val_every=2", "train.val_batches=2", "train.lr=3e-3",
+         "train.num_threads=1"]
+
+
+def _config(run_dir: Path, tokenizer_dir: Path, *overrides: str) -> SlimConfig:
+    return load_config([*TINY_OVERRIDES, f"data.tokenizer_dir={tokenizer_dir}", f"run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A teacher pretrained for 60 steps (so its distributions are far from uniform) with a saved MTP module."""
+    run_dir = tmp_path_factory.mktemp("teacher")
+    cfg = _config(run_dir, tokenizer_dir, *TINY_MODEL, "train.num_threads=1", "train.max_steps=60",
+                  "train.batch_size=8", "train.warmup_steps=5", "train.val_every=60", "train.val_batches=1")
+    model_dir = Path(pretrain(cfg).model_dir)
+    model, _ = load_pretrained(model_dir)
+    save_mtp(build_mtp(model), model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory: pytest.TempPathFactory, teacher_dir: Path) -> Path:
+    """The teacher with its last layer dropped (SlimQwen's last_n depth pruning), keeping the teacher's MTP."""
+    model, tokenizer = load_pretrained(teacher_dir)
+    mtp = load_mtp(model, teacher_dir)
+    drop_layers(model, [0])
+    return save_pretrained(model, tmp_path_factory.mktemp("student") / "student", tokenizer,
+                           extras=lambda directory: save_mtp(mtp, directory))
+
+
+@pytest.fixture(scope="session")
+def val_batches(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Two validation batches of 4 sequences."""
+    data = CorpusDataModule(_config(tmp_path_factory.mktemp("data"), tokenizer_dir).data, batch_size=4)
+    data.setup()
+    loader = iter(data.val_dataloader())
+    return [next(loader), next(loader)]
+
+
+def _distill_config(tiny_config, teacher: Path, student: Path, *overrides: str) -> SlimConfig:
+    output = Path(tiny_config().run_dir).parent / "distilled"
+    return tiny_config(*SHORT, f"distill.teacher={teacher}", f"distill.student={student}", f"distill.output={output}",
+                       *overrides)
+
+
+def _module(teacher: Path, student: Path, **distill: object) -> DistillModule:
+    cfg = load_config([f"distill.teacher={teacher}", f"distill.student={student}",
+                       *(f"distill.{key}={value}" for key, value in distill.items())])
+    module = DistillModule(cfg.distill, cfg.train)
+    module.configure_model()
+    return module
+
+
+def _mean_kd(teacher: Path, student: Path, batches: list[dict[str, torch.Tensor]]) -> float:
+    module = _module(teacher, student, loss="kd")
+    with torch.no_grad():
+        return sum(module.step_loss(batch).terms["kd"].item() for batch in batches) / len(batches)
+
+
+def test_identical_student_has_zero_kd(teacher_dir, val_batches):
+    """A student equal to the teacher (MTP included) gives KD and MTP-KD of 0 at step 0."""
+    module = _module(teacher_dir, teacher_dir, loss="kd+mtp_kd")
+    terms = module.step_loss(val_batches[0]).terms
+    assert terms["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["mtp_kd"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_chunked_and_reference_kernels_give_the_same_loss(teacher_dir, student_dir, val_batches):
+    """The eq 12 loss of the first step is the same with the chunked and the reference KD kernel."""
+    losses = [_module(teacher_dir, student_dir, loss="full", kd_kernel=kernel).step_loss(val_batches[0]).total.item()
+              for kernel in ("chunked", "reference")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_hidden_state_terms_match_logit_references(teacher_dir, student_dir, val_batches, tmp_path):
+    """All four terms, computed from hidden states through the KD kernel, equal harness.training.loss_terms on full
+    logits; without a teacher MTP module the MTP-KD targets are the teacher's main head shifted by k."""
+    bare_teacher = Path(shutil.copytree(teacher_dir, tmp_path / "teacher"))
+    (bare_teacher / MTP_FILE).unlink()
+    module = _module(bare_teacher, student_dir, loss="full")
+    batch = val_batches[0]
+    with torch.no_grad():
+        terms = module.step_loss(batch).terms
+        hidden = module.student.model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        student_logits = module.student.lm_head(hidden)
+        student_mtp = run_mtp(module.student, module.student_mtp, hidden, batch["input_ids"])
+        teacher_logits = module.teacher.model(input_ids=batch["input_ids"], use_cache=False).logits
+    expected = {
+        "lm": lm_loss(student_logits, batch["labels"]),
+        "kd": kd_loss_from_logits(student_logits, teacher_logits),
+        "mtp_lm": mtp_lm_loss(student_mtp, batch["labels"]),
+        "mtp_kd": mtp_kd_loss(student_mtp, main_head_targets(teacher_logits, len(student_mtp))),
+    }
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+
+
+def test_full_mix_logs_every_term_finite(teacher_dir, student_dir, tiny_config):
+    """Two steps of the full objective log all four terms, balance, λ, β, LR and throughput, all finite."""
+    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "train.max_steps=2")
+    trainer = build_trainer(cfg.train, cfg.run_dir)
+    trainer.fit(DistillModule(cfg.distill, cfg.train), datamodule=CorpusDataModule(cfg.data, cfg.train.batch_size))
+    names = [f"train/{name}" for name in ("loss", "lm", "kd", "mtp_lm", "mtp_kd", "balance", "lambda", "beta", "lr",
+                                           "grad_norm", "tokens_per_sec")] + ["val/loss", "val/ppl", "val/kd"]
+    logged = {name: trainer.callback_metrics[name].item() for name in names}
+    assert all(math.isfinite(value) for value in logged.values()), logged
+
+
+def test_distillation_lowers_validation_kd(teacher_dir, student_dir, val_batches, tiny_config):
+    """Twelve KD steps bring the pruned student's validation KD below its starting value."""
+    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=12",
+                          "train.val_every=12")
+    before = _mean_kd(teacher_dir, student_dir, val_batches)
+    distill(cfg)
+    after = _mean_kd(teacher_dir, Path(cfg.distill.output), val_batches)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_checkpoint_has_no_teacher_and_resume_continues(teacher_dir, student_dir, tiny_config):
+    """last.ckpt holds only student weights; a larger budget resumes at its step instead of restarting."""
+    first = distill(_distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2"))
+    last = Path(tiny_config().run_dir) / "checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert {key.split(".")[0] for key in checkpoint["state_dict"]} == {"student", "student_mtp"}
+    resumed = distill(_distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4"))
+    assert (first.steps, resumed.steps) == (2, 4)
+    second_run = (Path(tiny_config().run_dir) / "metrics/version_1/metrics.csv").read_text().splitlines()
+    steps = [int(row.split(",")[second_run[0].split(",").index("step")]) for row in second_run[1:]]
+    assert steps and min(steps) >= 2, steps
+
+
+def test_teacher_stays_frozen_in_eval_mode(teacher_dir, student_dir):
+    """Lightning's train() reaches the student only: the teacher stays in eval mode without gradients."""
+    module = _module(teacher_dir, student_dir)
+    module.train()
+    assert module.student.training and not module.teacher.model.training and not module.teacher.mtp.training
+    assert not any(param.requires_grad for param in module.teacher.model.parameters())
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, student_dir, tiny_config, monkeypatch):
+    """An inf student weight at step 3 raises NonFiniteLossError; last.ckpt stays the finite step-2 state."""
+
+    def poison(module: DistillModule, batch: dict, batch_idx: int) -> None:
+        if module.global_step == 3:
+            module.student.get_output_embeddings().weight.data[0] = float("inf")
+
+    monkeypatch.setattr(DistillModule, "on_train_batch_start", poison)
+    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=6")
+    with pytest.raises(NonFiniteLossError, match=r"^step 3: non-finite train/kd; training stopped"):
+        distill(cfg)
+    checkpoint = torch.load(Path(cfg.run_dir) / "checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
+    module = _module(teacher_dir, student_dir)
+    module.load_state_dict(checkpoint["state_dict"])
+    assert not Path(cfg.distill.output).exists()
+
+
+def test_non_finite_gradient_stops_before_the_optimizer_step(teacher_dir, student_dir):
+    """A finite loss with an inf gradient (overflow) is refused too, before the optimizer could apply it."""
+    module = _module(teacher_dir, student_dir)
+    head = module.student.get_output_embeddings().weight
+    head.grad = torch.full_like(head, float("inf"))
+    with pytest.raises(NonFiniteLossError, match=r"^step 0: non-finite gradient norm"):
+        module.on_before_optimizer_step(torch.optim.SGD([head], lr=0.1))
+
+
+def test_missing_student_mtp_starts_fresh(teacher_dir, student_dir, tmp_path):
+    """A student whose config has MTP depths but no mtp.safetensors gets a freshly initialized MTP module."""
+    bare = Path(shutil.copytree(student_dir, tmp_path / "bare"))
+    (bare / MTP_FILE).unlink()
+    assert _module(teacher_dir, bare).student_mtp is not None
+
+
+def test_vocab_size_mismatch_is_refused_before_work(teacher_dir, tiny_config, tmp_path):
+    """A student with another vocab_size fails naming distill.student and both sizes; no run dir is made."""
+    cfg = load_config(["model=tiny", *TINY_MODEL, "model.vocab_size=512"])
+    student = save_pretrained(build_model(cfg.model), tmp_path / "student")
+    run = _distill_config(tiny_config, teacher_dir, student)
+    with pytest.raises(UserError, match=r"^distill.student: vocab_size 512 differs from the teacher's 1024"):
+        distill(run)
+    assert not Path(run.run_dir).exists()
+
+
+def test_tokenizer_mismatch_is_refused_before_work(teacher_dir, student_dir, tiny_config, tmp_path):
+    """Same vocab_size but another tokenizer is refused too: KD compares token ids."""
+    other = Tokenizer(models.BPE(unk_token="<unk>"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    other.train_from_iterator(["and the earth was without form"] * 3, trainers.BpeTrainer(special_tokens=["<unk>"]))
+    student = Path(shutil.copytree(student_dir, tmp_path / "student"))
+    PreTrainedTokenizerFast(tokenizer_object=other, unk_token="<unk>").save_pretrained(student)
+    with pytest.raises(UserError, match=r"^distill.student: the tokenizer in .* differs from the teacher's"):
+        distill(_distill_config(tiny_config, teacher_dir, student))
+
+
+def test_unknown_loss_key_lists_valid_keys(tiny_config):
+    """A typo in distill.loss fails before any model is read, naming the field and every valid mix."""
+    with pytest.raises(UserError, match=r"distill.loss: unknown loss mix 'kd\+lmm'.*valid: full, kd, kd\+lm"):
+        distill(tiny_config("distill.loss=kd+lmm"))
+
+
+def test_step_offset_continues_schedules():
+    """A stage starting at step 50 of 100 gets the midpoint λ, β and the LR of global step 50."""
+    cfg = load_config(["train.warmup_steps=10", "train.max_steps=50"])
+    module = DistillModule(cfg.distill, cfg.train, step_offset=50, total_steps=100)
+    lam, beta = module.loss_weights()
+    assert lam == pytest.approx(0.875) and beta == pytest.approx(0.2)
+    optim = configure_adamw(torch.nn.Linear(2, 2), cfg.train, total_steps=100, step_offset=50)
+    expected = cfg.train.min_lr_ratio + (1 - cfg.train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * 40 / 90))
+    assert optim["optimizer"].param_groups[0]["lr"] == pytest.approx(cfg.train.lr * expected)
