@@ -6,14 +6,21 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from harness.config.load import load_config
 from harness.config.schema import SlimConfig
+
+# One intra-op thread: with two threads on a 2-core machine that is busy with anything else, torch's
+# threads wait on each other and tiny models run ~100x slower; alone, one thread costs little.
+torch.set_num_threads(1)
 
 TINY_OVERRIDES = [
     "model=tiny",
     "model.vocab_size=1024",
     "data.vocab_size=1024",
     "data.seq_len=64",
+    "train.num_threads=1",
 ]
 
 

@@ -17,6 +17,7 @@ from harness.data.packing import build_corpus_data
 from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.io import load_pretrained, save_pretrained
+from harness.models.mtp import build_mtp, load_mtp, run_mtp, save_mtp
 from harness.models.params import count_parameters
 from tests.conftest import TINY_OVERRIDES
 
@@ -28,13 +29,14 @@ CALIBRATION = ["calibration.num_samples=16", "calibration.batch_size=8", "calibr
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, Path, list[str]]:
-    """A random-init tiny teacher saved with the corpus tokenizer, plus its calibration stats file."""
+    """A random-init tiny teacher with an MTP module, saved with the corpus tokenizer, plus its calibration stats."""
     root = tmp_path_factory.mktemp("compress")
     base = [*TINY_OVERRIDES, *TEACHER_SHAPE, *CALIBRATION, f"data.tokenizer_dir={tokenizer_dir}"]
     cfg = load_config(base)
     tokenizer = build_corpus_data(cfg.data).tokenizer
     model = build_model(cfg.model, seed=0)
-    save_pretrained(model, root / "teacher", tokenizer=tokenizer)
+    mtp = build_mtp(model)
+    save_pretrained(model, root / "teacher", tokenizer=tokenizer, extras=lambda directory: save_mtp(mtp, directory))
     stats_path = root / "stats.safetensors"
     save_stats(run_calibration(model, cfg.data, cfg.calibration), stats_path)
     return root / "teacher", stats_path, base
@@ -60,6 +62,14 @@ def test_keep_everything_is_the_identity(teacher, tmp_path):
     student, _ = load_pretrained(tmp_path / "student")
     original, _ = load_pretrained(teacher[0])
     assert torch.equal(logits(student, IDS), logits(original, IDS))
+    assert torch.equal(mtp_logits(student, tmp_path / "student"), mtp_logits(original, teacher[0]))
+
+
+def mtp_logits(model, directory: Path) -> torch.Tensor:
+    """Depth-1 MTP logits of `model` with the MTP module saved in `directory`."""
+    with torch.no_grad():
+        hidden = model.model(input_ids=IDS, use_cache=False).last_hidden_state
+        return run_mtp(model, load_mtp(model, directory), hidden, IDS)[0]
 
 
 def test_slimqwen_shape_recipe_writes_reloadable_student_and_report(teacher, tmp_path):
@@ -77,6 +87,9 @@ def test_slimqwen_shape_recipe_writes_reloadable_student_and_report(teacher, tmp
     for layer in on_disk["experts"].values():
         assert layer["kept"] == 4 and sorted(int(k) for k in layer["merge_map"]) == list(range(8))
     assert torch.isfinite(logits(student, IDS)).all()
+    mtp = load_mtp(student, tmp_path / "student")
+    assert mtp.layers[0].block.mlp.experts.gate_up_proj.shape == (4, 64, 48)  # experts halved, width cut
+    assert torch.isfinite(mtp_logits(student, tmp_path / "student")).all()
 
 
 def test_global_budget_keeps_different_counts_per_layer(teacher, tmp_path):

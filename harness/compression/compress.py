@@ -1,7 +1,8 @@
 """`slim compress`: teacher + calibration stats + recipe -> student Hugging Face directory.
 
 All selections (layers, hidden dims, expert plans) are made on the teacher's statistics first, then
-applied as surgery: experts (teacher layer indices), then depth, then width. The student directory
+applied as surgery: experts (teacher layer indices), then depth, then width; a teacher MTP module is
+compressed alongside (harness.compression.mtp). The student directory
 gets `compression_report.json` with parameter counts, kept layers/dims, per-layer expert maps,
 the methods used and the stats fingerprint.
 """
@@ -23,10 +24,13 @@ from harness.calibration.stats import CalibrationStats
 from harness.compression.budget import allocate_experts, uniform_budget
 from harness.compression.plan import ExpertPlan
 from harness.compression.recipe import student_top_k, validate_recipe
+from harness.compression.mtp import reduce_mtp_experts
 from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
+from harness.compression.width import sync_width_attributes
 from harness.config.schema import CompressConfig, SlimConfig
 from harness.errors import UserError
 from harness.models.io import load_pretrained, save_pretrained
+from harness.models.mtp import MTP_FILE, load_mtp, mtp_hidden_params, save_mtp
 from harness.models.params import count_parameters
 from harness.models.view import ModelView, view
 from methods.criteria import criteria
@@ -113,6 +117,8 @@ def compress(cfg: SlimConfig) -> dict:
     teacher_cfg = teacher_config(recipe.teacher)
     validate_recipe(recipe, teacher_cfg)
     model, tokenizer = load_pretrained(recipe.teacher)
+    # A teacher pretrained without an MTP module has none to compress; the distiller then builds a fresh one.
+    mtp = load_mtp(model, recipe.teacher) if (Path(recipe.teacher) / MTP_FILE).is_file() else None
     stats = _stats_for(cfg, model)
     before = count_parameters(model)
     model_view = view(model)
@@ -125,12 +131,17 @@ def compress(cfg: SlimConfig) -> dict:
 
     reduce_experts(model, plans, top_k)
     drop_layers(model, kept_layers)
-    shrink_hidden(model, kept_dims)
+    shrink_hidden(model, kept_dims, extra=mtp_hidden_params(mtp) if mtp is not None else ())
+    if mtp is not None:
+        reduce_mtp_experts(mtp, recipe, model.config.num_experts, top_k)
+        sync_width_attributes(mtp, len(kept_dims))
     report = _report(cfg, before, count_parameters(model), kept_layers, kept_dims, plans, stats, top_k)
     report["student_fingerprint"] = model_fingerprint(model)
 
     def write_report(directory: Path) -> None:
         (directory / REPORT_NAME).write_text(json.dumps(report, indent=1))
+        if mtp is not None:
+            save_mtp(mtp, directory)
 
     save_pretrained(model, recipe.output, tokenizer=tokenizer, extras=write_report)
     return report

@@ -38,7 +38,7 @@ def _check_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], counts: Ma
                         "(the fewest experts any MoE layer keeps)")
 
 
-def _set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> None:
+def set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> None:
     """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I] and the modules' expert counts."""
     moe.router.data, moe.gate_up_proj.data, moe.down_proj.data = router, gate_up_proj, down_proj
     moe.module.gate.num_experts = moe.module.experts.num_experts = router.shape[0]
@@ -77,7 +77,7 @@ def reduce_experts(model: PreTrainedModel, plans: Mapping[int, ExpertPlan], top_
     _check_top_k(model, moes, {index: plan.num_kept for index, plan in plans.items()}, top_k)
     for index, plan in plans.items():
         moe = moes[index]
-        _set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj))
+        set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj))
     _set_top_k(model, moes, top_k)
     record_expert_counts(model)
 
@@ -89,6 +89,6 @@ def resize_experts(model: PreTrainedModel, counts: Mapping[int, int], top_k: int
     _check_top_k(model, moes, counts, top_k)
     for index, count in counts.items():
         moe = moes[index]
-        _set_experts(moe, *(t.new_empty(count, *t.shape[1:]) for t in (moe.router, moe.gate_up_proj, moe.down_proj)))
+        set_experts(moe, *(t.new_empty(count, *t.shape[1:]) for t in (moe.router, moe.gate_up_proj, moe.down_proj)))
     _set_top_k(model, moes, top_k)
     record_expert_counts(model)

@@ -134,7 +134,7 @@ class ExpertTarget:
 class CompressConfig:
     """A compression recipe: teacher + stats -> student directory."""
 
-    teacher: str = "runs/demo/model"
+    teacher: str = "assets/tiny-teacher"
     stats: str = ""  # calibration stats file; computed on the fly when empty
     output: str = "runs/student"
     depth: DepthTarget = field(default_factory=DepthTarget)
@@ -146,7 +146,7 @@ class CompressConfig:
 class DistillConfig:
     """Distillation of a student from a frozen teacher (SlimQwen sec 3.3, eq 12; Table 7 schedules)."""
 
-    teacher: str = "runs/demo/model"  # teacher HF directory (its mtp.safetensors, when present, gives MTP-KD targets)
+    teacher: str = "assets/tiny-teacher"  # teacher HF directory (its mtp.safetensors, when present, gives MTP-KD targets)
     student: str = "runs/student-slimqwen"  # student HF directory to start from (usually `slim compress` output)
     output: str = "runs/distilled"  # where the distilled student (HF dir + mtp.safetensors + tokenizer) is written
     loss: str = "full"  # loss mix key (methods/losses): lm, kd, kd+lm, kd+mtp_kd, kd+lm+mtp_lm, full
