@@ -7,17 +7,15 @@ Layout: tensors `moe.<layer>.<sum>`, `norm.<norm name>`, `depth.<sum>`; metadata
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from harness.calibration.fingerprint import model_fingerprint
+from harness.atomic import save_safetensors_atomic
 from harness.calibration.stats import CalibrationStats, DepthStats, MoELayerStats
 from harness.errors import UserError
 
@@ -45,18 +43,8 @@ def _flatten(stats: CalibrationStats) -> tuple[dict[str, torch.Tensor], dict[str
 
 def save_stats(stats: CalibrationStats, path: str | Path) -> Path:
     """Write `stats` to `path` through a temp file and a rename: a killed run never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors, metadata = _flatten(stats)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_path, metadata=metadata)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-    return path
+    return save_safetensors_atomic(tensors, path, metadata)
 
 
 def _unflatten(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> CalibrationStats:

@@ -42,12 +42,16 @@ class CorpusDataModule(pl.LightningDataModule):
         return self._require_data().tokenizer
 
     def train_dataloader(self) -> DataLoader:
-        """The seeded batch stream from the trainer's current (possibly restored) global step to max_steps."""
+        """The seeded batch stream from the trainer's current (possibly restored) global step to max_steps;
+        one epoch from step 0 when no trainer with a step budget is attached."""
+        train = self._require_data().train
         trainer = self.trainer
-        steps_done = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
-        end = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else 1
-        sampler = ResumableBatchSampler(len(self._require_data().train), self.batch_size, self.seed, steps_done, end)
-        return DataLoader(self._require_data().train, batch_sampler=sampler, num_workers=0)
+        if trainer is not None and trainer.max_steps > 0:
+            steps_done, end = (lambda: trainer.global_step), trainer.max_steps
+        else:
+            steps_done, end = (lambda: 0), len(train) // self.batch_size
+        sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end)
+        return DataLoader(train, batch_sampler=sampler, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require_data().validation)

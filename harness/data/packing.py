@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
+from harness.atomic import save_safetensors_atomic
 from harness.config.schema import DataConfig
 from harness.data.corpus import CorpusSplit, read_chapters, split_corpus
 from harness.data.tokenizer import load_or_train_tokenizer
@@ -90,17 +89,10 @@ def _load_cache(path: str, key: dict[str, str]) -> dict[str, torch.Tensor] | Non
 
 
 def _save_cache(path: str, packed: dict[str, torch.Tensor], key: dict[str, str]) -> None:
-    """Write through a temp file and rename, so a killed run never leaves a truncated cache."""
+    """Write the cache atomically, so a killed run never leaves a truncated one."""
     # int32 halves the file; token ids are far below 2**31.
     tensors = {name: tensor.to(torch.int32).contiguous() for name, tensor in packed.items()}
-    fd, tmp_path = tempfile.mkstemp(prefix=".packed-", suffix=".tmp", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_path, metadata=key)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    save_safetensors_atomic(tensors, path, key)
 
 
 def _pack_splits(split: CorpusSplit, tokenizer: PreTrainedTokenizerFast, seq_len: int) -> dict[str, torch.Tensor]:
