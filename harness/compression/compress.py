@@ -9,7 +9,6 @@ the methods used and the stats fingerprint.
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +22,7 @@ from harness.calibration.run import run_calibration
 from harness.calibration.stats import CalibrationStats
 from harness.compression.budget import allocate_experts, uniform_budget
 from harness.compression.plan import ExpertPlan
-from harness.compression.recipe import student_top_k, validate_recipe
+from harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
 from harness.compression.mtp import reduce_mtp_experts
 from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
 from harness.compression.width import sync_width_attributes
@@ -35,7 +34,6 @@ from harness.models.params import count_parameters
 from harness.models.view import ModelView, view
 from methods.criteria import criteria
 from methods.depth import depth_selectors
-from methods.reducers import reducers
 from methods.similarity import similarities
 from methods.width import width_selectors
 
@@ -76,12 +74,11 @@ def plan_experts(recipe: CompressConfig, stats: CalibrationStats, model_view: Mo
     moe = {layer.index: layer.moe for layer in model_view.moe_layers() if layer.index in kept_layers}
     criterion = criteria.get(recipe.experts.criterion)
     similarity = similarities.get(recipe.experts.similarity)
-    reducer = reducers.get(recipe.experts.reducer)
+    reducer = configured_reducer(recipe)
     importance = {index: criterion(stats.moe.get(index), block) for index, block in moe.items()}
     counts = expert_counts(recipe, importance, exempt_layers(sorted(moe), recipe), top_k)
-    options = {"base_choice": recipe.experts.base_choice} if "base_choice" in inspect.signature(reducer).parameters else {}
     return {
-        index: reducer(importance[index], similarity(stats.moe.get(index), block), counts[index], **options)
+        index: reducer(importance[index], similarity(stats.moe.get(index), block), counts[index])
         for index, block in moe.items()
     }
 

@@ -8,28 +8,25 @@ by `shrink_hidden(..., extra=mtp_hidden_params(mtp))` alongside the backbone's.
 
 from __future__ import annotations
 
-import inspect
-
 from harness.compression.experts import set_experts
 from harness.compression.plan import apply_plan
+from harness.compression.recipe import configured_reducer
 from harness.config.schema import CompressConfig
 from harness.models.mtp import MTPModule
 from harness.models.view import moe_view
 from methods.criteria import criteria
-from methods.reducers import reducers
 from methods.similarity import similarities
 
 
 def reduce_mtp_experts(mtp: MTPModule, recipe: CompressConfig, num_experts: int, top_k: int) -> None:
     """Give every MTP depth's MoE block `num_experts` experts (stats-free plan) and the student's top-k."""
-    reducer = reducers.get(recipe.experts.reducer)
-    options = {"base_choice": recipe.experts.base_choice} if "base_choice" in inspect.signature(reducer).parameters else {}
+    reducer = configured_reducer(recipe)
     for layer in mtp.layers:
         moe = moe_view(layer.block.mlp)
         if num_experts < moe.num_experts:
             importance = criteria.get("weight_norm")(None, moe)
             similarity = similarities.get("router_weights")(None, moe)
-            plan = reducer(importance, similarity, num_experts, **options)
+            plan = reducer(importance, similarity, num_experts)
             set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj))
         moe.module.gate.top_k = top_k
     mtp.config.num_experts, mtp.config.num_experts_per_tok = num_experts, top_k

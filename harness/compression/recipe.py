@@ -5,6 +5,10 @@ Every check raises a one-line UserError naming the recipe field and the allowed 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+
 from transformers import PretrainedConfig
 
 from harness.config.schema import CompressConfig
@@ -29,6 +33,14 @@ def validate_method_keys(recipe: CompressConfig) -> None:
     _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
     if recipe.experts.budget not in BUDGETS:
         raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; valid: {', '.join(BUDGETS)}")
+
+
+def configured_reducer(recipe: CompressConfig) -> Callable:
+    """The recipe's reducer with the options it accepts (e.g. partial_preserve's `base_choice`) bound."""
+    reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
+    if "base_choice" in inspect.signature(reducer).parameters:
+        return functools.partial(reducer, base_choice=recipe.experts.base_choice)
+    return reducer
 
 
 def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:
