@@ -88,3 +88,13 @@ def methods(args: argparse.Namespace) -> int:
 
     print(format_catalog())
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Calibrate, compress, distill and save in one command (`slim run recipe.yaml`; distill.init=scratch for
+    the random-init baseline)."""
+    from harness.pipeline import run_recipe
+
+    summary = run_recipe(_config(args))
+    print(json.dumps(summary["distill"], indent=2))
+    return 0

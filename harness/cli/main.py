@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": commands.pretrain,
     "calibrate": commands.calibrate,
     "compress": commands.compress,
+    "run": commands.run,
     "distill": commands.distill,
     "params": commands.params,
     "config": commands.show_config,

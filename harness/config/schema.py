@@ -159,6 +159,9 @@ class DistillConfig:
     temperature: float = 1.0  # softmax temperature of both KD distributions, > 0 (no τ² factor)
     kd_kernel: str = "chunked"  # KD implementation key (kernels/kd_loss): reference, chunked, triton
     router_kd_weight: float = 0.0  # weight of a router-logit KD term, >= 0; the term is not implemented yet (0 only)
+    # Student initialization for `slim run`: "pruned" (compressed teacher) or "scratch" (same shape, random init,
+    # SlimQwen Table 1 baseline).
+    init: str = "pruned"
 
 
 @dataclass

@@ -20,6 +20,9 @@ from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
 
 
+STUDENT_INITS = ("pruned", "scratch")
+
+
 @dataclass
 class DistillSummary:
     """What `slim distill` reports and writes to `<run_dir>/distill_summary.json`."""
@@ -56,6 +59,8 @@ def validate_distill_config(cfg: SlimConfig) -> None:
     if d.router_kd_weight != 0:
         raise UserError(f"distill.router_kd_weight: must be 0 (router KD is not implemented yet), "
                         f"got {d.router_kd_weight}")
+    if d.init not in STUDENT_INITS:
+        raise UserError(f"distill.init: unknown {d.init!r}; valid: {', '.join(STUDENT_INITS)}")
     if not d.temperature > 0:
         raise UserError(f"distill.temperature: must be > 0, got {d.temperature}")
     validate_train_config(cfg.train)

@@ -1,0 +1,56 @@
+"""`slim run`: calibrate -> compress -> distill in one call, from the pruned student or its scratch twin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config.load import load_config
+from harness.errors import UserError
+from harness.models.io import load_pretrained
+from harness.pipeline import run_recipe
+from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+TRAIN = ["train.max_steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=3",
+         "train.val_batches=1", "distill.loss=kd+lm", "compress.depth.num_drop=1", "compress.experts.num_experts=4"]
+
+
+def run_config(teacher, tmp_path: Path, *overrides: str):  # noqa: F811
+    teacher_dir, stats, base = teacher
+    return load_config([*base, *TRAIN, f"compress.teacher={teacher_dir}", f"compress.stats={stats}",
+                        f"compress.output={tmp_path / 'student'}", f"distill.output={tmp_path / 'distilled'}",
+                        f"run_dir={tmp_path / 'run'}", *overrides])
+
+
+def test_one_shot_run_writes_a_distilled_student(teacher, tmp_path):  # noqa: F811
+    """The pipeline compresses, distills for the step budget and writes the student plus a summary."""
+    summary = run_recipe(run_config(teacher, tmp_path))
+    assert summary["distill"]["steps"] == 3 and summary["init"] == "pruned"
+    distilled, _ = load_pretrained(tmp_path / "distilled")
+    assert distilled.config.num_hidden_layers == 3 and distilled.config.num_experts == 4
+    saved = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert saved["params"]["student"]["total"] < saved["params"]["teacher"]["total"]
+
+
+def test_scratch_init_keeps_the_shape_and_redraws_every_weight(teacher, tmp_path):  # noqa: F811
+    """distill.init=scratch trains the compressed architecture (same config) with every weight matrix redrawn."""
+    run_recipe(run_config(teacher, tmp_path, "distill.init=scratch"))
+    pruned, _ = load_pretrained(tmp_path / "student")
+    scratch, _ = load_pretrained(tmp_path / "student-scratch")
+    config = lambda model: {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert config(pruned) == config(scratch)
+    for (name, a), (_, b) in zip(pruned.state_dict().items(), scratch.state_dict().items(), strict=True):
+        assert a.shape == b.shape, name
+        if a.ndim >= 2:  # every matrix is redrawn; 1-D norms / gates start from the family's constants
+            assert not torch.equal(a, b), name
+    assert (tmp_path / "distilled" / "config.json").is_file()
+
+
+def test_unknown_init_is_refused_before_compressing(teacher, tmp_path):  # noqa: F811
+    """A bad distill.init fails in one line before the student directory is written."""
+    with pytest.raises(UserError, match="distill.init: unknown 'random'; valid: pruned, scratch"):
+        run_recipe(run_config(teacher, tmp_path, "distill.init=random"))
+    assert not (tmp_path / "student").exists()
