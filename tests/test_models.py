@@ -151,6 +151,7 @@ FAKE_KERNEL = 'def {name}(*args, **kwargs):\n    raise RuntimeError("0 active dr
 FAKE_FLA_SCRIPT = textwrap.dedent(
     """
     import sys, torch
+    torch.set_num_threads(1)  # as in the test process (conftest), so the logits compare bit for bit
     from transformers import AutoModelForCausalLM
     from harness.models.build import build_hf_config
     from harness.models.linear_attention_path import install_device_dispatch, linear_attention_backend

@@ -136,6 +136,23 @@ def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_ga
     )
 
 
+def attention_layer_view(index: int, layer: nn.Module, moe: MoEView | None,
+                         norm_types: tuple[type[nn.Module], ...]) -> LayerView:
+    """LayerView of a plain full-attention decoder layer (`self_attn`, `input_layernorm`,
+    `post_attention_layernorm`), as in qwen3_moe and olmoe."""
+    return LayerView(
+        index=index,
+        name=f"model.layers.{index}",
+        kind="full_attention",
+        module=layer,
+        mixer=layer.self_attn,
+        input_norm=layer.input_layernorm,
+        post_attention_norm=layer.post_attention_layernorm,
+        moe=moe,
+        norm_types=norm_types,
+    )
+
+
 def decoder_view(model: PreTrainedModel, layer_view: Callable[[int, nn.Module], LayerView]) -> ModelView:
     """ModelView of the `model.model.{embed_tokens, layers, norm}` + `lm_head` skeleton all families share."""
     return ModelView(

@@ -8,7 +8,7 @@ from transformers.models.olmoe import modeling_olmoe as modeling
 
 from harness.config.schema import ModelConfig
 from harness.models.families import ModelFamily, common_hf_kwargs, model_families, require, require_plain_moe
-from harness.models.view import LayerView, ModelView, decoder_view, moe_view
+from harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 
 def check(cfg: ModelConfig) -> None:
@@ -28,17 +28,7 @@ def hf_config(cfg: ModelConfig) -> OlmoeConfig:
 
 
 def _layer_view(index: int, layer: nn.Module) -> LayerView:
-    return LayerView(
-        index=index,
-        name=f"model.layers.{index}",
-        kind="full_attention",
-        module=layer,
-        mixer=layer.self_attn,
-        input_norm=layer.input_layernorm,
-        post_attention_norm=layer.post_attention_layernorm,
-        moe=moe_view(layer.mlp),
-        norm_types=(modeling.OlmoeRMSNorm,),
-    )
+    return attention_layer_view(index, layer, moe_view(layer.mlp), (modeling.OlmoeRMSNorm,))
 
 
 def view(model: PreTrainedModel) -> ModelView:

@@ -14,7 +14,7 @@ from harness.models.families import (
     model_families,
     require_plain_moe,
 )
-from harness.models.view import LayerView, ModelView, decoder_view, moe_view
+from harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 
 def hf_config(cfg: ModelConfig) -> Qwen3MoeConfig:
@@ -23,17 +23,7 @@ def hf_config(cfg: ModelConfig) -> Qwen3MoeConfig:
 
 def _layer_view(index: int, layer: nn.Module) -> LayerView:
     is_moe = isinstance(layer.mlp, modeling.Qwen3MoeSparseMoeBlock)
-    return LayerView(
-        index=index,
-        name=f"model.layers.{index}",
-        kind="full_attention",
-        module=layer,
-        mixer=layer.self_attn,
-        input_norm=layer.input_layernorm,
-        post_attention_norm=layer.post_attention_layernorm,
-        moe=moe_view(layer.mlp) if is_moe else None,
-        norm_types=(modeling.Qwen3MoeRMSNorm,),
-    )
+    return attention_layer_view(index, layer, moe_view(layer.mlp) if is_moe else None, (modeling.Qwen3MoeRMSNorm,))
 
 
 def view(model: PreTrainedModel) -> ModelView:
