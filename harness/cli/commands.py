@@ -30,11 +30,10 @@ def calibrate(args: argparse.Namespace) -> int:
     """One calibration pass over the teacher (compress.teacher); writes calibration.output (safetensors)."""
     from harness.calibration.io import save_stats
     from harness.calibration.run import run_calibration
-    from harness.compression.compress import teacher_config
-    from harness.models.io import load_pretrained
+    from harness.models.io import load_pretrained, read_model_config
 
     cfg = _config(args)
-    teacher_config(cfg.compress.teacher)
+    read_model_config(cfg.compress.teacher, "compress.teacher")
     model, _ = load_pretrained(cfg.compress.teacher)
     stats = run_calibration(model, cfg.data, cfg.calibration)
     save_stats(stats, cfg.calibration.output)

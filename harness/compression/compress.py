@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from harness.calibration.fingerprint import model_fingerprint
 from harness.calibration.io import check_fingerprint, load_stats
@@ -27,8 +26,7 @@ from harness.compression.mtp import reduce_mtp_experts
 from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
 from harness.compression.width import sync_width_attributes
 from harness.config.schema import CompressConfig, SlimConfig
-from harness.errors import UserError
-from harness.models.io import load_pretrained, save_pretrained
+from harness.models.io import load_pretrained, read_model_config, save_pretrained
 from harness.models.mtp import MTP_FILE, load_mtp, mtp_hidden_params, save_mtp
 from harness.models.params import count_parameters
 from harness.models.view import ModelView, view
@@ -38,13 +36,6 @@ from methods.similarity import similarities
 from methods.width import width_selectors
 
 REPORT_NAME = "compression_report.json"
-
-
-def teacher_config(path: str):
-    """The teacher's config.json only: enough to validate a recipe before loading any weights."""
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(f"compress.teacher: no Hugging Face model directory at {path} (config.json missing)")
-    return AutoConfig.from_pretrained(path)
 
 
 def exempt_layers(moe_layers: list[int], recipe: CompressConfig) -> set[int]:
@@ -111,7 +102,7 @@ def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats
 def compress(cfg: SlimConfig) -> dict:
     """Compress `cfg.compress.teacher` by the recipe and write the student to `cfg.compress.output`."""
     recipe = cfg.compress
-    teacher_cfg = teacher_config(recipe.teacher)
+    teacher_cfg = read_model_config(recipe.teacher, "compress.teacher")
     validate_recipe(recipe, teacher_cfg)
     model, tokenizer = load_pretrained(recipe.teacher)
     # A teacher pretrained without an MTP module has none to compress; the distiller then builds a fresh one.

@@ -9,7 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from harness.compression.experts import resize_experts
@@ -48,6 +55,14 @@ def save_pretrained(
     else:
         tmp_dir.rename(out_dir)
     return out_dir
+
+
+def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
+    """The config.json of model directory `path` only (no weights): enough to validate a recipe before
+    any work; one-line UserError naming `field` when there is no model directory."""
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
+    return AutoConfig.from_pretrained(path)
 
 
 def _check_weights(path: Path) -> None:

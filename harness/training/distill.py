@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import AutoTokenizer, PretrainedConfig
 
 from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity
-from harness.models.io import TOKENIZER_FILES, save_pretrained
+from harness.models.io import TOKENIZER_FILES, read_model_config, save_pretrained
 from harness.models.mtp import save_mtp
 from harness.training.distill_module import DistillModule
 from harness.training.run import fit, prepare_run, validate_train_config, write_summary
@@ -66,12 +66,6 @@ def validate_distill_config(cfg: SlimConfig) -> None:
     validate_train_config(cfg.train)
 
 
-def _model_config(path: str, field: str) -> PretrainedConfig:
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
-    return AutoConfig.from_pretrained(path)
-
-
 def tokenizer_vocab(path: str, field: str) -> dict[str, int]:
     """token -> id of the tokenizer saved in model directory `path`; refused when it has none."""
     if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
@@ -82,7 +76,7 @@ def tokenizer_vocab(path: str, field: str) -> dict[str, int]:
 def validate_pair(student_dir: str, teacher_dir: str) -> PretrainedConfig:
     """Refuse a student whose vocabulary (config.vocab_size or tokenizer) differs from the teacher's:
     KD compares the two distributions token id by token id. Returns the student's config."""
-    student, teacher = _model_config(student_dir, "distill.student"), _model_config(teacher_dir, "distill.teacher")
+    student, teacher = read_model_config(student_dir, "distill.student"), read_model_config(teacher_dir, "distill.teacher")
     if student.vocab_size != teacher.vocab_size:
         raise UserError(f"distill.student: vocab_size {student.vocab_size} differs from the teacher's "
                         f"{teacher.vocab_size} ({teacher_dir}); KD needs one vocabulary")
