@@ -1,27 +1,83 @@
-"""`slim run recipe.yaml`: calibrate -> compress -> (scratch re-init) -> distill -> save, in one command."""
+"""`slim run recipe.yaml`: calibrate -> compress -> (scratch re-init) -> distill -> save, one-shot or progressive.
+
+A progressive plan (`compress.plan`) repeats compress -> distill per stage (harness.progressive). A rerun
+of a killed run skips finished stages, reuses a stage's compressed student when its recipe is unchanged
+and resumes the interrupted distillation from its last checkpoint.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
 
-from harness.compression.compress import compress
+from harness.compression.compress import REPORT_NAME, compress
+from harness.compression.recipe import validate_recipe
 from harness.compression.scratch import write_scratch_student
 from harness.config.schema import SlimConfig
+from harness.errors import UserError
+from harness.models.io import read_model_config
+from harness.progressive import StagePlan, plan_stages
 from harness.training.distill import distill, validate_distill_config
 
 
-def run_recipe(cfg: SlimConfig) -> dict:
-    """One-shot SlimQwen run: the compressed student (or, with distill.init=scratch, its random-init twin)
-    is distilled from the original teacher; returns and writes `<run_dir>/run_summary.json`."""
-    validate_distill_config(cfg)
-    cfg.distill.teacher = cfg.compress.teacher
-    report = compress(cfg)
-    student = Path(cfg.compress.output)
+def _json(value: object) -> object:
+    return json.loads(json.dumps(value))
+
+
+def _compressed(cfg: SlimConfig) -> dict:
+    """The stage's compression report: reused when its student directory was written by the same recipe."""
+    report_file = Path(cfg.compress.output) / REPORT_NAME
+    if cfg.train.resume and report_file.is_file():
+        report = json.loads(report_file.read_text())
+        if report["recipe"] == _json(asdict(cfg.compress)):
+            return report
+    return compress(cfg)
+
+
+def _finished(stage: StagePlan) -> dict | None:
+    summary_file = Path(stage.run_dir) / "distill_summary.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    return summary if summary["steps"] == stage.steps and (Path(stage.distilled) / "config.json").is_file() else None
+
+
+def _run_stage(cfg: SlimConfig, stage: StagePlan) -> dict:
+    """Compress (or reuse) and distill one stage; a stage already distilled for its budget is skipped."""
+    stage_cfg = copy.deepcopy(cfg)
+    stage_cfg.compress = stage.recipe
+    stage_cfg.run_dir, stage_cfg.distill.output, stage_cfg.train.max_steps = stage.run_dir, stage.distilled, stage.steps
+    report = _compressed(stage_cfg)
+    student = Path(stage.recipe.output)
     if cfg.distill.init == "scratch":
         student = write_scratch_student(student, student.with_name(f"{student.name}-scratch"), cfg.train.seed)
-    cfg.distill.student = str(student)
-    summary = {"init": cfg.distill.init, "params": report["params"], "distill": asdict(distill(cfg))}
+    stage_cfg.distill.student = str(student)
+    summary = _finished(stage) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps))
+    return {"stage": stage.index, "shape": asdict(stage.shape), "steps": stage.steps, "step_offset": stage.step_offset,
+            "params": report["params"], "distill": summary}
+
+
+def run_recipe(cfg: SlimConfig) -> dict:
+    """Run the recipe's plan; the final student (or, with distill.init=scratch, its random-init twin trained the
+    same way) ends in `distill.output`. Returns and writes `<run_dir>/run_summary.json`."""
+    validate_distill_config(cfg)
+    teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
+    validate_recipe(cfg.compress, teacher)
+    stages = plan_stages(cfg, teacher)
+    if cfg.distill.init == "scratch" and len(stages) > 1:
+        raise UserError(f"distill.init: scratch trains the final architecture from random init, so it needs "
+                        f"compress.plan=one_shot, got {cfg.compress.plan!r}")
+    cfg.distill.teacher = cfg.compress.teacher
+    records = [_run_stage(cfg, stage) for stage in stages]
+    summary = {
+        "init": cfg.distill.init,
+        "plan": cfg.compress.plan,
+        "params": {"teacher": records[0]["params"]["teacher"], "student": records[-1]["params"]["student"]},
+        "stages": records,
+        "distill": records[-1]["distill"],
+    }
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -140,6 +140,9 @@ class CompressConfig:
     depth: DepthTarget = field(default_factory=DepthTarget)
     width: WidthTarget = field(default_factory=WidthTarget)
     experts: ExpertTarget = field(default_factory=ExpertTarget)
+    # `slim run` only: progressive plan key (methods/plans) and the token share of its early stages.
+    plan: str = "one_shot"
+    plan_first_share: float = 0.1
 
 
 @dataclass

@@ -15,13 +15,16 @@ from harness.errors import UserError
 class CorpusDataModule(pl.LightningDataModule):
     """Train/validation/calibration loaders; the train order depends only on `seed` and the step."""
 
-    def __init__(self, cfg: DataConfig, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int = 0, step_offset: int = 0) -> None:
+        """`step_offset`: global steps already trained by earlier stages of a progressive plan; the batch
+        stream continues from there instead of replaying the first batches."""
         super().__init__()
         if batch_size < 1:
             raise UserError(f"train.batch_size: must be >= 1, got {batch_size}")
         self.cfg = cfg
         self.batch_size = batch_size
         self.seed = seed
+        self.step_offset = step_offset
         self.data: CorpusData | None = None
 
     def prepare_data(self) -> None:
@@ -47,7 +50,8 @@ class CorpusDataModule(pl.LightningDataModule):
         train = self._require_data().train
         trainer = self.trainer
         if trainer is not None and trainer.max_steps > 0:
-            steps_done, end = (lambda: trainer.global_step), trainer.max_steps
+            offset = self.step_offset
+            steps_done, end = (lambda: trainer.global_step + offset), trainer.max_steps + offset
         else:
             steps_done, end = (lambda: 0), len(train) // self.batch_size
         sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end)

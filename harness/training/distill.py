@@ -45,7 +45,7 @@ def _check_range(cfg: object, field: str, low: float, high: float | None = None)
         raise UserError(f"distill.{field}: must be {allowed}, got {value}")
 
 
-def validate_distill_config(cfg: SlimConfig) -> None:
+def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> None:
     """Registry keys and weight ranges of `distill`, and the trainer fields, before anything is loaded."""
     d = cfg.distill
     loss_mixes.validate(d.loss, "distill.loss")
@@ -63,7 +63,7 @@ def validate_distill_config(cfg: SlimConfig) -> None:
         raise UserError(f"distill.init: unknown {d.init!r}; valid: {', '.join(STUDENT_INITS)}")
     if not d.temperature > 0:
         raise UserError(f"distill.temperature: must be > 0, got {d.temperature}")
-    validate_train_config(cfg.train)
+    validate_train_config(cfg.train, total_steps)
 
 
 def tokenizer_vocab(path: str, field: str) -> dict[str, int]:
@@ -98,16 +98,18 @@ def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
 
 
-def distill(cfg: SlimConfig) -> DistillSummary:
+def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = None) -> DistillSummary:
     """Distill `distill.student` from `distill.teacher` on the corpus; resumes from
-    `<run_dir>/checkpoints/last.ckpt` when present."""
-    validate_distill_config(cfg)
+    `<run_dir>/checkpoints/last.ckpt` when present. A progressive plan's stage passes the steps of the
+    earlier stages (`step_offset`) and the whole budget (`total_steps`): LR, λ/β and the batch stream
+    then continue where the previous stage stopped."""
+    validate_distill_config(cfg, total_steps)
     _check_student_mtp(cfg, validate_pair(cfg.distill.student, cfg.distill.teacher))
-    data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
+    data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed, step_offset=step_offset)
     data.setup("fit")
     _check_data_tokenizer(cfg, data)
     run_dir = prepare_run(cfg)
-    module = DistillModule(cfg.distill, cfg.train)
+    module = DistillModule(cfg.distill, cfg.train, step_offset, total_steps)
     trainer, wall = fit(module, data, cfg.train, run_dir)
 
     student_mtp = module.student_mtp

@@ -18,12 +18,14 @@ from harness.errors import UserError
 from harness.training.trainer import build_trainer, resume_path
 
 
-def validate_train_config(cfg: TrainConfig) -> None:
-    """Refuse step counts that cannot make a run, naming the `train.` field."""
+def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> None:
+    """Refuse step counts that cannot make a run, naming the `train.` field. `total_steps` is the whole
+    budget when this run is one stage of a progressive plan (warmup happens once, in the first stage)."""
     if cfg.max_steps < 1 or cfg.batch_size < 1:
         raise UserError("train.max_steps and train.batch_size must be >= 1")
-    if cfg.warmup_steps >= cfg.max_steps:
-        raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({cfg.max_steps})")
+    budget = cfg.max_steps if total_steps is None else total_steps
+    if cfg.warmup_steps >= budget:
+        raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({budget})")
 
 
 def prepare_run(cfg: SlimConfig) -> Path:
