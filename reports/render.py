@@ -1,0 +1,48 @@
+"""Write one report (table fragment, standalone document, loss curves) to a folder, each file atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from reports.curves import CurveSpec, build_lines, plot_lines
+from reports.latex import render_table, standalone
+from reports.results import CellResult
+from reports.spec import TableSpec
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file in the same folder and rename it, so readers never see half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_report(results: list[CellResult], spec: TableSpec, out_dir: str | Path,
+                 curve: CurveSpec | None = CurveSpec()) -> dict[str, Path]:
+    """Write `<name>.tex`, `<name>_standalone.tex` and, when any result has the curve, `<name>_curves.png/.pdf`.
+
+    Returns the written paths keyed "tex", "standalone", "png", "pdf".
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fragment = render_table(results, spec)
+    texts = {"tex": (f"{spec.name}.tex", fragment), "standalone": (f"{spec.name}_standalone.tex", standalone(fragment))}
+    paths = {}
+    for kind, (filename, text) in texts.items():
+        paths[kind] = out_dir / filename
+        atomic_write(paths[kind], lambda stream, text=text: stream.write(text.encode()))
+    if curve is not None and (lines := build_lines(results, spec, curve)):
+        figure = plot_lines(lines, curve)
+        for suffix in ("png", "pdf"):
+            paths[suffix] = out_dir / f"{spec.name}_curves.{suffix}"
+            atomic_write(paths[suffix], lambda stream, suffix=suffix: figure.savefig(stream, format=suffix, dpi=200))
+    return paths
