@@ -20,6 +20,7 @@ from harness.calibration.io import check_fingerprint, load_stats
 from harness.calibration.run import run_calibration
 from harness.calibration.stats import CalibrationStats
 from harness.compression.budget import allocate_experts, uniform_budget
+from harness.compression.lineage import LINEAGE_KEY, Lineage, compose, identity_lineage, read_lineage
 from harness.compression.plan import ExpertPlan
 from harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
 from harness.compression.mtp import reduce_mtp_experts
@@ -99,6 +100,15 @@ def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats
     }
 
 
+def source_lineage(recipe: CompressConfig, model_view: ModelView) -> Lineage:
+    """The compressed model's own lineage (a student cut again), or the identity for an original teacher."""
+    stored = read_lineage(recipe.teacher, REPORT_NAME)
+    if stored is not None:
+        return stored
+    experts = [layer.moe.router.shape[0] if layer.moe is not None else 0 for layer in model_view.layers]
+    return identity_lineage(recipe.teacher, len(model_view.layers), experts)
+
+
 def compress(cfg: SlimConfig) -> dict:
     """Compress `cfg.compress.teacher` by the recipe and write the student to `cfg.compress.output`."""
     recipe = cfg.compress
@@ -116,6 +126,8 @@ def compress(cfg: SlimConfig) -> dict:
     kept_dims = (width_selectors.get(recipe.width.selector)(stats, hidden, recipe.width.hidden_size)
                  if recipe.width.hidden_size else list(range(hidden)))
     plans = plan_experts(recipe, stats, model_view, kept_layers, top_k)
+    lineage = compose(source_lineage(recipe, model_view), kept_layers,
+                      {layer: plan.merge_map() for layer, plan in plans.items()})
 
     reduce_experts(model, plans, top_k)
     drop_layers(model, kept_layers)
@@ -125,6 +137,7 @@ def compress(cfg: SlimConfig) -> dict:
         sync_width_attributes(mtp, len(kept_dims))
     report = _report(cfg, before, count_parameters(model), kept_layers, kept_dims, plans, stats, top_k)
     report["student_fingerprint"] = model_fingerprint(model)
+    report[LINEAGE_KEY] = asdict(lineage)
 
     def write_report(directory: Path) -> None:
         (directory / REPORT_NAME).write_text(json.dumps(report, indent=1))
