@@ -23,6 +23,7 @@ from harness.compression.experts import resize_experts
 from harness.errors import UserError
 from harness.models.families import model_families
 from harness.models.linear_attention_path import install_device_dispatch
+from harness.models.zero_experts import CONFIG_FIELD as ZERO_EXPERTS_FIELD, install_zero_experts
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -105,21 +106,27 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
 
 
 def _model_class(path: Path) -> type[AutoModelForCausalLM] | type[PreTrainedModel]:
-    """AutoModelForCausalLM, or for a config with `num_experts_per_layer` (a student whose MoE layers keep
-    different expert counts, see harness.compression.experts) a same-named subclass of the family's class
-    that resizes those layers right after construction, before transformers loads and converts the weights."""
+    """AutoModelForCausalLM, or for a config with non-HF structure a same-named subclass of the family's class
+    that installs it right after construction, before transformers loads and converts the weights:
+    `num_experts_per_layer` (a student whose MoE layers keep different expert counts, see
+    harness.compression.experts) and `num_zero_experts` (zero-output experts, see harness.models.zero_experts)."""
     config = AutoConfig.from_pretrained(path)
-    if getattr(config, "num_experts_per_layer", None) is None:
+    per_layer = getattr(config, "num_experts_per_layer", None)
+    num_zero_experts = getattr(config, ZERO_EXPERTS_FIELD, None)
+    if per_layer is None and num_zero_experts is None:
         return AutoModelForCausalLM
-    if len(config.num_experts_per_layer) != config.num_hidden_layers:
-        raise ValueError(f"config.json num_experts_per_layer has {len(config.num_experts_per_layer)} entries "
+    if per_layer is not None and len(per_layer) != config.num_hidden_layers:
+        raise ValueError(f"config.json num_experts_per_layer has {len(per_layer)} entries "
                          f"for {config.num_hidden_layers} layers")
     base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
 
     def __init__(self: PreTrainedModel, config: AutoConfig, *args: object, **kwargs: object) -> None:
         base.__init__(self, config, *args, **kwargs)
-        counts = enumerate(config.num_experts_per_layer)
-        resize_experts(self, {layer: n for layer, n in counts if n and n != config.num_experts})
+        if per_layer is not None:
+            counts = enumerate(config.num_experts_per_layer)
+            resize_experts(self, {layer: n for layer, n in counts if n and n != config.num_experts})
+        if num_zero_experts is not None:
+            install_zero_experts(self, num_zero_experts)
 
     return type(base.__name__, (base,), {"__init__": __init__, "__qualname__": base.__qualname__})
 

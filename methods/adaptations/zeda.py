@@ -1,0 +1,8 @@
+"""`zeda`: zero-output experts + two-stage self-distillation from the frozen original + group balancing loss."""
+
+from __future__ import annotations
+
+from methods.adaptations import Adaptation, adaptations
+from methods.zeda.stages import run_zeda, validate_zeda
+
+adaptations.register("zeda")(Adaptation(__doc__, validate_zeda, run_zeda))

@@ -1,0 +1,8 @@
+"""ZEDA, Zero-Expert Self-Distillation Adaptation (arXiv 2605.18643): a post-trained static MoE becomes a dynamic one.
+
+- `inject`: zero-output experts in every MoE layer (router columns only; harness.models.zero_experts).
+- `group_balance`: the group-level balancing loss that gives the zero experts their share of routed slots.
+- `module`: the distillation module of one stage (routers only, or everything) with that loss and FLOPs logging.
+- `stages`: the two-stage self-distillation from the frozen original model, and the run summary.
+Registered as the MoE adaptation `zeda` (methods/adaptations) and run by `slim zeda`.
+"""

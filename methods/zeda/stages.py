@@ -1,0 +1,136 @@
+"""`slim zeda`: inject zero experts into the original MoE, then two-stage self-distillation from it.
+
+The stage split is ours (the paper names two stages, not their lengths): the first
+round(zeda.router_share × train.max_steps) steps train only the routers with the backbone frozen (default 30%),
+the remaining steps train the whole model. Each stage is one `harness.training.distill` run with the original
+model as the frozen teacher; the second continues the first's LR schedule and batch stream (step_offset), as
+the stages of a progressive plan do. A stage finished for its budget is skipped on rerun, an interrupted one
+resumes from its checkpoint. Results go to `<run_dir>/zeda_summary.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.config.schema import DistillConfig, SlimConfig, TrainConfig, ZedaConfig
+from harness.data.datamodule import CorpusDataModule
+from harness.errors import UserError
+from harness.models.expert_flops import expert_flops_saved
+from harness.models.io import load_pretrained, read_model_config, save_pretrained
+from harness.models.mtp import MTP_FILE
+from harness.training.distill import distill, validate_distill_config
+from methods.zeda.inject import check_injection, inject_zero_experts
+from methods.zeda.module import ZedaDistillModule
+
+SUMMARY_NAME = "zeda_summary.json"
+
+
+@dataclass(frozen=True)
+class ZedaStage:
+    """One stage: "router" (routers only) or "all" (whole model), its steps and the steps before it."""
+
+    name: str
+    steps: int
+    step_offset: int
+
+
+def plan_stages(max_steps: int, router_share: float) -> list[ZedaStage]:
+    """The two stages of a `max_steps` budget; a stage that gets no steps is left out."""
+    router_steps = round(max_steps * router_share)
+    stages = [ZedaStage("router", router_steps, 0), ZedaStage("all", max_steps - router_steps, router_steps)]
+    return [stage for stage in stages if stage.steps > 0]
+
+
+def _distill_view(cfg: SlimConfig) -> SlimConfig:
+    """`cfg` with the distill fields ZEDA sets: the original model as teacher and the `zeda.loss` mix."""
+    staged = copy.deepcopy(cfg)
+    staged.distill.teacher, staged.distill.loss = cfg.zeda.teacher, cfg.zeda.loss
+    return staged
+
+
+def validate_zeda(cfg: SlimConfig) -> None:
+    """Every `zeda.*` field and the distillation/trainer fields the stages use, before any model is loaded."""
+    zeda = cfg.zeda
+    check_injection(zeda, read_model_config(zeda.teacher, "zeda.teacher"))
+    if zeda.balance_weight < 0:
+        raise UserError(f"zeda.balance_weight: must be >= 0, got {zeda.balance_weight}")
+    if not 0 <= zeda.router_share <= 1:
+        raise UserError(f"zeda.router_share: must be in [0, 1], got {zeda.router_share}")
+    if cfg.distill.router_kd_weight:
+        raise UserError(f"distill.router_kd_weight: must be 0 under slim zeda (the student's routers have "
+                        f"{zeda.num_zero_experts} more columns than the teacher's), got {cfg.distill.router_kd_weight}")
+    validate_distill_config(_distill_view(cfg))
+
+
+def write_injected(cfg: ZedaConfig, out_dir: Path) -> Path:
+    """The original model with zero experts injected, its tokenizer and MTP weights, as an HF directory."""
+    model, tokenizer = load_pretrained(cfg.teacher)
+    inject_zero_experts(model, cfg)
+    mtp_file = Path(cfg.teacher) / MTP_FILE
+    extras = (lambda directory: shutil.copyfile(mtp_file, directory / MTP_FILE)) if mtp_file.is_file() else None
+    return save_pretrained(model, out_dir, tokenizer=tokenizer, extras=extras)
+
+
+def _finished(run_dir: Path, output: Path, steps: int) -> dict | None:
+    summary_file = run_dir / "distill_summary.json"
+    if not summary_file.is_file() or not (output / "config.json").is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    return summary if summary["steps"] == steps else None
+
+
+def _run_stage(cfg: SlimConfig, stage: ZedaStage, student: Path, output: Path) -> dict:
+    """Distill one stage from `student` into `output` (or reuse a finished one)."""
+    stage_cfg = _distill_view(cfg)
+    stage_cfg.run_dir = str(Path(cfg.run_dir) / f"stage-{stage.name}")
+    stage_cfg.distill.student, stage_cfg.distill.output = str(student), str(output)
+    stage_cfg.train.max_steps = stage.steps
+
+    def module(distill_cfg: DistillConfig, train_cfg: TrainConfig, step_offset: int,
+               total_steps: int | None) -> ZedaDistillModule:
+        return ZedaDistillModule(distill_cfg, train_cfg, cfg.zeda, stage.name, step_offset, total_steps)
+
+    summary = (_finished(Path(stage_cfg.run_dir), output, stage.steps)
+               or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, module_factory=module)))
+    return {"stage": stage.name, "steps": stage.steps, "step_offset": stage.step_offset, "distill": summary}
+
+
+def run_zeda(cfg: SlimConfig) -> dict:
+    """Inject, adapt in two stages, measure; the adapted model ends in `zeda.output`. Returns the summary
+    (validation perplexity of the original and the adapted model, share of expert FLOPs skipped on the
+    validation split overall and per layer) and writes it to `<run_dir>/zeda_summary.json`."""
+    validate_zeda(cfg)
+    stages = plan_stages(cfg.train.max_steps, cfg.zeda.router_share)
+    student = write_injected(cfg.zeda, Path(cfg.run_dir) / "injected")
+    records = []
+    for index, stage in enumerate(stages):
+        last = index == len(stages) - 1
+        output = Path(cfg.zeda.output) if last else Path(cfg.run_dir) / f"stage-{stage.name}" / "model"
+        records.append(_run_stage(cfg, stage, student, output))
+        student = output
+    model, _ = load_pretrained(cfg.zeda.output)
+    data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
+    data.setup("fit")
+    flops = expert_flops_saved(model, data.val_dataloader())
+    final = records[-1]["distill"]
+    summary = {
+        "output_dir": cfg.zeda.output,
+        "num_zero_experts": cfg.zeda.num_zero_experts,
+        "group_size": cfg.zeda.group_size,
+        "balance_weight": cfg.zeda.balance_weight,
+        "router_share": cfg.zeda.router_share,
+        "val_perplexity": final["val_perplexity"],
+        "teacher_val_perplexity": final["teacher_val_perplexity"],
+        "expert_flops_saved": flops["overall"],
+        "expert_flops_saved_per_layer": flops["per_layer"],
+        "steps": sum(record["steps"] for record in records),
+        "wall_seconds": round(sum(record["distill"]["wall_seconds"] for record in records), 1),
+        "stages": records,
+    }
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run_dir) / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    return summary
