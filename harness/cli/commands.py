@@ -62,6 +62,16 @@ def distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate eval.model (lm-eval tasks, perplexity, MTP acceptance, speed/memory vs eval.teacher); writes
+    <run_dir>/eval_summary.json."""
+    from harness.evaluation.evaluate import evaluate as run_evaluate
+
+    summary = run_evaluate(_config(args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def params(args: argparse.Namespace) -> int:
     """Build the configured model on the meta device and report total / active parameters."""
     from harness.models.build import build_model, validate_model_config

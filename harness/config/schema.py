@@ -168,6 +168,46 @@ class DistillConfig:
 
 
 @dataclass
+class MTPAcceptanceConfig:
+    """Speculative-decoding acceptance of the model's MTP drafter (SlimQwen Table 4)."""
+
+    num_draft_tokens: int = 0  # K drafts per step (acc_0..acc_{K-1}); 0 = the MTP depth D; beyond D the last depth is reused
+    num_prompts: int = 8  # held-out prompts, each continued greedily
+    prompt_len: int = 64  # prompt tokens
+    new_tokens: int = 64  # greedy tokens generated per prompt (must exceed num_draft_tokens)
+
+
+@dataclass
+class EfficiencyConfig:
+    """Prefill / decode speed and peak memory, student vs teacher in one run (SlimQwen Table 11: 128 + 128)."""
+
+    enabled: bool = True
+    batch_size: int = 1
+    prompt_len: int = 128
+    new_tokens: int = 128
+    repeats: int = 3  # timed runs, averaged
+    warmup: int = 1  # untimed runs first
+
+
+@dataclass
+class EvalConfig:
+    """`slim eval`: lm-eval tasks, perplexity, MTP acceptance and efficiency of one model -> eval_summary.json."""
+
+    model: str = "assets/tiny-teacher"  # HF directory to evaluate (its tokenizer and mtp.safetensors, when present)
+    teacher: str = ""  # HF directory to compare speed and memory against; "" measures the model alone
+    # lm-eval task names: the local kjv_cloze, kjv_next_verse, kjv_complete (tag kjv) or any real lm-eval task
+    tasks: list[str] = field(default_factory=lambda: ["kjv_cloze", "kjv_next_verse", "kjv_complete"])
+    limit: int = 0  # documents per task; 0 = all
+    num_fewshot: int = 0
+    batch_size: int = 16  # lm-eval and perplexity batch size
+    perplexity_batches: int = 16  # validation batches of data.seq_len tokens; 0 skips perplexity
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"
+    offline: bool = True  # no Hugging Face Hub requests: real tasks must find their datasets in the local cache
+    mtp: MTPAcceptanceConfig = field(default_factory=MTPAcceptanceConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+
+
+@dataclass
 class SlimConfig:
     """Root config: every `slim` subcommand reads the sections it needs."""
 
@@ -178,3 +218,4 @@ class SlimConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,149 @@
+"""`slim eval`: lm-eval tasks, validation perplexity, MTP acceptance and speed/memory of one model (vs its
+teacher), written to `<run_dir>/eval_summary.json`. Every field is checked before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from harness.config.schema import EvalConfig, SlimConfig
+from harness.data.corpus import read_chapters, split_corpus
+from harness.data.packing import PackedDataset, pack_texts
+from harness.errors import UserError
+from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
+from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
+from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
+from harness.evaluation.perplexity import model_perplexity
+from harness.models.io import TOKENIZER_FILES, load_pretrained, read_model_config
+from harness.models.mtp import MTP_FILE, load_mtp, mtp_depth
+
+SUMMARY_NAME = "eval_summary.json"
+POSITIVE_FIELDS = ("batch_size", "mtp.num_prompts", "mtp.prompt_len", "mtp.new_tokens", "efficiency.batch_size",
+                   "efficiency.prompt_len", "efficiency.new_tokens", "efficiency.repeats")
+NON_NEGATIVE_FIELDS = ("limit", "num_fewshot", "perplexity_batches", "mtp.num_draft_tokens", "efficiency.warmup")
+
+
+def _field(cfg: EvalConfig, dotted: str) -> object:
+    value: object = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate_eval_config(cfg: EvalConfig) -> None:
+    """One-line UserError naming the first bad `eval.*` field."""
+    for dotted, low in [*((name, 1) for name in POSITIVE_FIELDS), *((name, 0) for name in NON_NEGATIVE_FIELDS)]:
+        if _field(cfg, dotted) < low:
+            raise UserError(f"eval.{dotted}: must be >= {low}, got {_field(cfg, dotted)}")
+    if cfg.mtp.new_tokens <= cfg.mtp.num_draft_tokens:
+        raise UserError(f"eval.mtp.new_tokens: must exceed eval.mtp.num_draft_tokens ({cfg.mtp.num_draft_tokens}), "
+                        f"got {cfg.mtp.new_tokens}")
+    if not cfg.tasks and not cfg.perplexity_batches:
+        raise UserError("eval.tasks: empty and eval.perplexity_batches is 0, nothing to evaluate")
+    if cfg.device != "auto" and cfg.device.split(":")[0] not in ("cpu", "cuda"):
+        raise UserError(f"eval.device: must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    model_config = read_model_config(cfg.model, "eval.model")
+    if not any((Path(cfg.model) / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"eval.model: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {cfg.model}")
+    if cfg.teacher and read_model_config(cfg.teacher, "eval.teacher").vocab_size != model_config.vocab_size:
+        raise UserError(f"eval.teacher: its vocabulary differs from eval.model's ({model_config.vocab_size} tokens); "
+                        "speed is compared on the same token ids")
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"eval.device: {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def validation_texts(cfg: SlimConfig) -> list[str]:
+    """Validation chapters of the corpus split: text the evaluated models never trained on."""
+    return split_corpus(read_chapters(cfg.data.corpus_path), cfg.data.heldout_every).validation
+
+
+def heldout_windows(texts: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> PackedDataset:
+    """`texts` tokenized by the evaluated model's tokenizer, as rows of `length` input tokens."""
+    return PackedDataset(pack_texts(texts, tokenizer, length))
+
+
+def _prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, count: int, length: int,
+             device: torch.device) -> torch.Tensor:
+    """The first `count` held-out windows of `length` tokens, [count, length] on `device`."""
+    windows = heldout_windows(texts, tokenizer, length)
+    if len(windows) < count:
+        raise UserError(f"eval: the validation split holds {len(windows)} prompts of {length} tokens, asked for {count}")
+    return torch.stack([windows[i]["input_ids"] for i in range(count)]).to(device)
+
+
+def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                 device: torch.device) -> dict:
+    """acc_0..acc_{K-1}, or why there are none (no MTP depth in config.json, or no saved MTP weights)."""
+    if mtp_depth(model) == 0:
+        return {"acc": None, "note": "config.json has no MTP depths (mtp_num_layers = 0)"}
+    if not (Path(cfg.eval.model) / MTP_FILE).is_file():
+        return {"acc": None, "note": f"no {MTP_FILE} in {cfg.eval.model}: the model has no trained MTP module"}
+    mtp = load_mtp(model, cfg.eval.model).eval()
+    settings = cfg.eval.mtp
+    num_draft = settings.num_draft_tokens or mtp_depth(model)
+    prompts = _prompts(texts, tokenizer, settings.num_prompts, settings.prompt_len, device)
+    acc = acceptance_rates(model, mtp_drafter(model, mtp, num_draft), prompts, settings.new_tokens, num_draft)
+    return {"acc": acc, "tokens_per_step": 1 + sum(acc), "num_draft_tokens": num_draft}
+
+
+def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.Tensor) -> dict:
+    """The model's speed and memory, and with eval.teacher the teacher's on the same prompts and their ratios."""
+    settings = cfg.eval.efficiency
+    measured = {"model": measure_efficiency(model, prompts, settings.new_tokens, settings.repeats, settings.warmup)}
+    if cfg.eval.teacher:
+        teacher, _ = load_pretrained(cfg.eval.teacher, device=str(prompts.device))
+        measured["teacher"] = measure_efficiency(teacher, prompts, settings.new_tokens, settings.repeats, settings.warmup)
+    summary: dict = {"device": str(prompts.device), **{name: asdict(value) for name, value in measured.items()}}
+    if "teacher" in measured:
+        summary["student_vs_teacher"] = efficiency_ratios(measured["model"], measured["teacher"])
+    return summary
+
+
+def _write_json(data: dict, path: Path) -> None:
+    """Write through a temp file and rename, so a killed run never leaves a truncated summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(cfg: SlimConfig) -> dict:
+    """Evaluate eval.model; returns the summary and writes it to `<run_dir>/eval_summary.json`."""
+    validate_eval_config(cfg.eval)
+    if cfg.eval.offline:
+        go_offline()
+    manager = task_manager() if cfg.eval.tasks else None
+    if manager is not None:
+        check_tasks(cfg.eval.tasks, manager)
+    device = resolve_device(cfg.eval.device)
+    texts = validation_texts(cfg)
+    model, tokenizer = load_pretrained(cfg.eval.model, device=str(device))
+    model.eval()
+    summary: dict = {"model": cfg.eval.model, "teacher": cfg.eval.teacher or None}
+    if manager is not None:
+        limit = cfg.eval.limit or None
+        summary["lm_eval"] = run_lm_eval(model, tokenizer, cfg.eval.tasks, manager, limit, cfg.eval.batch_size,
+                                         cfg.eval.num_fewshot)
+    if cfg.eval.perplexity_batches:
+        loader = DataLoader(heldout_windows(texts, tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
+        summary["perplexity"] = model_perplexity(model, loader, cfg.eval.perplexity_batches)
+    summary["mtp_acceptance"] = _mtp_summary(cfg, model, tokenizer, texts, device)
+    if cfg.eval.efficiency.enabled:
+        speed = cfg.eval.efficiency
+        prompts = _prompts(texts, tokenizer, speed.batch_size, speed.prompt_len, device)
+        summary["efficiency"] = _efficiency_summary(cfg, model, prompts)
+    _write_json(summary, Path(cfg.run_dir) / SUMMARY_NAME)
+    return summary
