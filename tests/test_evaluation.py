@@ -17,6 +17,7 @@ from harness.config.schema import DataConfig, ModelConfig
 from harness.data.corpus import read_chapters, split_corpus
 from harness.errors import UserError
 from harness.evaluation.efficiency import CPU_MEMORY, measure_efficiency
+from harness.evaluation.evaluate import disable_cache_without_attention
 from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from harness.evaluation.local_tasks import BUILDERS, TASKS_DIR, write_local_tasks
 from harness.evaluation.mtp_acceptance import Drafter, acceptance_rates, greedy_continuation, mtp_drafter
@@ -96,10 +97,11 @@ def test_real_task_without_cached_data_fails_offline(manager, monkeypatch: pytes
         check_tasks(["lambada_openai"], manager)
 
 
-def tiny_model(mtp_layers: int) -> PreTrainedModel:
+def tiny_model(mtp_layers: int, num_layers: int = 4) -> PreTrainedModel:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=32, hidden_size=64, num_hidden_layers=4, num_experts=8, num_experts_per_tok=2,
-                         moe_intermediate_size=32, shared_expert_intermediate_size=64, mtp_num_layers=mtp_layers)
+    config = ModelConfig(vocab_size=32, hidden_size=64, num_hidden_layers=num_layers, num_experts=8,
+                         num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                         mtp_num_layers=mtp_layers)
     return build_model(config).eval()
 
 
@@ -159,6 +161,17 @@ def test_drafter_copying_the_main_head_is_always_accepted() -> None:
     assert acceptance_rates(model, oracle_drafter(model, 4, noise=0.0), prompts, 12, 4) == [1.0] * 4
 
 
+def test_model_without_attention_layer_runs_without_cache() -> None:
+    """A depth-pruned Qwen3-Next with only linear-attention layers (transformers' cache needs an attention layer)
+    still generates, drafts and is timed once eval turns its cache off; models with one keep their cache."""
+    assert disable_cache_without_attention(tiny_model(1)) is None
+    model = tiny_model(1, num_layers=3)
+    assert disable_cache_without_attention(model) is not None
+    prompts = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(0))
+    assert len(acceptance_rates(model, mtp_drafter(model, build_mtp(model).eval(), 2), prompts, 6, 2)) == 2
+    assert measure_efficiency(model, prompts, new_tokens=3, repeats=1, warmup=0).decode_tokens_per_s > 0
+
+
 def test_efficiency_counts_weights_on_cpu() -> None:
     """Throughputs are positive and CPU peak memory includes at least the weights."""
     model = tiny_model(0)
@@ -168,11 +181,12 @@ def test_efficiency_counts_weights_on_cpu() -> None:
     assert result.peak_memory_bytes >= weights and result.memory_method == CPU_MEMORY
 
 
-def test_slim_eval_writes_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_slim_eval_writes_summary(tmp_path: Path) -> None:
     """`slim eval` writes every section; the teacher (no mtp.safetensors) reports no acceptance and says why."""
     code = main(["eval", f"run_dir={tmp_path}", "eval.tasks=[kjv_cloze]", "eval.limit=4", "eval.device=cpu",
-                 "eval.perplexity_batches=1", "eval.batch_size=4", f"eval.teacher={TEACHER}", "eval.efficiency.prompt_len=16",
-                 "eval.efficiency.new_tokens=4", "eval.efficiency.repeats=1", "eval.efficiency.warmup=0"])
+                 "eval.perplexity_batches=1", "eval.batch_size=4", f"eval.teacher={TEACHER}",
+                 "eval.efficiency.prompt_len=16", "eval.efficiency.new_tokens=4", "eval.efficiency.repeats=1",
+                 "eval.efficiency.warmup=0"])
     assert code == 0
     summary = json.loads((tmp_path / "eval_summary.json").read_text())
     assert set(summary["lm_eval"]["kjv_cloze"]) == {"acc", "acc_norm"}

@@ -1,7 +1,7 @@
 """Prefill / decode throughput and peak memory of a causal LM (SlimQwen Table 11 analog).
 
-Prefill: one forward over a [B, P] prompt batch that fills the KV cache. Decode: `generate` of G tokens
-with the KV cache (greedy, exactly G); its first token comes from the prefill, so decode throughput is
+Prefill: one forward over a [B, P] prompt batch that fills the KV cache (when the model uses one). Decode:
+`generate` of G tokens (greedy, exactly G); its first token comes from the prefill, so decode throughput is
 B·(G-1) tokens over (generate time - prefill time). Each is the mean of `repeats` timed runs after `warmup`
 untimed ones. Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed runs (weights
 included); on CPU the model's parameter and buffer bytes plus the peak rise of the process RSS above its
@@ -101,7 +101,7 @@ def measure_efficiency(model: PreTrainedModel, prompts: torch.Tensor, new_tokens
     device = prompts.device
     batch, prompt_len = prompts.shape
     with _peak_memory(model, device) as peak:
-        prefill_s = _mean_seconds(lambda: model(input_ids=prompts, use_cache=True), device, repeats, warmup)
+        prefill_s = _mean_seconds(lambda: model(input_ids=prompts), device, repeats, warmup)
         generate_s = _mean_seconds(lambda: greedy_continuation(model, prompts, new_tokens), device, repeats, warmup)
     model.train(was_training)
     decode_s = max(generate_s - prefill_s, 1e-9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -80,7 +81,8 @@ def _prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, count: int, l
     """The first `count` held-out windows of `length` tokens, [count, length] on `device`."""
     windows = heldout_windows(texts, tokenizer, length)
     if len(windows) < count:
-        raise UserError(f"eval: the validation split holds {len(windows)} prompts of {length} tokens, asked for {count}")
+        raise UserError(f"eval: the validation split holds {len(windows)} prompts of {length} tokens, "
+                        f"asked for {count}")
     return torch.stack([windows[i]["input_ids"] for i in range(count)]).to(device)
 
 
@@ -102,14 +104,29 @@ def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedT
 def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.Tensor) -> dict:
     """The model's speed and memory, and with eval.teacher the teacher's on the same prompts and their ratios."""
     settings = cfg.eval.efficiency
-    measured = {"model": measure_efficiency(model, prompts, settings.new_tokens, settings.repeats, settings.warmup)}
+    measure = partial(measure_efficiency, prompts=prompts, new_tokens=settings.new_tokens, repeats=settings.repeats,
+                      warmup=settings.warmup)
+    measured = {"model": measure(model)}
     if cfg.eval.teacher:
-        teacher, _ = load_pretrained(cfg.eval.teacher, device=str(prompts.device))
-        measured["teacher"] = measure_efficiency(teacher, prompts, settings.new_tokens, settings.repeats, settings.warmup)
+        teacher = load_pretrained(cfg.eval.teacher, device=str(prompts.device))[0]
+        disable_cache_without_attention(teacher)
+        measured["teacher"] = measure(teacher)
     summary: dict = {"device": str(prompts.device), **{name: asdict(value) for name, value in measured.items()}}
     if "teacher" in measured:
         summary["student_vs_teacher"] = efficiency_ratios(measured["model"], measured["teacher"])
     return summary
+
+
+def disable_cache_without_attention(model: PreTrainedModel) -> str | None:
+    """transformers' hybrid cache needs one full-attention layer (its length comes from there), so a depth-pruned
+    Qwen3-Next with only linear-attention layers cannot use it: run such a model without cache (decoding then
+    recomputes the prefix each step) and return a note saying so; None when the cache works."""
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types is None or "full_attention" in layer_types:
+        return None
+    model.config.use_cache = False
+    model.generation_config.use_cache = False
+    return "no full-attention layer: transformers' KV cache needs one, so this model runs without cache"
 
 
 def _write_json(data: dict, path: Path) -> None:
@@ -132,7 +149,8 @@ def evaluate(cfg: SlimConfig) -> dict:
     texts = validation_texts(cfg)
     model, tokenizer = load_pretrained(cfg.eval.model, device=str(device))
     model.eval()
-    summary: dict = {"model": cfg.eval.model, "teacher": cfg.eval.teacher or None}
+    summary: dict = {"model": cfg.eval.model, "teacher": cfg.eval.teacher or None,
+                     "kv_cache_note": disable_cache_without_attention(model)}
     if manager is not None:
         limit = cfg.eval.limit or None
         summary["lm_eval"] = run_lm_eval(model, tokenizer, cfg.eval.tasks, manager, limit, cfg.eval.batch_size,
