@@ -10,10 +10,15 @@ from harness.config.load import load_config, to_yaml
 from harness.config.schema import SlimConfig
 
 
-def _config(args: argparse.Namespace) -> SlimConfig:
-    """Positional `*.yaml` arguments are recipe files (applied first), the rest `key=value` overrides."""
+def _sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(recipe files, `key=value` overrides): positional `*.yaml` arguments and `--config` files are recipes."""
     files = [*args.config, *(item for item in args.overrides if "=" not in item and item.endswith((".yaml", ".yml")))]
-    overrides = [item for item in args.overrides if item not in files]
+    return files, [item for item in args.overrides if item not in files]
+
+
+def _config(args: argparse.Namespace) -> SlimConfig:
+    """Recipe files applied first, then the `key=value` overrides."""
+    files, overrides = _sources(args)
     return load_config(overrides, files=files)
 
 
@@ -106,4 +111,49 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_recipe(_config(args))
     print(json.dumps(summary["distill"], indent=2))
+    return 0
+
+
+def grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """`slim grid` / `slim report`: the spec file and where its results live."""
+    parser.add_argument("spec", metavar="SPEC", help="grid spec YAML, e.g. ablations/table3.yaml")
+    parser.add_argument("--output-dir", default=None, help="grid folder (default: the spec's output_dir)")
+
+
+def grid_run_arguments(parser: argparse.ArgumentParser) -> None:
+    grid_arguments(parser)
+    parser.add_argument("--launcher", default="inprocess", help="inprocess (default) or submitit (a Slurm job per cell)")
+    parser.add_argument("--workers", type=int, default=1, help="in-process: cells run at once in worker processes")
+    parser.add_argument("--cluster", default=None, help="submitit executor: slurm or local (default: auto-detect)")
+
+
+def _grid(args: argparse.Namespace):
+    from harness.grid import prepare_grid
+
+    files, overrides = _sources(args)
+    return prepare_grid(args.spec, files or None, overrides, args.output_dir)
+
+
+def grid(args: argparse.Namespace) -> int:
+    """Run an ablation grid (`slim grid ablations/table3.yaml [recipe.yaml] [key=value]`): recipe files replace the
+    spec's tiny `scale`, overrides apply to every cell; finished cells are skipped, failed ones recorded."""
+    from harness.grid import run_grid
+
+    prepared = _grid(args)
+    rows = run_grid(prepared, args.launcher, args.workers, args.cluster)
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "failed", "running")}
+    print(f"{prepared.spec.name}: {counts['done']}/{len(prepared.cells)} cells done, {counts['failed']} failed "
+          f"({prepared.store_path})")
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"  failed {row['key']} {row['axes']} seed={row['seed']}: {row['error']}")
+    return 0 if counts["done"] == len(prepared.cells) else 1
+
+
+def report(args: argparse.Namespace) -> int:
+    """Render a grid's table (LaTeX) and loss curves from its results store (same spec and overrides as `slim grid`)."""
+    from harness.grid.report import write_grid_report
+
+    for kind, path in write_grid_report(_grid(args)).items():
+        print(f"{kind}: {path}")
     return 0

@@ -24,8 +24,15 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "params": commands.params,
     "config": commands.show_config,
     "methods": commands.methods,
+    "grid": commands.grid,
+    "report": commands.report,
 }
 TAKES_NO_CONFIG = {"methods"}
+# Arguments a subcommand takes before its recipe files and overrides.
+EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "grid": commands.grid_run_arguments,
+    "report": commands.grid_arguments,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
         if name in TAKES_NO_CONFIG:
             continue
+        if name in EXTRA_ARGUMENTS:
+            EXTRA_ARGUMENTS[name](cmd)
         cmd.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe.yaml files and config overrides, e.g. train.max_steps=100")
     return parser

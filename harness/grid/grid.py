@@ -1,0 +1,66 @@
+"""`slim grid`: load a spec, expand and validate every cell, then run the cells not yet done with a launcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.grid.expand import Cell, expand, validate_cells
+from harness.grid.launch_submitit import run_submitit
+from harness.grid.runner import run_parallel, run_sequential
+from harness.grid.spec import GridSpec, load_spec
+from harness.grid.store import ResultsStore
+
+LAUNCHERS = ("inprocess", "submitit")
+STORE_NAME = "results.sqlite"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A checked spec, its cells and where their results go."""
+
+    spec: GridSpec
+    cells: list[Cell]
+    output_dir: Path
+
+    @property
+    def store_path(self) -> Path:
+        return self.output_dir / STORE_NAME
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The store's rows of this grid's cells, in cell order (cells never started have none)."""
+        with ResultsStore(self.store_path) as store:
+            return store.rows([cell.key for cell in self.cells])
+
+
+def prepare_grid(spec_path: str | Path, files: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 output_dir: str | None = None) -> Grid:
+    """Parse the spec and resolve + validate every cell; raises UserError before anything runs."""
+    spec = load_spec(spec_path)
+    cells = expand(spec, files, overrides, output_dir)
+    validate_cells(cells, spec.path)
+    return Grid(spec, cells, Path(output_dir or spec.output_dir).resolve())
+
+
+def run_grid(grid: Grid, launcher: str = "inprocess", workers: int = 1, cluster: str | None = None) -> list[dict]:
+    """Run every cell whose row is not `done` and return the grid's rows. `workers` > 1 runs in-process cells
+    in that many worker processes; launcher `submitit` sends each cell as a job (`cluster` picks the executor:
+    slurm, local, or auto-detected when None)."""
+    if launcher not in LAUNCHERS:
+        raise UserError(f"--launcher: unknown {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if workers < 1:
+        raise UserError(f"--workers: must be >= 1, got {workers}")
+    with ResultsStore(grid.store_path) as store:
+        store.add(grid.cells)
+        statuses = store.statuses()
+    todo = [cell for cell in grid.cells if statuses[cell.key] != "done"]
+    store_path = str(grid.store_path)
+    if todo and launcher == "submitit":
+        run_submitit(store_path, todo, grid.spec.slurm, grid.output_dir / "submitit", cluster)
+    elif todo and workers > 1:
+        run_parallel(store_path, todo, workers)
+    elif todo:
+        run_sequential(store_path, todo)
+    return grid.rows()

@@ -1,0 +1,50 @@
+"""Cell kinds: what one grid cell does. Each kind registers itself in `harness/grid/cells/<name>.py`.
+
+A kind runs on a resolved SlimConfig and returns final metrics (floats) and artifact paths (run dir,
+student dir, metrics CSV dir for curves). Evaluation is a kind like any other, so adding one (e.g. `eval`)
+is one new module here and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.config.schema import SlimConfig
+from harness.registry import Registry
+
+
+@dataclass
+class CellOutput:
+    """What a cell hands to the results store: metrics by name, and artifact paths by role."""
+
+    metrics: dict[str, float]
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+def _no_checks(cfg: SlimConfig) -> None:
+    """A kind without config checks beyond the schema."""
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """`execute(cfg)` runs one cell; `validate(cfg)` refuses bad configs before any cell of the grid runs;
+    `metrics` are the names `execute` may report (spec metrics are checked against them)."""
+
+    execute: Callable[[SlimConfig], CellOutput]
+    metrics: tuple[str, ...]
+    validate: Callable[[SlimConfig], None] = _no_checks
+
+
+cell_kinds: Registry[CellKind] = Registry("grid cell kind", "harness.grid.cells")
+
+
+def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks
+                  ) -> Callable[[Callable[[SlimConfig], CellOutput]], Callable[[SlimConfig], CellOutput]]:
+    """Decorator: `@register_kind("run", metrics=(...), validate=...)` on the cell function."""
+
+    def decorator(execute: Callable[[SlimConfig], CellOutput]) -> Callable[[SlimConfig], CellOutput]:
+        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate))
+        return execute
+
+    return decorator

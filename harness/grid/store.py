@@ -1,0 +1,136 @@
+"""SQLite results store: one row per grid cell, keyed by the cell's config hash.
+
+Every write is one transaction (a killed process leaves each row either before or after a write),
+the journal is WAL so parallel workers and Slurm jobs write concurrently, and a corrupt file is reported,
+never recreated: it may hold results that took GPU-days.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.grid.expand import Cell
+
+STATUSES = ("pending", "running", "done", "failed")
+JSON_COLUMNS = ("axes", "config", "metrics", "artifacts")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    axes TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    metrics TEXT,
+    artifacts TEXT,
+    error TEXT,
+    traceback TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    code_version TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+)
+"""
+COLUMNS = ("key", "spec", "kind", "axes", "seed", "config", "status", "metrics", "artifacts", "error", "traceback",
+           "attempts", "worker", "code_version", "created_at", "started_at", "finished_at")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open, refuse a corrupt or foreign file, then switch to WAL and create the table if new."""
+    fresh = not path.exists() or path.stat().st_size == 0
+    connection = sqlite3.connect(path, timeout=60.0)
+    try:
+        if not fresh:
+            problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise UserError(f"results store {path} is corrupt ({problems[0]}); move it away or restore it, "
+                                f"it is never recreated")
+        connection.execute("PRAGMA journal_mode=WAL")
+        with connection:
+            connection.execute(SCHEMA)
+        present = [row[1] for row in connection.execute("PRAGMA table_info(cells)")]
+    except sqlite3.DatabaseError as err:
+        connection.close()
+        raise UserError(f"results store {path} is corrupt or not a SQLite database ({err}); move it away or "
+                        f"restore it, it is never recreated") from None
+    except UserError:
+        connection.close()
+        raise
+    if present != list(COLUMNS):
+        connection.close()
+        raise UserError(f"results store {path}: table 'cells' has columns {present}, expected {list(COLUMNS)}")
+    return connection
+
+
+class ResultsStore:
+    """Rows of grid cells: status pending -> running -> done | failed, with metrics, artifacts and errors."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = _connect(self.path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: Iterable[Any]) -> None:
+        with self._db:
+            self._db.execute(sql, tuple(params))
+
+    def add(self, cells: list[Cell]) -> None:
+        """Insert a pending row for every cell not stored yet (rows already there keep their status)."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO cells (key, spec, kind, axes, seed, config, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                [(c.key, c.spec, c.kind, json.dumps(c.axes), c.seed, json.dumps(asdict(c.config)), _now()) for c in cells])
+
+    def mark_running(self, key: str, worker: str, code_version: str) -> None:
+        self._write("UPDATE cells SET status = 'running', attempts = attempts + 1, worker = ?, code_version = ?, "
+                    "started_at = ?, finished_at = NULL, error = NULL, traceback = NULL WHERE key = ?",
+                    (worker, code_version, _now(), key))
+
+    def mark_done(self, key: str, metrics: dict[str, float], artifacts: dict[str, str]) -> None:
+        self._write("UPDATE cells SET status = 'done', metrics = ?, artifacts = ?, finished_at = ? WHERE key = ?",
+                    (json.dumps(metrics), json.dumps(artifacts), _now(), key))
+
+    def mark_failed(self, key: str, error: str, traceback: str) -> None:
+        self._write("UPDATE cells SET status = 'failed', error = ?, traceback = ?, finished_at = ? WHERE key = ?",
+                    (error, traceback, _now(), key))
+
+    def statuses(self) -> dict[str, str]:
+        """key -> status of every row."""
+        return dict(self._db.execute("SELECT key, status FROM cells"))
+
+    def rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Rows as plain dicts (JSON columns decoded), in `keys` order when given, else insertion order."""
+        records = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM cells ORDER BY rowid").fetchall()
+        rows = {record[0]: self._decode(record) for record in records}
+        return [rows[key] for key in keys if key in rows] if keys is not None else list(rows.values())
+
+    @staticmethod
+    def _decode(record: tuple) -> dict[str, Any]:
+        row = dict(zip(COLUMNS, record))
+        for column in JSON_COLUMNS:
+            row[column] = json.loads(row[column]) if row[column] is not None else None
+        return row

@@ -1,0 +1,148 @@
+"""`slim grid`: spec checks before any cell, stable cell keys, the SQLite store, failure isolation, resume, submitit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UserError
+from harness.grid import ResultsStore, expand, load_spec, prepare_grid, run_grid
+from harness.grid.report import cell_results
+from tests.grid_echo import KILL_MARKER, SimulatedKill
+from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("table*.yaml"))
+
+
+def write_spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"name: toy\nkind: test_echo\noutput_dir: {tmp_path / 'grid'}\n{body}")
+    return path
+
+
+def calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "grid" / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+LR_AXIS = "axes:\n  train.lr: [0.1, 0.2, 0.3]\nmetrics: [value]\n"
+
+
+def test_expansion_is_cartesian_and_keys_are_stable(tmp_path):
+    """Axes × seeds in spec order; keys depend on the resolved config only (not the output folder)."""
+    spec = load_spec(write_spec(tmp_path, "axes:\n  train.lr: [0.1, 0.2]\n  size:\n    small: {train.batch_size: 2}\n"
+                                          "    big: {train.batch_size: 4}\nseeds: [0, 1]\n"))
+    cells = expand(spec)
+    assert [(c.axes["train.lr"], c.axes["size"], c.seed) for c in cells][:3] == [(0.1, "small", 0), (0.1, "small", 1),
+                                                                               (0.1, "big", 0)]
+    assert len(cells) == 8 and len({c.key for c in cells}) == 8
+    assert [c.key for c in expand(spec, output_dir=str(tmp_path / "elsewhere"))] == [c.key for c in cells]
+    assert cells[0].config.train.batch_size == 2 and cells[0].config.run_dir.endswith(cells[0].key)
+    changed = expand(spec, overrides=["train.max_steps=7"])
+    assert not {c.key for c in changed} & {c.key for c in cells}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("axes:\n  train.lrr: [0.1]\n", r"axes.train.lrr\[0.1\]: unknown config key 'train.lrr' \(did you mean 'lr'\?\)"),
+    ("axes:\n  m:\n    a: {compress.experts.criterion: bogus}\nkind: compress\n",
+     r"compress.experts.criterion: unknown expert criterion 'bogus'"),
+    ("axes:\n  train.lr: [0.1]\nmetrics: [valeu]\n", r"metrics: unknown metric 'valeu' for kind 'test_echo'; valid: value"),
+    ("axes:\n  train.lr: [0.1]\nmetrics: [value]\nreport: {rows: [lr], columns: [[value, V]]}\n",
+     r"report.rows: unknown axis 'lr'; valid: train.lr"),
+    ("kind: nope\n", r"kind: unknown grid cell kind 'nope'"),
+    ("axis: {}\n", r"unknown spec key 'axis'"),
+])
+def test_bad_spec_fails_before_any_cell_naming_the_entry(tmp_path, body, message):
+    """Unknown config keys, methods, metrics, axes and kinds are refused in one line; no store is created."""
+    spec = write_spec(tmp_path, body.replace("kind: compress\n", ""), "bad.yaml")
+    if "kind: compress" in body:
+        spec.write_text(spec.read_text().replace("kind: test_echo", "kind: compress"))
+    if "kind: nope" in body:
+        spec.write_text(spec.read_text().replace("kind: test_echo\n", ""))
+    with pytest.raises(UserError, match=message):
+        prepare_grid(spec)
+    assert not (tmp_path / "grid").exists()
+
+
+def test_failing_cell_is_isolated_and_recorded(tmp_path):
+    """A cell that raises is stored as failed with its error and traceback; the other cells finish."""
+    grid = prepare_grid(write_spec(tmp_path, "axes:\n  train.lr: [0.1, 0.5, 0.3]\nmetrics: [value]\n"))
+    rows = run_grid(grid)
+    assert [row["status"] for row in rows] == ["done", "failed", "done"]
+    assert rows[1]["error"] == "ValueError: bad cell" and "Traceback" in rows[1]["traceback"]
+    assert rows[2]["metrics"] == {"value": pytest.approx(3.0)} and rows[0]["attempts"] == 1
+    assert rows[0]["artifacts"]["run_dir"].endswith(rows[0]["key"]) and rows[0]["config"]["train"]["lr"] == 0.1
+
+
+def test_killed_grid_resumes_without_redoing_finished_cells(tmp_path):
+    """Killed on the 2nd of 3 cells: the rerun runs only the interrupted and the remaining cell."""
+    grid = prepare_grid(write_spec(tmp_path, LR_AXIS))
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / KILL_MARKER).touch()
+    with pytest.raises(SimulatedKill):
+        run_grid(grid)
+    assert [row["status"] for row in grid.rows()] == ["done", "running", "pending"]
+    rows = run_grid(prepare_grid(write_spec(tmp_path, LR_AXIS)))
+    assert [row["status"] for row in rows] == ["done", "done", "done"]
+    assert calls(tmp_path) == ["0.1 0", "0.2 0", "0.2 0", "0.3 0"]
+    assert [row["attempts"] for row in rows] == [1, 2, 1]
+    run_grid(grid)
+    assert len(calls(tmp_path)) == 4
+
+
+def test_parallel_workers_record_the_same_rows(tmp_path):
+    """Two worker processes give the metrics of the sequential runner, a failing cell isolated."""
+    grid = prepare_grid(write_spec(tmp_path, "axes:\n  train.lr: [0.1, 0.5]\nmetrics: [value]\n"))
+    rows = run_grid(grid, workers=2)
+    assert [row["status"] for row in rows] == ["done", "failed"] and rows[0]["metrics"] == {"value": pytest.approx(1.0)}
+
+
+def test_submitit_local_executor_matches_inprocess(tmp_path):
+    """The same 2-cell grid through submitit's local executor stores the rows of the in-process runner."""
+    body = "axes:\n  train.lr: [0.1, 0.3]\nmetrics: [value]\nslurm: {timeout_min: 10}\n"
+    inprocess = run_grid(prepare_grid(write_spec(tmp_path, body), output_dir=str(tmp_path / "a")))
+    submitted = run_grid(prepare_grid(write_spec(tmp_path, body), output_dir=str(tmp_path / "b")),
+                         launcher="submitit", cluster="local")
+    same = ("key", "status", "axes", "seed", "metrics", "error")
+    assert [{k: row[k] for k in same} for row in submitted] == [{k: row[k] for k in same} for row in inprocess]
+    assert all(row["status"] == "done" and "job" in row["worker"] for row in submitted)
+
+
+def test_corrupt_store_is_reported_not_recreated(tmp_path):
+    """A results file that is not a SQLite database fails with its path and is left untouched."""
+    store = tmp_path / "results.sqlite"
+    store.write_bytes(b"not a database, but someone's results" * 100)
+    with pytest.raises(UserError, match=f"results store {store} is corrupt"):
+        ResultsStore(store)
+    assert store.read_bytes().startswith(b"not a database")
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=[path.stem for path in ABLATIONS])
+def test_ablation_specs_validate(path):
+    """Every shipped ablation spec expands and passes every cell's checks at its tiny default scale."""
+    grid = prepare_grid(path)
+    assert grid.cells and grid.spec.report["columns"]
+
+
+REAL = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2",
+        "train.val_batches=1", "distill.loss=kd+lm", "compress.depth.num_drop=1", "compress.experts.num_experts=4"]
+
+
+def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):  # noqa: F811
+    """One one-shot `compress` cell and one trained `run` cell record metrics, artifacts and curves for reports."""
+    teacher_dir, stats, base = teacher
+    spec = tmp_path / "real.yaml"
+    spec.write_text(f"name: real\noutput_dir: {tmp_path / 'grid'}\nmetrics: [val_perplexity, params_active]\n"
+                    "axes:\n  setting:\n    One-shot: {kind: compress}\n    Trained: {kind: run}\n")
+    grid = prepare_grid(spec, overrides=[*base, *REAL, f"compress.teacher={teacher_dir}", f"compress.stats={stats}"])
+    rows = run_grid(grid)
+    assert [row["status"] for row in rows] == ["done", "done"], [row["error"] for row in rows]
+    one_shot, trained = rows
+    assert one_shot["metrics"]["params_active"] == trained["metrics"]["params_active"]
+    assert trained["metrics"]["steps"] == 2 and Path(trained["artifacts"]["student"], "config.json").is_file()
+    assert json.loads(Path(trained["artifacts"]["run_dir"], "run_summary.json").read_text())["distill"]["steps"] == 2
+    results = cell_results(rows, "val/loss")
+    assert [result.axes for result in results] == [{"setting": "One-shot"}, {"setting": "Trained"}]
+    assert results[1].curves == {"val/loss": trained["artifacts"]["metrics"]} and not results[0].curves
