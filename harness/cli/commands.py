@@ -77,6 +77,16 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_teacher(args: argparse.Namespace) -> int:
+    """Write the teacher's top-k log-probs over the train split to distill.teacher_cache (k =
+    distill.teacher_cache_top_k; resumes a partial cache); `slim distill` then reads its kd targets from there."""
+    from harness.training.teacher_cache import cache_teacher as run_cache_teacher
+
+    summary = run_cache_teacher(_config(args))
+    print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
 def params(args: argparse.Namespace) -> int:
     """Build the configured model on the meta device and report total / active parameters."""
     from harness.models.build import build_model, validate_model_config

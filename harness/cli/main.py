@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compress": commands.compress,
     "run": commands.run,
     "distill": commands.distill,
+    "cache-teacher": commands.cache_teacher,
     "eval": commands.evaluate,
     "params": commands.params,
     "config": commands.show_config,

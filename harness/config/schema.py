@@ -165,6 +165,10 @@ class DistillConfig:
     # Student initialization for `slim run`: "pruned" (compressed teacher) or "scratch" (same shape, random init,
     # SlimQwen Table 1 baseline).
     init: str = "pruned"
+    # Offline teacher top-k written by `slim cache-teacher` (harness/training/teacher_cache.py); the `kd` term then
+    # reads it instead of running the teacher. Empty = run the teacher live.
+    teacher_cache: str = ""
+    teacher_cache_top_k: int = 64  # `slim cache-teacher`: teacher token ids (and logits) kept per position, in [1, V]
 
 
 @dataclass

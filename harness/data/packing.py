@@ -36,7 +36,8 @@ def pack_texts(texts: list[str], tokenizer: PreTrainedTokenizerFast, seq_len: in
 
 
 class PackedDataset(Dataset):
-    """Rows of a packed tensor as {"input_ids": row[:-1], "labels": row[1:]}."""
+    """Rows of a packed tensor as {"input_ids": row[:-1], "labels": row[1:], "index": row number}; the index
+    lets an offline teacher cache (harness/training/teacher_cache.py) look up a train batch's targets."""
 
     def __init__(self, sequences: torch.Tensor) -> None:
         assert sequences.ndim == 2 and sequences.dtype == torch.long, (sequences.shape, sequences.dtype)
@@ -45,9 +46,9 @@ class PackedDataset(Dataset):
     def __len__(self) -> int:
         return self.sequences.shape[0]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         row = self.sequences[index]
-        return {"input_ids": row[:-1], "labels": row[1:]}
+        return {"input_ids": row[:-1], "labels": row[1:], "index": index}
 
 
 @dataclass

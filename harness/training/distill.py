@@ -15,6 +15,7 @@ from harness.models.io import TOKENIZER_FILES, read_model_config, save_pretraine
 from harness.models.mtp import save_mtp
 from harness.training.distill_module import DistillModule
 from harness.training.run import fit, prepare_run, validate_train_config, write_summary
+from harness.training.teacher_cache import check_cache_config, check_cache_data
 from kernels.kd_loss import kd_implementations
 from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
@@ -63,6 +64,8 @@ def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> 
         raise UserError(f"distill.init: unknown {d.init!r}; valid: {', '.join(STUDENT_INITS)}")
     if not d.temperature > 0:
         raise UserError(f"distill.temperature: must be > 0, got {d.temperature}")
+    if d.teacher_cache:
+        check_cache_config(cfg)
     validate_train_config(cfg.train, total_steps)
 
 
@@ -108,6 +111,8 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed, step_offset=step_offset)
     data.setup("fit")
     _check_data_tokenizer(cfg, data)
+    if cfg.distill.teacher_cache:
+        check_cache_data(cfg.distill.teacher_cache, data.data.train, data.tokenizer)
     run_dir = prepare_run(cfg)
     module = DistillModule(cfg.distill, cfg.train, step_offset, total_steps)
     trainer, wall = fit(module, data, cfg.train, run_dir)

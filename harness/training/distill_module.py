@@ -34,7 +34,9 @@ from harness.training.distill_terms import (
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.loss_terms import lm_loss
 from harness.training.optim import configure_adamw
+from harness.training.teacher_cache import TeacherCache, cached_kd_term
 from kernels.kd_loss import kd_implementations
+from kernels.kd_loss.cached_reference import cached_kd_implementations
 from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
 
@@ -103,11 +105,14 @@ class DistillModule(pl.LightningModule):
         self.total_steps = step_offset + train_cfg.max_steps if total_steps is None else total_steps
         self.mix = loss_mixes.get(distill_cfg.loss, "distill.loss")
         self.kd = kd_implementations.get(distill_cfg.kd_kernel, "distill.kd_kernel")
+        self.cached_kd = (cached_kd_implementations.get(distill_cfg.kd_kernel, "distill.kd_kernel")
+                          if distill_cfg.teacher_cache else None)
         self.lambda_schedule = weight_schedules.get(distill_cfg.lambda_schedule, "distill.lambda_schedule")
         self.beta_schedule = weight_schedules.get(distill_cfg.beta_schedule, "distill.beta_schedule")
         self.student: PreTrainedModel | None = None
         self.student_mtp: MTPModule | None = None
         self.teacher: FrozenTeacher | None = None
+        self.teacher_cache: TeacherCache | None = None
         self.val_lm = MeanMetric()
         self.val_kd = MeanMetric()
         self._batch_started = 0.0
@@ -117,6 +122,9 @@ class DistillModule(pl.LightningModule):
             return
         self.student, self.student_mtp = load_student(self.distill_cfg.student)
         self.teacher = load_teacher(self.distill_cfg.teacher)
+        if self.distill_cfg.teacher_cache:  # kd targets from `slim cache-teacher`; the teacher still serves validation
+            self.teacher_cache = TeacherCache(self.distill_cfg.teacher_cache)
+            self.teacher_cache.check_teacher(self.teacher.model, self.distill_cfg.teacher)
         if self.teacher.mtp is not None and mtp_depth(self.teacher.model) < mtp_depth(self.student):
             rank_zero_info("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
             self.teacher.mtp = None
@@ -138,12 +146,16 @@ class DistillModule(pl.LightningModule):
         depth = mtp_depth(self.student) if self.mix.needs_mtp else 0
         with collect_router_logits(self.student) as router_logits:
             student = hidden_states(self.student, self.student_mtp, input_ids, depth)
+        needs = self.mix.needs - {"kd"} if self.teacher_cache is not None else self.mix.needs
         teacher = None
-        if self.mix.needs & KD_TERMS:
+        if needs & KD_TERMS:
             with torch.no_grad():
                 frozen = self._teacher()
                 teacher = hidden_states(frozen.model, frozen.mtp, input_ids, depth if "mtp_kd" in self.mix.needs else 0)
-        terms = compute_terms(self.mix.needs, student, teacher, labels, self.kd, self.distill_cfg.temperature)
+        terms = compute_terms(needs, student, teacher, labels, self.kd, self.distill_cfg.temperature)
+        if needs != self.mix.needs:
+            terms["kd"] = cached_kd_term(self.cached_kd, student.backbone, student.head_weight,
+                                         self.teacher_cache.lookup(batch["index"]), self.distill_cfg.temperature)
         terms["balance"] = global_batch_balance_loss(router_logits, self.student.config.num_experts_per_tok)
         lam, beta = self.loss_weights()
         total = self.mix(terms, lam, beta) + self.student.config.router_aux_loss_coef * terms["balance"]

@@ -1,0 +1,80 @@
+"""Token-chunked KD loss against a cached teacher top-k: student logits [chunk, V] only, grads in the forward.
+
+The loss is the KL over the cached support defined in cached_reference.py. The driver is the one of
+chunked.py (same row chunks, same fp32 head-gradient accumulator, same backward: `_CachedKD` subclasses
+`_ChunkedKD` and keeps its argument positions), with the teacher side of each chunk gathered from the
+cache instead of computed by a matmul. Memory: O(N*d + V*d + chunk*V + N*k).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs
+from kernels.kd_loss.chunked import _add_matmul_, _ChunkedKD, _row_chunks, default_chunk_size
+
+# (student_logits [chunk, V] raw, teacher_ids [chunk, k] int64, teacher_logits [chunk, k], temperature,
+# grad_scale) -> (KL sum of the chunk in fp32, d loss / d student_logits in the logits' dtype).
+CachedChunkStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def torch_cached_chunk_step(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logits: torch.Tensor,
+                            temperature: float, grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-chunk KL_S sum and student-logit gradient (p - q on S) / T * scale, in place on one fp32 [chunk, V]."""
+    log_p = student_logits.float()
+    if temperature != 1.0:
+        log_p.div_(temperature)
+    log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
+    log_q = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)  # [chunk, k]
+    q = log_q.exp()
+    kl_sum = torch.dot(q.view(-1), (log_q - log_p.gather(1, teacher_ids)).view(-1))
+    grad_logits = log_p.exp_().scatter_add_(1, teacher_ids, -q).mul_(grad_scale / temperature)
+    return kl_sum, grad_logits.to(student_logits.dtype)
+
+
+class _CachedKD(_ChunkedKD):
+    """Forward as `_ChunkedKD`'s with the teacher chunk read from the cache; its backward is reused as is."""
+
+    @staticmethod
+    def forward(ctx, student_hidden: torch.Tensor, teacher_ids: torch.Tensor, student_head_weight: torch.Tensor,
+                teacher_logits: torch.Tensor, temperature: float, mask: torch.Tensor | None, reduction: str,
+                chunk_size: int, step: CachedChunkStep) -> torch.Tensor:
+        num_tokens = student_hidden.shape[0]
+        num_kept = num_tokens if mask is None else int(mask.sum())
+        scale = 1.0 / max(num_kept, 1) if reduction == "mean" else 1.0
+        grad_hidden = torch.zeros_like(student_hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = (torch.zeros(student_head_weight.shape, dtype=torch.float32, device=student_head_weight.device)
+                       if ctx.needs_input_grad[2] else None)
+        kl_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
+        for rows in _row_chunks(mask, num_tokens, chunk_size):
+            hidden = student_hidden[rows]  # [c, d]
+            kl_sum, grad_logits = step(hidden @ student_head_weight.T, teacher_ids[rows].long(), teacher_logits[rows],
+                                       temperature, scale)  # grad_logits [c, V]
+            kl_total += kl_sum
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad_logits @ student_head_weight
+            if grad_weight is not None:
+                _add_matmul_(grad_weight, grad_logits.T, hidden)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(student_head_weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return kl_total * scale
+
+
+@cached_kd_implementations.register("chunked")
+def kd_loss_cached(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, teacher_ids: torch.Tensor,
+                   teacher_logits: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None,
+                   reduction: str = "mean", chunk_size: int | None = None,
+                   step: CachedChunkStep = torch_cached_chunk_step) -> torch.Tensor:
+    """Token-chunked KL over the cached teacher top-k support; never materializes [N, V] student logits."""
+    check_cached_kd_inputs(student_hidden, student_head_weight, teacher_ids, teacher_logits, temperature, mask,
+                           reduction)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+    chunk = chunk_size or default_chunk_size(student_hidden.shape[1])
+    if not torch.is_grad_enabled():  # needs_input_grad ignores no_grad: detach so forward skips the grad matmuls
+        student_hidden, student_head_weight = student_hidden.detach(), student_head_weight.detach()
+    return _CachedKD.apply(student_hidden, teacher_ids.detach(), student_head_weight, teacher_logits.detach(),
+                           float(temperature), mask, reduction, chunk, step)
