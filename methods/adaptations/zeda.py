@@ -1,4 +1,4 @@
-"""`zeda`: zero-output experts + two-stage self-distillation from the frozen original + group balancing loss."""
+"""ZEDA: zero-output experts in the original MoE, two-stage self-distillation from it, group balancing loss."""
 
 from __future__ import annotations
 

@@ -45,6 +45,11 @@ def plan_stages(max_steps: int, router_share: float) -> list[ZedaStage]:
     return [stage for stage in stages if stage.steps > 0]
 
 
+def adapted_dir(cfg: SlimConfig) -> Path:
+    """Where the adapted model goes: `zeda.output`, or `<run_dir>/model` when empty (one per grid cell)."""
+    return Path(cfg.zeda.output or Path(cfg.run_dir) / "model")
+
+
 def _distill_view(cfg: SlimConfig) -> SlimConfig:
     """`cfg` with the distill fields ZEDA sets: the original model as teacher and the `zeda.loss` mix."""
     staged = copy.deepcopy(cfg)
@@ -100,7 +105,7 @@ def _run_stage(cfg: SlimConfig, stage: ZedaStage, student: Path, output: Path) -
 
 
 def run_zeda(cfg: SlimConfig) -> dict:
-    """Inject, adapt in two stages, measure; the adapted model ends in `zeda.output`. Returns the summary
+    """Inject, adapt in two stages, measure; the adapted model ends in `adapted_dir(cfg)`. Returns the summary
     (validation perplexity of the original and the adapted model, share of expert FLOPs skipped on the
     validation split overall and per layer) and writes it to `<run_dir>/zeda_summary.json`."""
     validate_zeda(cfg)
@@ -109,16 +114,16 @@ def run_zeda(cfg: SlimConfig) -> dict:
     records = []
     for index, stage in enumerate(stages):
         last = index == len(stages) - 1
-        output = Path(cfg.zeda.output) if last else Path(cfg.run_dir) / f"stage-{stage.name}" / "model"
+        output = adapted_dir(cfg) if last else Path(cfg.run_dir) / f"stage-{stage.name}" / "model"
         records.append(_run_stage(cfg, stage, student, output))
         student = output
-    model, _ = load_pretrained(cfg.zeda.output)
+    model, _ = load_pretrained(adapted_dir(cfg))
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
     data.setup("fit")
     flops = expert_flops_saved(model, data.val_dataloader())
     final = records[-1]["distill"]
     summary = {
-        "output_dir": cfg.zeda.output,
+        "output_dir": str(adapted_dir(cfg)),
         "num_zero_experts": cfg.zeda.num_zero_experts,
         "group_size": cfg.zeda.group_size,
         "balance_weight": cfg.zeda.balance_weight,
