@@ -79,6 +79,9 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
+    # "auto": Lightning's default (one process, or DDP); "fsdp": FSDP2 via ModelParallelStrategy, any num_nodes.
+    strategy: str = "auto"
+    log_every: int = 10  # steps between logged training metrics
     seed: int = 0
     num_threads: int = 0
     resume: bool = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerFast
 
 from harness.config.schema import DataConfig
@@ -54,7 +54,8 @@ class CorpusDataModule(pl.LightningDataModule):
             steps_done, end = (lambda: trainer.global_step + offset), trainer.max_steps + offset
         else:
             steps_done, end = (lambda: 0), len(train) // self.batch_size
-        sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end)
+        rank, world_size = self._process()
+        sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end, rank, world_size)
         return DataLoader(train, batch_sampler=sampler, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
@@ -64,7 +65,19 @@ class CorpusDataModule(pl.LightningDataModule):
         return self._eval_loader(self._require_data().calibration)
 
     def _eval_loader(self, dataset: PackedDataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        """In order; with several processes each takes every world_size-th sequence (DistributedSampler, the
+        last few repeated to equal lengths) in batches of batch_size / world_size, so that together they
+        cover what one process would, and metrics synced across them match a one-process run."""
+        rank, world_size = self._process()
+        if world_size == 1:
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size // world_size, sampler=sampler, num_workers=0)
+
+    def _process(self) -> tuple[int, int]:
+        """(rank, world size) of this process in the attached trainer; (0, 1) without one."""
+        trainer = self.trainer
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
     def _require_data(self) -> CorpusData:
         assert self.data is not None, "CorpusDataModule.setup() must run first"

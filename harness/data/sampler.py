@@ -2,7 +2,9 @@
 
 Epoch e visits the train set in `randperm(n, seed + e)` order (trailing partial batch dropped).
 Starting at global step s skips the first s batches of that stream: a run killed at step s and
-resumed reproduces the uninterrupted run's batches from s on.
+resumed reproduces the uninterrupted run's batches from s on. With several processes, each yields its
+own contiguous 1/world_size slice of every global batch, so the processes together see exactly the
+batches one process would.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, current_step: Callable[[], int],
-                 end_step: int) -> None:
+                 end_step: int, rank: int = 0, world_size: int = 1) -> None:
+        """`batch_size` is the global batch; this process yields slice `rank` of `world_size` equal ones."""
+        assert batch_size % world_size == 0 and 0 <= rank < world_size, (batch_size, rank, world_size)
         self.num_items = num_items
         self.batch_size = batch_size
+        self.local_batch_size = batch_size // world_size
+        self.rank = rank
         self.seed = seed
         self.current_step = current_step
         self.end_step = end_step
@@ -38,7 +44,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
             epoch, offset = divmod(step, self.batches_per_epoch)
             order = self._epoch_order(epoch)
             for batch in range(offset, min(self.batches_per_epoch, offset + end - step)):
-                yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+                start = batch * self.batch_size + self.rank * self.local_batch_size
+                yield order[start:start + self.local_batch_size].tolist()
                 step += 1
 
     def __len__(self) -> int:

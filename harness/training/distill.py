@@ -13,7 +13,8 @@ from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.io import TOKENIZER_FILES, read_model_config, save_pretrained
 from harness.models.mtp import save_mtp
-from harness.training.distill_module import DistillModule
+from harness.training.distill_module import DistillModule, load_student
+from harness.training.fsdp import gather_unsharded
 from harness.training.run import fit, prepare_run, validate_train_config, write_summary
 from harness.training.teacher_cache import check_cache_config, check_cache_data
 from kernels.kd_loss import kd_implementations
@@ -117,9 +118,11 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     module = DistillModule(cfg.distill, cfg.train, step_offset, total_steps)
     trainer, wall = fit(module, data, cfg.train, run_dir)
 
-    student_mtp = module.student_mtp
-    save_pretrained(module.student, cfg.distill.output, tokenizer=data.tokenizer,
-                    extras=None if student_mtp is None else lambda directory: save_mtp(student_mtp, directory))
+    gathered = gather_unsharded((module.student, module.student_mtp), lambda: load_student(cfg.distill.student))
+    if gathered is not None:  # under FSDP only rank 0 holds the gathered student and writes it
+        student, student_mtp = gathered
+        save_pretrained(student, cfg.distill.output, tokenizer=data.tokenizer,
+                        extras=None if student_mtp is None else lambda directory: save_mtp(student_mtp, directory))
     tokens = trainer.global_step * cfg.train.batch_size * cfg.data.seq_len
     final_lambda, final_beta = module.loss_weights()
     summary = DistillSummary(
@@ -134,5 +137,7 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         final_lambda=final_lambda,
         final_beta=final_beta,
     )
-    write_summary(run_dir, "distill_summary", summary)
+    if trainer.is_global_zero:
+        write_summary(run_dir, "distill_summary", summary)
+    trainer.strategy.barrier()
     return summary

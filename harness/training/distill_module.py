@@ -31,6 +31,7 @@ from harness.training.distill_terms import (
     hidden_states,
     kd_term,
 )
+from harness.training.fsdp import shard_with_mtp
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.loss_terms import lm_loss
 from harness.training.optim import configure_adamw
@@ -128,6 +129,9 @@ class DistillModule(pl.LightningModule):
         if self.teacher.mtp is not None and mtp_depth(self.teacher.model) < mtp_depth(self.student):
             rank_zero_info("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
             self.teacher.mtp = None
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
+            shard_with_mtp(self.student, self.student_mtp, self.device_mesh)
+            shard_with_mtp(self.teacher.model, self.teacher.mtp, self.device_mesh)
 
     def loss_weights(self) -> tuple[float, float]:
         """(λ, β) at the current step, as a fraction of the whole budget `total_steps`."""

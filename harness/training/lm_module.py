@@ -9,6 +9,7 @@ from torchmetrics import MeanMetric
 
 from harness.config.schema import ModelConfig, TrainConfig
 from harness.models.build import build_model
+from harness.training.fsdp import shard_causal_lm
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.optim import configure_adamw
 
@@ -31,6 +32,8 @@ class PretrainModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = build_model(self.model_cfg, seed=self.train_cfg.seed)
+            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
+                shard_causal_lm(self.model, self.device_mesh)
 
     def forward(self, input_ids: torch.Tensor):
         return self.model(input_ids=input_ids, output_router_logits=True, use_cache=False)

@@ -8,8 +8,9 @@ from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity, unigram_perplexity
-from harness.models.build import validate_model_config
+from harness.models.build import build_model, validate_model_config
 from harness.models.io import save_pretrained
+from harness.training.fsdp import gather_unsharded
 from harness.training.lm_module import PretrainModule
 from harness.training.run import fit, prepare_run, validate_train_config, write_summary
 
@@ -48,7 +49,9 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
 
     model = module.model
     model_dir = run_dir / "model"
-    save_pretrained(model, model_dir, tokenizer=data.tokenizer)
+    gathered = gather_unsharded((model,), lambda: (build_model(cfg.model, seed=cfg.train.seed),))
+    if gathered is not None:  # under FSDP only rank 0 holds the gathered model and writes it
+        save_pretrained(gathered[0], model_dir, tokenizer=data.tokenizer)
     tokens = trainer.global_step * cfg.train.batch_size * cfg.data.seq_len
     summary = PretrainSummary(
         model_dir=str(model_dir),
@@ -61,5 +64,7 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
         wall_seconds=round(wall, 1),
         tokens_per_second=round(tokens / max(wall, 1e-9), 1),
     )
-    write_summary(run_dir, "pretrain_summary", summary)
+    if trainer.is_global_zero:
+        write_summary(run_dir, "pretrain_summary", summary)
+    trainer.strategy.barrier()
     return summary

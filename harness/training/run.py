@@ -15,7 +15,7 @@ import torch
 from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
 from harness.errors import UserError
-from harness.training.trainer import build_trainer, resume_path
+from harness.training.trainer import STRATEGIES, build_trainer, resume_path
 
 
 def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> None:
@@ -26,6 +26,14 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
     budget = cfg.max_steps if total_steps is None else total_steps
     if cfg.warmup_steps >= budget:
         raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({budget})")
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"train.strategy: unknown {cfg.strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if cfg.log_every < 1:
+        raise UserError(f"train.log_every: must be >= 1, got {cfg.log_every}")
+    processes = cfg.devices * cfg.num_nodes
+    if cfg.batch_size % processes:
+        raise UserError(f"train.batch_size ({cfg.batch_size}) must be divisible by the number of processes "
+                        f"(train.devices x train.num_nodes = {processes}): each takes an equal slice of the batch")
 
 
 def prepare_run(cfg: SlimConfig) -> Path:

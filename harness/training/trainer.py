@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from harness.config.schema import TrainConfig
+
+STRATEGIES = ("auto", "fsdp")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -19,6 +23,25 @@ def resume_path(run_dir: str | Path, cfg: TrainConfig) -> str | None:
     """The last checkpoint of an interrupted run, when resuming is enabled."""
     last = checkpoint_dir(run_dir) / "last.ckpt"
     return str(last) if cfg.resume and last.exists() else None
+
+
+class GlobalBatchLoss(Callback):
+    """Logs `train/global_loss`: each step's loss averaged over all processes, i.e. over the global batch
+    (`train/loss` is rank 0's own slice), so curves of runs on different process counts compare."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            pl_module.log("train/global_loss", loss.detach(), sync_dist=True)
+
+
+def build_strategy(cfg: TrainConfig) -> str | Strategy:
+    """"fsdp": FSDP2 (`fully_shard` in the modules' configure_model) over all processes of all nodes, no
+    tensor parallelism; Lightning's FSDPStrategy refuses CPU, ModelParallelStrategy runs there over gloo."""
+    if cfg.strategy == "fsdp":
+        return ModelParallelStrategy(data_parallel_size=cfg.devices * cfg.num_nodes, tensor_parallel_size=1)
+    return cfg.strategy
 
 
 def build_trainer(cfg: TrainConfig, run_dir: str | Path) -> pl.Trainer:
@@ -32,14 +55,16 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path) -> pl.Trainer:
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
+        strategy=build_strategy(cfg),
+        use_distributed_sampler=False,  # the data module slices each global batch by rank itself
         precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip,
         val_check_interval=cfg.val_every,
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.val_batches,
         num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        log_every_n_steps=cfg.log_every,
         logger=CSVLogger(str(run_dir), name="metrics"),  # version_N per (re)start: resuming never overwrites
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=10)],
+        callbacks=[checkpoint, GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10)],
         enable_model_summary=False,
     )
