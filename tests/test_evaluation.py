@@ -170,6 +170,7 @@ def test_model_without_attention_layer_runs_without_cache() -> None:
     prompts = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(0))
     assert len(acceptance_rates(model, mtp_drafter(model, build_mtp(model).eval(), 2), prompts, 6, 2)) == 2
     assert measure_efficiency(model, prompts, new_tokens=3, repeats=1, warmup=0).decode_tokens_per_s > 0
+    assert model.generate(prompts, max_new_tokens=2, use_cache=True, pad_token_id=0).shape == (2, 8)  # as HFLM calls it
 
 
 def test_efficiency_counts_weights_on_cpu() -> None:

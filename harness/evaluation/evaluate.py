@@ -120,12 +120,14 @@ def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.
 def disable_cache_without_attention(model: PreTrainedModel) -> str | None:
     """transformers' hybrid cache needs one full-attention layer (its length comes from there), so a depth-pruned
     Qwen3-Next with only linear-attention layers cannot use it: run such a model without cache (decoding then
-    recomputes the prefix each step) and return a note saying so; None when the cache works."""
+    recomputes the prefix each step) and return a note saying so; None when the cache works. `generate` is
+    wrapped too, because lm-eval's HFLM passes use_cache=True to it explicitly."""
     layer_types = getattr(model.config, "layer_types", None)
     if layer_types is None or "full_attention" in layer_types:
         return None
     model.config.use_cache = False
-    model.generation_config.use_cache = False
+    generate = model.generate
+    model.generate = lambda *args, **kwargs: generate(*args, **{**kwargs, "use_cache": False})
     return "no full-attention layer: transformers' KV cache needs one, so this model runs without cache"
 
 
