@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli.main import main
 from harness.errors import UserError
 from harness.grid import ResultsStore, expand, load_spec, prepare_grid, run_grid
 from harness.grid.report import cell_results
@@ -108,6 +109,19 @@ def test_submitit_local_executor_matches_inprocess(tmp_path):
     same = ("key", "status", "axes", "seed", "metrics", "error")
     assert [{k: row[k] for k in same} for row in submitted] == [{k: row[k] for k in same} for row in inprocess]
     assert all(row["status"] == "done" and "job" in row["worker"] for row in submitted)
+
+
+def test_cli_grid_then_report_writes_the_table(tmp_path, capsys):
+    """`slim grid` runs the cells with overrides applied to each, `slim report` renders the store as LaTeX."""
+    spec = write_spec(tmp_path, "axes:\n  train.lr: [0.1, 0.3]\nseeds: [0, 1]\nmetrics: [value]\n"
+                                "report: {caption: Toy, label: tab:toy, rows: [train.lr], columns: [[value, Value]]}\n")
+    assert main(["grid", str(spec), "train.max_steps=3"]) == 0
+    assert "toy: 4/4 cells done, 0 failed" in capsys.readouterr().out
+    assert main(["report", str(spec), "train.max_steps=3"]) == 0
+    tex = (tmp_path / "grid" / "report" / "toy.tex").read_text()
+    assert "Value" in tex and "1.50" in tex  # lr 0.1: mean over seeds 0 and 1 of 10 lr + seed
+    assert main(["report", str(spec)]) == 2  # other overrides, other cells: none finished
+    assert "no finished cells" in capsys.readouterr().err
 
 
 def test_corrupt_store_is_reported_not_recreated(tmp_path):

@@ -31,6 +31,8 @@ def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str
     section = dict(grid.spec.report)
     if not section:
         raise UserError(f"{grid.spec.path}: no `report` section; nothing to render")
+    if not grid.store_path.is_file():
+        raise UserError(f"{grid.spec.path}: no results store at {grid.store_path}; run `slim grid` first")
     curve = CurveSpec(**section.pop(CURVE_KEY)) if CURVE_KEY in section else None
     try:
         table = TableSpec(**{"name": grid.spec.name, **section})
