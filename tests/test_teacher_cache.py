@@ -51,44 +51,62 @@ def assert_all_close(actual: tuple[torch.Tensor, ...], expected: tuple[torch.Ten
         assert (got - want).abs().max() <= rel * want.abs().max(), (got, want)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("top_k", [TOP_K, VOCAB])
 @pytest.mark.parametrize("masked", [False, True])
-def test_chunked_matches_reference(temperature: float, masked: bool) -> None:
+def test_chunked_matches_reference(top_k: int, masked: bool) -> None:
     """Chunked cached KD equals the naive reference in value and both student gradients (fp32, 1e-5)."""
-    inputs = kernel_inputs()
+    inputs = kernel_inputs(top_k)
     mask = torch.arange(NUM_TOKENS) % 3 != 0 if masked else None
-    expected = loss_and_grads(kd_loss_cached_reference, inputs, temperature=temperature, mask=mask)
-    actual = loss_and_grads(cached_kd_implementations.get("chunked"), inputs, temperature=temperature, mask=mask,
-                            chunk_size=8)
+    expected = loss_and_grads(kd_loss_cached_reference, inputs, mask=mask)
+    actual = loss_and_grads(cached_kd_implementations.get("chunked"), inputs, mask=mask, chunk_size=8)
     assert_all_close(actual, expected, 1e-5)
 
 
 @pytest.mark.parametrize("name", cached_kd_implementations.keys())
 def test_full_support_equals_full_kl(name: str) -> None:
-    """With k = V (ids in any order, raw logits instead of log-probs) the loss and grads are the full-vocab KL's."""
+    """With k = V (ids in any order) the loss and grads are the full-vocab KL's."""
     generator = torch.Generator().manual_seed(1)
     inputs = kernel_inputs()
     teacher_hidden, teacher_head = torch.randn(NUM_TOKENS, DIM, generator=generator), torch.randn(VOCAB, DIM)
-    teacher_logits = teacher_hidden @ teacher_head.T
+    teacher_logprobs = torch.log_softmax(teacher_hidden @ teacher_head.T, dim=-1)
     ids = torch.stack([torch.randperm(VOCAB, generator=generator) for _ in range(NUM_TOKENS)])
-    full = {**inputs, "teacher_ids": ids, "teacher_logits": teacher_logits.gather(1, ids)}
-    actual = loss_and_grads(cached_kd_implementations.get(name), full, temperature=1.5)
+    full = {**inputs, "teacher_ids": ids, "teacher_logits": teacher_logprobs.gather(1, ids)}
+    actual = loss_and_grads(cached_kd_implementations.get(name), full)
     reference = {key: inputs[key] for key in ("student_hidden", "student_head_weight")}
     expected = loss_and_grads(kd_loss_reference, {**reference, "teacher_hidden": teacher_hidden,
-                                                  "teacher_head_weight": teacher_head}, temperature=1.5)
+                                                  "teacher_head_weight": teacher_head})
     assert_all_close(actual, expected, 1e-5)
 
 
+@pytest.mark.parametrize("name", cached_kd_implementations.keys())
+def test_student_equal_to_teacher_scores_zero_for_any_k(name: str) -> None:
+    """The tail bucket makes the teacher itself a minimizer: loss 0 and zero gradient even for k = 3 of 101."""
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(NUM_TOKENS, DIM, generator=generator).requires_grad_()
+    head = torch.randn(VOCAB, DIM, generator=generator).requires_grad_()
+    logprobs, ids = torch.log_softmax(hidden @ head.T, dim=-1).detach().topk(3, dim=-1)
+    loss, grad_hidden, grad_head = loss_and_grads(cached_kd_implementations.get(name), {
+        "student_hidden": hidden, "student_head_weight": head, "teacher_ids": ids, "teacher_logits": logprobs})
+    assert abs(loss.item()) < 1e-6 and grad_hidden.abs().max() < 1e-6 and grad_head.abs().max() < 1e-6
+
+
 def test_hand_computed_single_token() -> None:
-    """V=3, support {2, 0}: loss = sum_S q log(q/p) with q renormalized on S, p over all of V; d/dz = p - q_S."""
+    """V=3, support {2, 0} with teacher probs 0.5 / 0.2 (tail 0.3 on token 1): loss = sum_S q log(q/p) + tail
+    term; d/dz = p - q on S and p (1 - r_q / r_p) on the tail."""
     hidden = torch.tensor([[1.0]], requires_grad=True)
     head = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
-    loss = kd_loss_cached_reference(hidden, head, torch.tensor([[2, 0]]), torch.tensor([[0.5, -0.5]]))
+    loss = kd_loss_cached_reference(hidden, head, torch.tensor([[2, 0]]), torch.tensor([[math.log(0.5), math.log(0.2)]]))
     loss.backward()
     p = [math.exp(z) / sum(math.exp(y) for y in (1, 2, 3)) for z in (1, 2, 3)]
-    q = {2: 1 / (1 + math.exp(-1)), 0: math.exp(-1) / (1 + math.exp(-1))}
-    assert loss.item() == pytest.approx(sum(qv * math.log(qv / p[v]) for v, qv in q.items()), rel=1e-6)
-    assert head.grad.flatten().tolist() == pytest.approx([p[v] - q.get(v, 0.0) for v in range(3)], rel=1e-6)
+    q = {2: 0.5, 0: 0.2}
+    expected = sum(qv * math.log(qv / p[v]) for v, qv in q.items()) + 0.3 * math.log(0.3 / p[1])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert head.grad.flatten().tolist() == pytest.approx([p[0] - 0.2, p[1] - 0.3, p[2] - 0.5], rel=1e-5)
+
+
+def test_kernel_refuses_a_temperature_other_than_one() -> None:
+    with pytest.raises(ValueError, match="^temperature: the cached-teacher loss is defined at 1 only"):
+        kd_loss_cached_reference(**kernel_inputs(), temperature=2.0)
 
 
 def test_kernel_refuses_bad_targets() -> None:

@@ -203,6 +203,9 @@ def check_cache_config(cfg: SlimConfig) -> None:
         raise UserError(f"distill.loss: {distill.loss!r} has an mtp_kd term but {FIELD} holds backbone targets only; "
                         f"pick a mix without mtp_kd or set {FIELD}=''")
     cached_kd_implementations.validate(distill.kd_kernel, "distill.kd_kernel")
+    if distill.temperature != 1.0:
+        raise UserError(f"distill.temperature: {FIELD} holds T = 1 log-probs, so its KD runs at 1 only, got "
+                        f"{distill.temperature}; set 1 or use the live teacher")
     manifest = read_manifest(distill.teacher_cache)
     if manifest.seq_len != cfg.data.seq_len:
         raise UserError(f"data.seq_len: {cfg.data.seq_len} differs from the {manifest.seq_len} of {FIELD} "

@@ -1,6 +1,6 @@
 """Token-chunked KD loss against a cached teacher top-k: student logits [chunk, V] only, grads in the forward.
 
-The loss is the KL over the cached support defined in cached_reference.py. The driver is the one of
+The loss is the top-k + tail KL defined in cached_reference.py. The driver is the one of
 chunked.py (same row chunks, same fp32 head-gradient accumulator, same backward: `_CachedKD` subclasses
 `_ChunkedKD` and keeps its argument positions), with the teacher side of each chunk gathered from the
 cache instead of computed by a matmul. Memory: O(N*d + V*d + chunk*V + N*k).
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs
+from kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs, teacher_tail_mass
 from kernels.kd_loss.chunked import _add_matmul_, _ChunkedKD, _row_chunks, default_chunk_size
 
 # (student_logits [chunk, V] raw, teacher_ids [chunk, k] int64, teacher_logits [chunk, k], temperature,
@@ -22,16 +22,23 @@ CachedChunkStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, flo
 
 def torch_cached_chunk_step(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logits: torch.Tensor,
                             temperature: float, grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-chunk KL_S sum and student-logit gradient (p - q on S) / T * scale, in place on one fp32 [chunk, V]."""
+    """Per-chunk KL_tail sum and student-logit gradient (cached_reference.py) * scale, on two fp32 [chunk, V]
+    buffers. `temperature` is always 1 here (checked by the caller)."""
     log_p = student_logits.float()
-    if temperature != 1.0:
-        log_p.div_(temperature)
     log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
-    log_q = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)  # [chunk, k]
+    log_q = teacher_logits.float()  # [chunk, k]
     q = log_q.exp()
+    tail_q = teacher_tail_mass(q, log_p.shape[1])
+    p = log_p.exp()
     kl_sum = torch.dot(q.view(-1), (log_q - log_p.gather(1, teacher_ids)).view(-1))
-    grad_logits = log_p.exp_().scatter_add_(1, teacher_ids, -q).mul_(grad_scale / temperature)
-    return kl_sum, grad_logits.to(student_logits.dtype)
+    log_tail_p = log_p.scatter_(1, teacher_ids, float("-inf")).logsumexp(dim=-1)  # log_p is spent from here
+    has_tail = tail_q > 0
+    kl_sum += torch.where(has_tail, tail_q * (tail_q.log() - log_tail_p), 0.0).sum()
+    tail_ratio = torch.where(has_tail, tail_q / log_tail_p.exp(), 0.0)  # r_q / r_p
+    p_support = p.gather(1, teacher_ids)
+    grad_logits = p.mul_((1.0 - tail_ratio).unsqueeze(1))  # off S: p (1 - r_q / r_p)
+    grad_logits.scatter_(1, teacher_ids, p_support - q)  # on S: p - q
+    return kl_sum, grad_logits.mul_(grad_scale).to(student_logits.dtype)
 
 
 class _CachedKD(_ChunkedKD):
@@ -68,7 +75,7 @@ def kd_loss_cached(student_hidden: torch.Tensor, student_head_weight: torch.Tens
                    teacher_logits: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None,
                    reduction: str = "mean", chunk_size: int | None = None,
                    step: CachedChunkStep = torch_cached_chunk_step) -> torch.Tensor:
-    """Token-chunked KL over the cached teacher top-k support; never materializes [N, V] student logits."""
+    """Token-chunked KL over the cached teacher top-k + tail; never materializes [N, V] student logits."""
     check_cached_kd_inputs(student_hidden, student_head_weight, teacher_ids, teacher_logits, temperature, mask,
                            reduction)
     if chunk_size is not None and chunk_size < 1:

@@ -1,18 +1,17 @@
 """Naive KD loss against a cached teacher top-k: full [N, V] student logits, autograd differentiates.
 
 An offline teacher cache (harness/training/teacher_cache.py) keeps, per token, the teacher's k most likely
-token ids S and their logits t (raw logits or log-probabilities: the loss only uses differences of t, so
-both give the same value at every temperature). Per token the loss is the KL over the cached support:
-- q = softmax(t / T) over S: the teacher renormalized over its top-k support;
-- log p = log_softmax(student_hidden @ Ws^T / T) over the FULL vocabulary, gathered at S;
-- KL_S(q || p) = sum_{i in S} q_i (log q_i - log p_i).
-It is >= 0 (p restricted to S has mass <= 1), is 0 only when the student puts exactly q on S and nothing
-elsewhere, and equals the full-vocab KL of reference.py when S is the whole vocabulary. The student
-gradient w.r.t. its logits is (p - q scattered onto S) / T, so mass outside S is pushed down.
-Its target is the truncated teacher, not the teacher: a student equal to the teacher scores -log(teacher
-mass on S) at T = 1, and training sharpens the student towards S; the value tracks the full KL only when S
-holds nearly all of the teacher's mass (pick k from that mass).
-Other conventions (fp32 softmax, no T^2, `mask`, `reduction`, frozen teacher) are those of reference.py.
+token ids S and their log-probabilities log q_S (normalized over the full vocabulary, T = 1). The rest of
+the vocabulary is one "tail" bucket holding the teacher's remaining mass r_q = 1 - sum_S q. Per token:
+- log p = log_softmax(student_hidden @ Ws^T) over the FULL vocabulary; r_p = sum_{i not in S} p_i;
+- KL_tail(q || p) = sum_{i in S} q_i (log q_i - log p_i) + r_q (log r_q - log r_p).
+This is the exact KL between the two distributions coarsened to (S, tail): >= 0, 0 when the student equals
+the teacher whatever k is (renormalizing q over S instead would charge such a student -log sum_S q and pull
+it away from the teacher when S holds little mass), and the full-vocab KL of reference.py when S = V.
+Gradient w.r.t. the student logits: p_i - q_i on S, p_i (1 - r_q / r_p) off S (the student's own tail shape
+rescaled to the teacher's tail mass). Only T = 1: the tail mass at another temperature needs the teacher's
+full-vocab partition function there, which the cache does not hold.
+Other conventions (fp32 softmax, `mask`, `reduction`, frozen teacher) are those of reference.py.
 
 `cached_kd_implementations` registers every implementation of this signature ("reference" here,
 "chunked" in cached.py); with `distill.teacher_cache` set, `distill.kd_kernel` picks one of them.
@@ -35,8 +34,9 @@ def check_cached_kd_inputs(student_hidden: torch.Tensor, student_head_weight: to
     """Raise ValueError naming the argument when shapes, dtypes, temperature, mask or reduction are invalid."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r} is not one of {', '.join(REDUCTIONS)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    if temperature != 1.0:
+        raise ValueError(f"temperature: the cached-teacher loss is defined at 1 only (the cache holds T = 1 "
+                         f"log-probs), got {temperature}")
     if (student_hidden.dim() != 2 or student_head_weight.dim() != 2
             or student_head_weight.shape[1] != student_hidden.shape[1]):
         raise ValueError(f"student_hidden {tuple(student_hidden.shape)} does not match student_head_weight "
@@ -55,16 +55,29 @@ def check_cached_kd_inputs(student_hidden: torch.Tensor, student_head_weight: to
                          f"{tuple(mask.shape)}")
 
 
+def teacher_tail_mass(q: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[N] teacher mass outside its cached top-k: 1 - sum_S q, clamped at 0 (fp16 storage can overshoot 1);
+    exactly 0 when the support is the whole vocabulary."""
+    if q.shape[1] == vocab_size:
+        return q.new_zeros(q.shape[0])
+    return (1.0 - q.sum(dim=-1)).clamp_min(0.0)
+
+
 @cached_kd_implementations.register("reference")
 def kd_loss_cached_reference(student_hidden: torch.Tensor, student_head_weight: torch.Tensor,
                              teacher_ids: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                              mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-    """Naive KL over the cached teacher top-k support, from full [N, V] student logits (the correctness baseline)."""
+    """Naive KL over the cached teacher top-k + tail bucket, from full [N, V] student logits (the baseline)."""
     check_cached_kd_inputs(student_hidden, student_head_weight, teacher_ids, teacher_logits, temperature, mask,
                            reduction)
-    log_p = torch.log_softmax((student_hidden @ student_head_weight.T).float() / temperature, dim=-1)  # [N, V]
-    log_q = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # [N, k]
-    per_token = (log_q.exp() * (log_q - log_p.gather(1, teacher_ids.long()))).sum(dim=-1)  # [N]
+    log_p = torch.log_softmax((student_hidden @ student_head_weight.T).float(), dim=-1)  # [N, V]
+    ids = teacher_ids.long()
+    log_q = teacher_logits.detach().float()  # [N, k]
+    q = log_q.exp()
+    tail_q = teacher_tail_mass(q, log_p.shape[1])
+    log_tail_p = log_p.scatter(1, ids, float("-inf")).logsumexp(dim=-1)
+    tail_term = torch.where(tail_q > 0, tail_q * (tail_q.log() - log_tail_p), 0.0)
+    per_token = (q * (log_q - log_p.gather(1, ids))).sum(dim=-1) + tail_term  # [N]
     if mask is not None:
         per_token = per_token * mask
     total = per_token.sum()
