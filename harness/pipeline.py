@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
 
 from harness.compression.compress import REPORT_NAME, compress
 from harness.compression.recipe import validate_recipe
@@ -44,7 +47,7 @@ def _finished(stage: StagePlan) -> dict | None:
     return summary if summary["steps"] == stage.steps and (Path(stage.distilled) / "config.json").is_file() else None
 
 
-def _run_stage(cfg: SlimConfig, stage: StagePlan) -> dict:
+def _run_stage(cfg: SlimConfig, stage: StagePlan, callbacks: Sequence[Callback]) -> dict:
     """Compress (or reuse) and distill one stage; a stage already distilled for its budget is skipped."""
     stage_cfg = copy.deepcopy(cfg)
     stage_cfg.compress = stage.recipe
@@ -54,14 +57,15 @@ def _run_stage(cfg: SlimConfig, stage: StagePlan) -> dict:
     if cfg.distill.init == "scratch":
         student = write_scratch_student(student, student.with_name(f"{student.name}-scratch"), cfg.train.seed)
     stage_cfg.distill.student = str(student)
-    summary = _finished(stage) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps))
+    summary = _finished(stage) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, callbacks))
     return {"stage": stage.index, "shape": asdict(stage.shape), "steps": stage.steps, "step_offset": stage.step_offset,
             "params": report["params"], "distill": summary}
 
 
-def run_recipe(cfg: SlimConfig) -> dict:
+def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
     """Run the recipe's plan; the final student (or, with distill.init=scratch, its random-init twin trained the
-    same way) ends in `distill.output`. Returns and writes `<run_dir>/run_summary.json`."""
+    same way) ends in `distill.output`. Returns and writes `<run_dir>/run_summary.json`. `callbacks` join every
+    stage's trainer (e.g. search pruning)."""
     validate_distill_config(cfg)
     teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
     validate_recipe(cfg.compress, teacher)
@@ -70,7 +74,7 @@ def run_recipe(cfg: SlimConfig) -> dict:
         raise UserError(f"distill.init: scratch trains the final architecture from random init, so it needs "
                         f"compress.plan=one_shot, got {cfg.compress.plan!r}")
     cfg.distill.teacher = cfg.compress.teacher
-    records = [_run_stage(cfg, stage) for stage in stages]
+    records = [_run_stage(cfg, stage, callbacks) for stage in stages]
     summary = {
         "init": cfg.distill.init,
         "plan": cfg.compress.plan,

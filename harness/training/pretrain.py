@@ -10,6 +10,7 @@ from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity, unigram_perplexity
 from harness.models.build import build_model, validate_model_config
 from harness.models.io import save_pretrained
+from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
 from harness.training.fsdp import gather_unsharded
 from harness.training.lm_module import PretrainModule
 from harness.training.run import fit, prepare_run, validate_train_config, write_summary
@@ -36,6 +37,7 @@ def validate_pretrain_config(cfg: SlimConfig) -> None:
             f"model.vocab_size ({cfg.model.vocab_size}) must equal data.vocab_size ({cfg.data.vocab_size})"
         )
     validate_train_config(cfg.train)
+    validate_tracking_config(cfg.tracking)
 
 
 def pretrain(cfg: SlimConfig) -> PretrainSummary:
@@ -45,7 +47,7 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
     data.setup("fit")
     run_dir = prepare_run(cfg)
     module = PretrainModule(cfg.model, cfg.train)
-    trainer, wall = fit(module, data, cfg.train, run_dir)
+    trainer, wall = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg))
 
     model = module.model
     model_dir = run_dir / "model"

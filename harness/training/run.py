@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 
 from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
@@ -47,10 +50,11 @@ def prepare_run(cfg: SlimConfig) -> Path:
     return run_dir
 
 
-def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConfig,
-        run_dir: Path) -> tuple[pl.Trainer, float]:
-    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present); the trainer and wall seconds."""
-    trainer = build_trainer(cfg, run_dir)
+def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConfig, run_dir: Path,
+        loggers: Sequence[Logger] = (), callbacks: Sequence[Callback] = ()) -> tuple[pl.Trainer, float]:
+    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present) with extra loggers and callbacks;
+    the trainer and wall seconds."""
+    trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg))
     return trainer, time.perf_counter() - start

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from harness.config.schema import TrainConfig
@@ -44,8 +45,10 @@ def build_strategy(cfg: TrainConfig) -> str | Strategy:
     return cfg.strategy
 
 
-def build_trainer(cfg: TrainConfig, run_dir: str | Path) -> pl.Trainer:
-    """Step-based trainer: validation and checkpointing every `val_every` steps, atomic checkpoint files."""
+def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logger] = (),
+                  callbacks: Sequence[Callback] = ()) -> pl.Trainer:
+    """Step-based trainer: validation and checkpointing every `val_every` steps, atomic checkpoint files;
+    `loggers` (e.g. W&B) log beside the CSV metrics, `callbacks` (e.g. search pruning) run after the built-in ones."""
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir(run_dir), save_last=True, save_top_k=0, every_n_train_steps=cfg.val_every
     )
@@ -64,7 +67,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path) -> pl.Trainer:
         limit_val_batches=cfg.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
-        logger=CSVLogger(str(run_dir), name="metrics"),  # version_N per (re)start: resuming never overwrites
-        callbacks=[checkpoint, GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10)],
+        logger=[CSVLogger(str(run_dir), name="metrics"), *loggers],  # CSV version_N per (re)start: never overwritten
+        callbacks=[checkpoint, GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10), *callbacks],
         enable_model_summary=False,
     )

@@ -1,0 +1,1 @@
+"""`slim search`: Optuna studies over declared config spaces, pruned through Lightning, on shared storage."""

@@ -1,0 +1,121 @@
+"""`slim search`: a declared space checked before any trial, workers sharing one SQLite study, Lightning pruning,
+and the best trial exported as a recipe that `slim run` loads."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.cli.main import main
+from harness.config.load import CONF_DIR, load_config
+from harness.errors import UserError
+from harness.search.spec import check_spec, parse_spec
+from harness.search.study import RECIPE_FILE, run_search, worker_shares
+from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+# 4 steps, validation at steps 2 and 4, pure LM loss: val/loss (the student's LM loss) falls fast at lr 0.03
+# and not at all at lr 1e-7, so the tiny-LR trials are clearly worse than any finished one.
+TRIAL = ["train.max_steps=4", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2",
+         "train.val_batches=1", "distill.loss=lm", "compress.depth.num_drop=1", "compress.experts.num_experts=4",
+         "data.heldout_every=400"]  # a few validation chapters: each trial's final perplexities take seconds
+GOOD_LR, BAD_LR = 0.03, 1e-7
+
+
+def trial_overrides(teacher) -> list[str]:  # noqa: F811
+    teacher_dir, stats, base = teacher
+    return [*base, *TRIAL, f"compress.teacher={teacher_dir}", f"compress.stats={stats}", "tracking.wandb=true"]
+
+
+def write_spec(tmp_path: Path, **fields) -> Path:
+    spec = {"name": "lr", "space": {"train.lr": {"type": "categorical", "choices": [GOOD_LR, BAD_LR]}},
+            "n_trials": 4, "output_dir": str(tmp_path / "search"),
+            "pruner": {"kind": "median", "monitor": "val/loss", "n_startup_trials": 1}, **fields}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_two_workers_share_one_sqlite_study_prune_and_export_the_best_recipe(teacher, tmp_path):  # noqa: F811
+    """2 worker processes finish 4 trials on one SQLite file; the 1e-7-LR trials, started after a 0.03-LR trial
+    finished, are pruned by the Lightning callback; the best recipe reloads with the best LR."""
+    # good, good, bad, bad: the two workers take the good ones first, so a finished trial exists before a bad one
+    spec = write_spec(tmp_path, enqueue=[{"train.lr": lr} for lr in (GOOD_LR, GOOD_LR, BAD_LR, BAD_LR)])
+    start = time.perf_counter()
+    assert main(["search", str(spec), *trial_overrides(teacher), "--workers", "2"]) == 0
+    print(f"search with 2 workers: {time.perf_counter() - start:.0f}s")
+
+    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    states = [trial.state for trial in study.trials]
+    assert len(states) == 4 and all(state.is_finished() for state in states), states
+    pruned = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.PRUNED]
+    assert {trial.params["train.lr"] for trial in pruned} >= {BAD_LR}, [(t.params, t.state) for t in study.trials]
+    assert all(set(trial.intermediate_values) <= {2, 4} for trial in study.trials)  # keyed by optimizer step
+    assert study.best_trial.params == {"train.lr": GOOD_LR}
+
+    recipe = load_config(files=[str(tmp_path / "search" / RECIPE_FILE)])
+    assert recipe.train.lr == GOOD_LR and recipe.train.max_steps == 4
+    assert recipe.run_dir == str((tmp_path / "search" / "best").resolve())
+    summary = json.loads((tmp_path / "search" / "search_summary.json").read_text())
+    assert summary["trials"]["pruned"] == len(pruned) and summary["best"]["params"] == {"train.lr": GOOD_LR}
+    best_dir = tmp_path / "search" / "trials" / f"{study.best_trial.number:04d}"
+    assert list((best_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # each trial is a tracked run
+
+    rerun = run_search(parse_spec(spec, overrides=trial_overrides(teacher)), workers=2)  # a finished study: no trials
+    assert sum(rerun["trials"].values()) == 4 and rerun["best"]["number"] == study.best_trial.number
+
+
+def test_unknown_space_key_fails_before_any_trial(teacher, tmp_path, capsys):  # noqa: F811
+    """`slim search` with a space key missing from the config schema fails in one line naming it, before a study
+    exists."""
+    spec = write_spec(tmp_path, space={"train.lrr": {"type": "float", "low": 1e-4, "high": 1e-2}})
+    assert main(["search", str(spec), *trial_overrides(teacher), "--workers", "2"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "space: unknown config key 'train.lrr' (did you mean 'lr'?)" in error
+    assert not (tmp_path / "search").exists()
+
+
+def test_bad_space_value_and_enqueued_trial_are_refused(teacher, tmp_path):  # noqa: F811
+    """A choice the registry does not know, or an enqueued key outside the space, fails before any trial."""
+    reducer = {"compress.experts.reducer": {"type": "categorical", "choices": ["prune", "average_all"]}}
+    with pytest.raises(UserError, match=r"space: .*'average_all'"):
+        run_search(parse_spec(write_spec(tmp_path, space=reducer), overrides=trial_overrides(teacher)))
+    with pytest.raises(UserError, match=r"enqueue\[0\]: unknown key 'train.seed'; valid: train.lr"):
+        run_search(parse_spec(write_spec(tmp_path, enqueue=[{"train.seed": 1}]), overrides=trial_overrides(teacher)))
+    assert not (tmp_path / "search").exists()
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"trials": 3}, r"unknown key 'trials'; valid: name, .*n_trials"),
+    ({"space": {"train.lr": {"type": "uniform", "low": 0, "high": 1}}}, r"space.train.lr.type: unknown 'uniform'"),
+    ({"space": {"train.lr": {"type": "float", "low": 1, "high": 1}}}, r"space.train.lr: need numbers low < high"),
+    ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, r"low: must be > 0 with log"),
+    ({"space": {"train.max_steps": {"type": "int", "low": 1, "high": 2.5}}}, r"type int needs integer low and high"),
+    ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "step": 2}}}, r"space.train.lr: unknown key 'step'"),
+    ({"objective": {"metric": "val/acc"}}, r"objective.metric: unknown 'val/acc'; valid: val_perplexity"),
+    ({"pruner": {"kind": "hyperband"}}, r"pruner.kind: unknown 'hyperband'; valid: median, threshold, none"),
+    ({"pruner": {"monitor": "val_loss"}}, r"pruner.monitor: unknown 'val_loss'; valid: val/loss, val/ppl, val/kd"),
+    ({"n_trials": 0}, r"n_trials: need an integer >= 1"),
+])
+def test_malformed_spec_fails_naming_the_field(tmp_path, fields, message):
+    """Spec structure errors are one line naming the spec key."""
+    with pytest.raises(UserError, match=message):
+        parse_spec(write_spec(tmp_path, **fields))
+
+
+def test_shipped_search_specs_validate():
+    """Every spec in conf/search/ parses and checks against the schema and the shipped teacher, so shipped studies
+    cannot rot."""
+    for path in sorted((CONF_DIR / "search").glob("*.yaml")):
+        check_spec(parse_spec(path))
+
+
+def test_worker_shares_split_the_remaining_trials():
+    """Remaining trials spread evenly; workers without a share are not started."""
+    assert worker_shares(5, 2) == [3, 2]
+    assert worker_shares(1, 3) == [1]
+    assert worker_shares(0, 2) == []
