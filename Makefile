@@ -10,7 +10,7 @@ TEST_VENV ?= .venv-test
 $(DEMO_VENV)/.installed: pyproject.toml
 	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
-	$(DEMO_VENV)/bin/python -m pip install -q -e ".[test]"
+	$(DEMO_VENV)/bin/python -m pip install -q -e .
 	touch $@
 
 $(TEST_VENV)/.installed: pyproject.toml
@@ -19,8 +19,12 @@ $(TEST_VENV)/.installed: pyproject.toml
 	$(TEST_VENV)/bin/python -m pip install -q -e ".[test,gpu]"
 	touch $@
 
+# Table 1 end to end on the shipped tiny teacher: 4 cells (scratch/pruned x LM/KD), each calibrate ->
+# compress -> distill -> lm-eval, then the LaTeX table and loss curves in runs/demo/report/. A rerun skips
+# finished cells. (The teacher itself was made by `slim pretrain model=tiny`; see assets/tiny-teacher.)
 demo: $(DEMO_VENV)/.installed
-	$(DEMO_VENV)/bin/slim pretrain model=tiny run_dir=runs/demo
+	$(DEMO_VENV)/bin/slim grid --output-dir runs/demo ablations/table1.yaml
+	$(DEMO_VENV)/bin/slim report --output-dir runs/demo ablations/table1.yaml
 
 # pytest exit 5 means "no tests collected": that is a failure here, never a silent pass.
 test: $(TEST_VENV)/.installed

@@ -16,6 +16,7 @@ METHOD_PACKAGES: dict[str, str] = {
     "methods.plans": "plans",
     "methods.losses": "loss_mixes",
     "methods.schedules": "weight_schedules",
+    "methods.adaptations": "adaptations",
     "kernels.kd_loss": "kd_implementations",
     "kernels.kd_loss.cached_reference": "cached_kd_implementations",
     "harness.models.families": "model_families",

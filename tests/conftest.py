@@ -21,6 +21,7 @@ TINY_OVERRIDES = [
     "data.vocab_size=1024",
     "data.seq_len=64",
     "train.num_threads=1",
+    "tracking.wandb=false",  # tests that check W&B turn it on themselves
 ]
 
 

@@ -67,16 +67,6 @@ def distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Evaluate eval.model (lm-eval tasks, perplexity, MTP acceptance, speed/memory vs eval.teacher); writes
-    <run_dir>/eval_summary.json."""
-    from harness.evaluation.evaluate import evaluate as run_evaluate
-
-    summary = run_evaluate(_config(args))
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
 def cache_teacher(args: argparse.Namespace) -> int:
     """Write the teacher's top-k log-probs over the train split to distill.teacher_cache (k =
     distill.teacher_cache_top_k; resumes a partial cache); `slim distill` then reads its kd targets from there."""
@@ -84,6 +74,16 @@ def cache_teacher(args: argparse.Namespace) -> int:
 
     summary = run_cache_teacher(_config(args))
     print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate eval.model (lm-eval tasks, perplexity, MTP acceptance, speed/memory vs eval.teacher); writes
+    <run_dir>/eval_summary.json."""
+    from harness.evaluation.evaluate import evaluate as run_evaluate
+
+    summary = run_evaluate(_config(args))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -121,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_recipe(_config(args))
     print(json.dumps(summary["distill"], indent=2))
+    return 0
+
+
+def zeda(args: argparse.Namespace) -> int:
+    """ZEDA: inject zero experts into zeda.teacher, adapt routers then the whole model by self-distillation;
+    writes zeda.output and <run_dir>/zeda_summary.json (val perplexity, expert FLOPs skipped)."""
+    from methods.adaptations import adaptations
+
+    summary = adaptations.get("zeda").run(_config(args))
+    print(json.dumps({key: value for key, value in summary.items() if key != "stages"}, indent=2))
     return 0
 
 
@@ -166,4 +176,21 @@ def report(args: argparse.Namespace) -> int:
 
     for kind, path in write_grid_report(_grid(args)).items():
         print(f"{kind}: {path}")
+    return 0
+
+
+def search_arguments(parser: argparse.ArgumentParser) -> None:
+    """`slim search`: the spec file and how many worker processes share the study."""
+    parser.add_argument("spec", metavar="SPEC", help="search spec YAML, e.g. conf/search/tiny.yaml")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on the study's storage")
+
+
+def search(args: argparse.Namespace) -> int:
+    """Run an Optuna search (`slim search conf/search/tiny.yaml [recipe.yaml] [key=value] [--workers N]`): recipe
+    files replace the spec's `scale`, overrides apply to every trial; writes <output_dir>/best_recipe.yaml."""
+    from harness.search.spec import parse_spec
+    from harness.search.study import run_search
+
+    files, overrides = _sources(args)
+    print(json.dumps(run_search(parse_spec(args.spec, files, overrides), args.workers), indent=2))
     return 0

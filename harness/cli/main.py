@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": commands.calibrate,
     "compress": commands.compress,
     "run": commands.run,
+    "zeda": commands.zeda,
     "distill": commands.distill,
     "cache-teacher": commands.cache_teacher,
     "eval": commands.evaluate,
@@ -27,12 +28,14 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "methods": commands.methods,
     "grid": commands.grid,
     "report": commands.report,
+    "search": commands.search,
 }
 TAKES_NO_CONFIG = {"methods"}
 # Arguments a subcommand takes before its recipe files and overrides.
 EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "grid": commands.grid_run_arguments,
     "report": commands.grid_arguments,
+    "search": commands.search_arguments,
 }
 
 

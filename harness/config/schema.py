@@ -164,7 +164,7 @@ class DistillConfig:
     beta_end: float = 0.1  # β at progress 1, >= 0
     temperature: float = 1.0  # softmax temperature of both KD distributions, > 0 (no τ² factor)
     kd_kernel: str = "chunked"  # KD implementation key (kernels/kd_loss): reference, chunked, triton
-    router_kd_weight: float = 0.0  # weight of a router-logit KD term, >= 0; the term is not implemented yet (0 only)
+    router_kd_weight: float = 0.0  # weight of the router-logit KD term (harness/training/router_kd.py), >= 0; 0 = off
     # Student initialization for `slim run`: "pruned" (compressed teacher) or "scratch" (same shape, random init,
     # SlimQwen Table 1 baseline).
     init: str = "pruned"
@@ -215,6 +215,33 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Weights & Biases logging of every training run (harness/tracking): offline by default, `wandb sync`-able."""
+
+    wandb: bool = True  # false: no W&B run at all (the CSV metrics are always written)
+    mode: str = "offline"  # offline (no network) | online | disabled
+    project: str = "slimqwen"
+    group: str = ""  # runs compared together, e.g. the grid or search name; "" = none
+    name: str = ""  # run name, e.g. the grid cell key; "" = the run directory's name
+    dir: str = ""  # parent of the `wandb/` folder; "" = run_dir
+
+
+@dataclass
+class ZedaConfig:
+    """`slim zeda` (methods/zeda, arXiv 2605.18643): inject zero-output experts into the original MoE, then two-stage
+    self-distillation from it (stage 1: routers only, stage 2: everything) with a group-level balancing loss."""
+
+    teacher: str = "assets/tiny-teacher"  # the original static MoE: source of the student and its frozen KD teacher
+    output: str = ""  # the adapted HF directory; "" = <run_dir>/model (reload with harness.models.io.load_pretrained)
+    num_zero_experts: int = 8  # zero experts injected per MoE layer, >= 1
+    group_size: int = 0  # real experts per balancing group, must divide the expert count; 0 = one group of all
+    balance_weight: float = 0.1  # weight of the group balancing loss, >= 0 (replaces model.router_aux_loss_coef)
+    router_share: float = 0.3  # share of train.max_steps in stage 1 (routers only), in [0, 1]
+    init_bias: float = 0.0  # initial bias of the zero-expert router columns (lower = fewer zero routes at start)
+    loss: str = "kd"  # loss mix key (methods/losses) of both stages; KD targets come from zeda.teacher
+
+
+@dataclass
 class SlimConfig:
     """Root config: every `slim` subcommand reads the sections it needs."""
 
@@ -226,3 +253,5 @@ class SlimConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    zeda: ZedaConfig = field(default_factory=ZedaConfig)

@@ -24,8 +24,8 @@ from harness.grid.kinds import cell_kinds
 from harness.grid.spec import KIND_KEY, Axis, AxisValue, GridSpec
 
 SEED_KEY = "train.seed"
-# Per-cell outputs: set from the cell key, so left out of the hash.
-PATH_FIELDS = ("run_dir", "compress.output", "distill.output")
+# Per-cell outputs and W&B naming: set from the cell key and spec, so left out of the hash.
+PATH_FIELDS = ("run_dir", "compress.output", "distill.output", "tracking.group", "tracking.name")
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ def _cell(spec: GridSpec, base: SlimConfig, choice: tuple[_AxisChoice, ...], see
     run_dir = root / "cells" / key
     config.run_dir, config.compress.output, config.distill.output = (str(run_dir), str(run_dir / "student"),
                                                                     str(run_dir / "distilled"))
+    config.tracking.group, config.tracking.name = spec.name, key  # W&B: runs grouped by grid, named by cell
     axes = {axis.name: value.label for axis, value in zip(spec.axes, choice)}
     return Cell(key=key, spec=spec.name, kind=kind, axes=axes, seed=seed, config=config)
 

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from transformers import AutoTokenizer, PretrainedConfig
 
-from harness.config.schema import SlimConfig
+from harness.compression.compress import REPORT_NAME
+from harness.config.schema import DistillConfig, SlimConfig, TrainConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.io import TOKENIZER_FILES, read_model_config, save_pretrained
-from harness.models.mtp import save_mtp
+from harness.models.mtp import MTPModule, save_mtp
+from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
 from harness.training.distill_module import DistillModule, load_student
 from harness.training.fsdp import gather_unsharded
+from harness.training.router_kd import student_lineage
 from harness.training.run import fit, prepare_run, validate_train_config, write_summary
 from harness.training.teacher_cache import check_cache_config, check_cache_data
 from kernels.kd_loss import kd_implementations
 from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
 
+
+# Builds the Lightning module of one run: (distill_cfg, train_cfg, step_offset, total_steps) -> DistillModule.
+ModuleFactory = Callable[[DistillConfig, TrainConfig, int, int | None], DistillModule]
 
 STUDENT_INITS = ("pruned", "scratch")
 
@@ -58,9 +67,7 @@ def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> 
         _check_range(d, field, 0.0, 1.0)
     for field in ("beta_start", "beta_end"):
         _check_range(d, field, 0.0)
-    if d.router_kd_weight != 0:
-        raise UserError(f"distill.router_kd_weight: must be 0 (router KD is not implemented yet), "
-                        f"got {d.router_kd_weight}")
+    _check_range(d, "router_kd_weight", 0.0)
     if d.init not in STUDENT_INITS:
         raise UserError(f"distill.init: unknown {d.init!r}; valid: {', '.join(STUDENT_INITS)}")
     if not d.temperature > 0:
@@ -68,6 +75,7 @@ def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> 
     if d.teacher_cache:
         check_cache_config(cfg)
     validate_train_config(cfg.train, total_steps)
+    validate_tracking_config(cfg.tracking)
 
 
 def tokenizer_vocab(path: str, field: str) -> dict[str, int]:
@@ -102,27 +110,41 @@ def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
 
 
-def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = None) -> DistillSummary:
+def _save_student_extras(student_mtp: MTPModule | None, student_dir: str, directory: Path) -> None:
+    """The MTP weights, and the compression report (with its lineage) the distilled student still answers to."""
+    if student_mtp is not None:
+        save_mtp(student_mtp, directory)
+    report = Path(student_dir) / REPORT_NAME
+    if report.is_file():
+        shutil.copyfile(report, directory / REPORT_NAME)
+
+
+def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = None,
+            callbacks: Sequence[Callback] = (), module_factory: ModuleFactory = DistillModule) -> DistillSummary:
     """Distill `distill.student` from `distill.teacher` on the corpus; resumes from
     `<run_dir>/checkpoints/last.ckpt` when present. A progressive plan's stage passes the steps of the
     earlier stages (`step_offset`) and the whole budget (`total_steps`): LR, λ/β and the batch stream
-    then continue where the previous stage stopped."""
+    then continue where the previous stage stopped. `callbacks` join the trainer's (e.g. search pruning).
+    `module_factory(distill_cfg, train_cfg, step_offset, total_steps)` builds the Lightning module (a
+    DistillModule subclass for methods that change what is trained, e.g. methods/zeda)."""
     validate_distill_config(cfg, total_steps)
     _check_student_mtp(cfg, validate_pair(cfg.distill.student, cfg.distill.teacher))
+    if cfg.distill.router_kd_weight > 0:
+        student_lineage(cfg.distill.student, cfg.distill.teacher)
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed, step_offset=step_offset)
     data.setup("fit")
     _check_data_tokenizer(cfg, data)
     if cfg.distill.teacher_cache:
         check_cache_data(cfg.distill.teacher_cache, data.data.train, data.tokenizer)
     run_dir = prepare_run(cfg)
-    module = DistillModule(cfg.distill, cfg.train, step_offset, total_steps)
-    trainer, wall = fit(module, data, cfg.train, run_dir)
+    module = module_factory(cfg.distill, cfg.train, step_offset, total_steps)
+    trainer, wall = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=callbacks)
 
     gathered = gather_unsharded((module.student, module.student_mtp), lambda: load_student(cfg.distill.student))
     if gathered is not None:  # under FSDP only rank 0 holds the gathered student and writes it
         student, student_mtp = gathered
         save_pretrained(student, cfg.distill.output, tokenizer=data.tokenizer,
-                        extras=None if student_mtp is None else lambda directory: save_mtp(student_mtp, directory))
+                        extras=lambda directory: _save_student_extras(student_mtp, cfg.distill.student, directory))
     tokens = trainer.global_step * cfg.train.batch_size * cfg.data.seq_len
     final_lambda, final_beta = module.loss_weights()
     summary = DistillSummary(

@@ -35,6 +35,7 @@ from harness.training.fsdp import shard_with_mtp
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.loss_terms import lm_loss
 from harness.training.optim import configure_adamw
+from harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
 from harness.training.teacher_cache import TeacherCache, cached_kd_term
 from kernels.kd_loss import kd_implementations
 from kernels.kd_loss.cached_reference import cached_kd_implementations
@@ -114,6 +115,7 @@ class DistillModule(pl.LightningModule):
         self.student_mtp: MTPModule | None = None
         self.teacher: FrozenTeacher | None = None
         self.teacher_cache: TeacherCache | None = None
+        self.router_map: RouterMap | None = None
         self.val_lm = MeanMetric()
         self.val_kd = MeanMetric()
         self._batch_started = 0.0
@@ -129,6 +131,9 @@ class DistillModule(pl.LightningModule):
         if self.teacher.mtp is not None and mtp_depth(self.teacher.model) < mtp_depth(self.student):
             rank_zero_info("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
             self.teacher.mtp = None
+        if self.distill_cfg.router_kd_weight > 0:
+            lineage = student_lineage(self.distill_cfg.student, self.distill_cfg.teacher)
+            self.router_map = build_router_map(lineage, self.student, self.teacher.model)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
             shard_with_mtp(self.student, self.student_mtp, self.device_mesh)
             shard_with_mtp(self.teacher.model, self.teacher.mtp, self.device_mesh)
@@ -144,25 +149,35 @@ class DistillModule(pl.LightningModule):
         self.teacher.to(self.device)
         return self.teacher
 
+    def balance_loss(self, router_logits: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """(balance term, its weight in the total loss): the global-batch loss at config.router_aux_loss_coef.
+        A subclass may swap in another balance loss (methods/zeda balances groups of experts)."""
+        config = self.student.config
+        return global_batch_balance_loss(router_logits, config.num_experts_per_tok), config.router_aux_loss_coef
+
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
-        """Mix of the terms the loss needs at the current λ, β, plus router_aux_loss_coef × balance."""
+        """Mix of the terms the loss needs at the current λ, β, plus router_aux_loss_coef × balance and, when
+        enabled, router_kd_weight × router-logit KD."""
         input_ids, labels = batch["input_ids"], batch["labels"]
         depth = mtp_depth(self.student) if self.mix.needs_mtp else 0
         with collect_router_logits(self.student) as router_logits:
             student = hidden_states(self.student, self.student_mtp, input_ids, depth)
         needs = self.mix.needs - {"kd"} if self.teacher_cache is not None else self.mix.needs
         teacher = None
-        if needs & KD_TERMS:
-            with torch.no_grad():
-                frozen = self._teacher()
+        if needs & KD_TERMS or self.router_map is not None:
+            frozen = self._teacher()
+            with torch.no_grad(), collect_router_logits(frozen.model) as teacher_router_logits:
                 teacher = hidden_states(frozen.model, frozen.mtp, input_ids, depth if "mtp_kd" in self.mix.needs else 0)
         terms = compute_terms(needs, student, teacher, labels, self.kd, self.distill_cfg.temperature)
         if needs != self.mix.needs:
             terms["kd"] = cached_kd_term(self.cached_kd, student.backbone, student.head_weight,
                                          self.teacher_cache.lookup(batch["index"]), self.distill_cfg.temperature)
-        terms["balance"] = global_batch_balance_loss(router_logits, self.student.config.num_experts_per_tok)
+        terms["balance"], balance_weight = self.balance_loss(router_logits)
         lam, beta = self.loss_weights()
-        total = self.mix(terms, lam, beta) + self.student.config.router_aux_loss_coef * terms["balance"]
+        total = self.mix(terms, lam, beta) + balance_weight * terms["balance"]
+        if self.router_map is not None:
+            terms["router_kd"] = router_kd_loss(router_logits, teacher_router_logits, self.router_map)
+            total = total + self.distill_cfg.router_kd_weight * terms["router_kd"]
         return StepLoss(total, terms, lam, beta)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
