@@ -129,17 +129,23 @@ def check_spec(spec: GridSpec) -> None:
                             f"metrics: {', '.join(spec.metrics)}")
 
 
-def load_spec(path: str | Path) -> GridSpec:
-    """Parse and check a grid spec YAML; config keys are checked when the grid is expanded."""
-    path = Path(path)
+def read_spec_mapping(path: Path, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The YAML mapping of a `what` spec ("grid", "search"), or one UserError: missing file, bad YAML, no mapping."""
     if not path.is_file():
-        raise UserError(f"grid spec: file not found: {path}")
+        raise UserError(f"{what} spec: file not found: {path}")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as err:  # yaml and interpolation errors come in many types
-        raise UserError(f"grid spec: cannot parse {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{what} spec: cannot parse {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a grid spec is a mapping with keys {', '.join(SPEC_KEYS)}")
+        raise UserError(f"{path}: a {what} spec is a mapping with keys {', '.join(keys)}")
+    return raw
+
+
+def load_spec(path: str | Path) -> GridSpec:
+    """Parse and check a grid spec YAML; config keys are checked when the grid is expanded."""
+    path = Path(path)
+    raw = read_spec_mapping(path, "grid", SPEC_KEYS)
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise UserError(f"{path}: unknown spec key {unknown[0]!r}; valid: {', '.join(SPEC_KEYS)}")

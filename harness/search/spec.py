@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from omegaconf import OmegaConf
 
 from harness.config.load import load_config
 from harness.errors import UserError
 from harness.grid.cells.run import DISTILL_METRICS, validate_run
 from harness.grid.expand import format_override
-from harness.grid.spec import flatten
+from harness.grid.spec import flatten, read_spec_mapping
 
 SPEC_KEYS = ("name", "description", "scale", "base", "space", "enqueue", "objective", "n_trials", "seed", "storage",
              "output_dir", "pruner")
@@ -159,14 +158,7 @@ def flatten_space(space: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"search spec: file not found: {path}")
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # yaml and interpolation errors come in many types
-        raise UserError(f"search spec: cannot parse {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a search spec is a mapping with keys {', '.join(SPEC_KEYS)}")
+    raw = read_spec_mapping(path, "search", SPEC_KEYS)
     _unknown(raw, SPEC_KEYS, str(path))
     return raw
 

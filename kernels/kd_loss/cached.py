@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs, teacher_tail_mass
-from kernels.kd_loss.chunked import _add_matmul_, _ChunkedKD, _row_chunks, default_chunk_size
+from kernels.kd_loss.chunked import _ChunkedKD, chunked_forward, default_chunk_size
 
 # (student_logits [chunk, V] raw, teacher_ids [chunk, k] int64, teacher_logits [chunk, k], temperature,
 # grad_scale) -> (KL sum of the chunk in fp32, d loss / d student_logits in the logits' dtype).
@@ -48,26 +48,10 @@ class _CachedKD(_ChunkedKD):
     def forward(ctx, student_hidden: torch.Tensor, teacher_ids: torch.Tensor, student_head_weight: torch.Tensor,
                 teacher_logits: torch.Tensor, temperature: float, mask: torch.Tensor | None, reduction: str,
                 chunk_size: int, step: CachedChunkStep) -> torch.Tensor:
-        num_tokens = student_hidden.shape[0]
-        num_kept = num_tokens if mask is None else int(mask.sum())
-        scale = 1.0 / max(num_kept, 1) if reduction == "mean" else 1.0
-        grad_hidden = torch.zeros_like(student_hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = (torch.zeros(student_head_weight.shape, dtype=torch.float32, device=student_head_weight.device)
-                       if ctx.needs_input_grad[2] else None)
-        kl_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
-        for rows in _row_chunks(mask, num_tokens, chunk_size):
-            hidden = student_hidden[rows]  # [c, d]
-            kl_sum, grad_logits = step(hidden @ student_head_weight.T, teacher_ids[rows].long(), teacher_logits[rows],
-                                       temperature, scale)  # grad_logits [c, V]
-            kl_total += kl_sum
-            if grad_hidden is not None:
-                grad_hidden[rows] = grad_logits @ student_head_weight
-            if grad_weight is not None:
-                _add_matmul_(grad_weight, grad_logits.T, hidden)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(student_head_weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return kl_total * scale
+        def rows_step(rows, student_logits, scale):
+            return step(student_logits, teacher_ids[rows].long(), teacher_logits[rows], temperature, scale)
+
+        return chunked_forward(ctx, student_hidden, student_head_weight, mask, reduction, chunk_size, rows_step)
 
 
 @cached_kd_implementations.register("chunked")

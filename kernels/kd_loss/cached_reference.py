@@ -23,7 +23,7 @@ import torch
 
 from harness.registry import Registry
 from kernels.kd_loss import KDLoss
-from kernels.kd_loss.reference import REDUCTIONS
+from kernels.kd_loss.reference import REDUCTIONS, reduce_per_token
 
 cached_kd_implementations: Registry[KDLoss] = Registry("cached-teacher kd loss kernel", package="kernels.kd_loss")
 
@@ -77,10 +77,4 @@ def kd_loss_cached_reference(student_hidden: torch.Tensor, student_head_weight: 
     tail_q = teacher_tail_mass(q, log_p.shape[1])
     log_tail_p = log_p.scatter(1, ids, float("-inf")).logsumexp(dim=-1)
     tail_term = torch.where(tail_q > 0, tail_q * (tail_q.log() - log_tail_p), 0.0)
-    per_token = (q * (log_q - log_p.gather(1, ids))).sum(dim=-1) + tail_term  # [N]
-    if mask is not None:
-        per_token = per_token * mask
-    total = per_token.sum()
-    if reduction == "sum":
-        return total
-    return total / (per_token.numel() if mask is None else mask.sum().clamp_min(1))
+    return reduce_per_token((q * (log_q - log_p.gather(1, ids))).sum(dim=-1) + tail_term, mask, reduction)

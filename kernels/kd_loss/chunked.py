@@ -71,6 +71,36 @@ def _add_matmul_(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Ten
         accumulator.add_(left @ right)
 
 
+# (kept rows of this chunk, raw student logits [chunk, V], grad_scale) -> (KL sum, d loss / d student logits).
+RowsStep = Callable[[slice | torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def chunked_forward(ctx, student_hidden: torch.Tensor, student_head_weight: torch.Tensor, mask: torch.Tensor | None,
+                    reduction: str, chunk_size: int, rows_step: RowsStep) -> torch.Tensor:
+    """The chunk loop shared by every chunked KD autograd function: student logits per chunk of kept rows, the
+    teacher side supplied by `rows_step`, gradients folded into grad_hidden and an fp32 head accumulator and
+    saved for backward; returns the (mean or sum) loss."""
+    num_tokens = student_hidden.shape[0]
+    num_kept = num_tokens if mask is None else int(mask.sum())
+    scale = 1.0 / max(num_kept, 1) if reduction == "mean" else 1.0
+    grad_hidden = torch.zeros_like(student_hidden) if ctx.needs_input_grad[0] else None
+    grad_weight = (torch.zeros(student_head_weight.shape, dtype=torch.float32, device=student_head_weight.device)
+                   if ctx.needs_input_grad[2] else None)
+    kl_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
+    for rows in _row_chunks(mask, num_tokens, chunk_size):
+        hidden = student_hidden[rows]  # [c, d]
+        kl_sum, grad_logits = rows_step(rows, hidden @ student_head_weight.T, scale)  # grad_logits [c, V]
+        kl_total += kl_sum
+        if grad_hidden is not None:
+            grad_hidden[rows] = grad_logits @ student_head_weight
+        if grad_weight is not None:
+            _add_matmul_(grad_weight, grad_logits.T, hidden)
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(student_head_weight.dtype)
+    ctx.save_for_backward(grad_hidden, grad_weight)
+    return kl_total * scale
+
+
 class _ChunkedKD(torch.autograd.Function):
     """Forward computes loss and student gradients chunk by chunk; backward scales them by grad_output."""
 
@@ -78,26 +108,10 @@ class _ChunkedKD(torch.autograd.Function):
     def forward(ctx, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_head_weight: torch.Tensor,
                 teacher_head_weight: torch.Tensor, temperature: float, mask: torch.Tensor | None, reduction: str,
                 chunk_size: int, step: ChunkStep) -> torch.Tensor:
-        num_tokens = student_hidden.shape[0]
-        num_kept = num_tokens if mask is None else int(mask.sum())
-        scale = 1.0 / max(num_kept, 1) if reduction == "mean" else 1.0
-        grad_hidden = torch.zeros_like(student_hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = (torch.zeros(student_head_weight.shape, dtype=torch.float32, device=student_head_weight.device)
-                       if ctx.needs_input_grad[2] else None)
-        kl_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
-        for rows in _row_chunks(mask, num_tokens, chunk_size):
-            hidden = student_hidden[rows]  # [c, d]
-            kl_sum, grad_logits = step(hidden @ student_head_weight.T, teacher_hidden[rows] @ teacher_head_weight.T,
-                                       temperature, scale)  # grad_logits [c, V]
-            kl_total += kl_sum
-            if grad_hidden is not None:
-                grad_hidden[rows] = grad_logits @ student_head_weight
-            if grad_weight is not None:
-                _add_matmul_(grad_weight, grad_logits.T, hidden)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(student_head_weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return kl_total * scale
+        def rows_step(rows, student_logits, scale):
+            return step(student_logits, teacher_hidden[rows] @ teacher_head_weight.T, temperature, scale)
+
+        return chunked_forward(ctx, student_hidden, student_head_weight, mask, reduction, chunk_size, rows_step)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

@@ -43,6 +43,16 @@ def check_kd_inputs(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, 
                          f"{tuple(mask.shape)}")
 
 
+def reduce_per_token(per_token: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Sum, or mean over the kept tokens (all tokens without a mask), of a per-token loss [N]."""
+    if mask is not None:
+        per_token = per_token * mask
+    total = per_token.sum()
+    if reduction == "sum":
+        return total
+    return total / (per_token.numel() if mask is None else mask.sum().clamp_min(1))
+
+
 @kd_implementations.register("reference")
 def kd_loss_reference(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_head_weight: torch.Tensor,
                       teacher_head_weight: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None,
@@ -53,10 +63,4 @@ def kd_loss_reference(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor
     log_p = torch.log_softmax((student_hidden @ student_head_weight.T).float() / temperature, dim=-1)
     with torch.no_grad():
         log_q = torch.log_softmax((teacher_hidden @ teacher_head_weight.T).float() / temperature, dim=-1)
-    per_token = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # [N]
-    if mask is not None:
-        per_token = per_token * mask
-    total = per_token.sum()
-    if reduction == "sum":
-        return total
-    return total / (per_token.numel() if mask is None else mask.sum().clamp_min(1))
+    return reduce_per_token((log_q.exp() * (log_q - log_p)).sum(dim=-1), mask, reduction)
