@@ -160,3 +160,14 @@ def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):  # 
     results = cell_results(rows, "val/loss")
     assert [result.axes for result in results] == [{"setting": "One-shot"}, {"setting": "Trained"}]
     assert results[1].curves == {"val/loss": trained["artifacts"]["metrics"]} and not results[0].curves
+
+
+def test_teacher_row_comes_from_the_first_finished_cell_reporting_it():
+    """report.teacher_from fills the teacher row from a metric every cell measures; unfinished cells are ignored."""
+    from harness.grid.report import teacher_row
+
+    rows = [{"status": "failed", "metrics": {"teacher_ppl": 1.0}},
+            {"status": "done", "metrics": {"teacher_ppl": 36.7, "ppl": 44.0}},
+            {"status": "done", "metrics": {"teacher_ppl": 36.9}}]
+    assert teacher_row(rows, {"ppl": "teacher_ppl"}) == {"ppl": 36.7}
+    assert teacher_row(rows, {"ppl": "missing"}) is None

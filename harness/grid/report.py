@@ -9,6 +9,19 @@ from harness.errors import UserError
 from harness.grid.grid import Grid
 
 CURVE_KEY = "curve"
+# report.teacher_from: {column metric: cell metric holding the teacher's value}, e.g. the teacher perplexity every
+# `run` cell measures; the teacher row takes it from the first finished cell that has it.
+TEACHER_FROM_KEY = "teacher_from"
+
+
+def teacher_row(rows: list[dict[str, Any]], teacher_from: dict[str, str]) -> dict[str, float] | None:
+    """The teacher row's metrics, read from the finished cells (None when no cell reports them)."""
+    found = {}
+    for column, source in teacher_from.items():
+        values = [row["metrics"][source] for row in rows if row["status"] == "done" and source in row["metrics"]]
+        if values:
+            found[column] = values[0]
+    return found or None
 
 
 def cell_results(rows: list[dict[str, Any]], curve_metric: str | None = None) -> list:
@@ -34,11 +47,14 @@ def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str
     if not grid.store_path.is_file():
         raise UserError(f"{grid.spec.path}: no results store at {grid.store_path}; run `slim grid` first")
     curve = CurveSpec(**section.pop(CURVE_KEY)) if CURVE_KEY in section else None
+    rows = grid.rows()
+    if TEACHER_FROM_KEY in section:
+        section["teacher"] = teacher_row(rows, section.pop(TEACHER_FROM_KEY))
     try:
         table = TableSpec(**{"name": grid.spec.name, **section})
     except (TypeError, ValueError) as err:
         raise UserError(f"{grid.spec.path}: report: {err}") from None
-    results = cell_results(grid.rows(), curve.metric if curve else None)
+    results = cell_results(rows, curve.metric if curve else None)
     if not results:
         raise UserError(f"{grid.spec.path}: no finished cells in {grid.store_path}; run `slim grid` first")
     return write_report(results, table, out_dir or grid.output_dir / "report", curve=curve)

@@ -127,6 +127,10 @@ def check_spec(spec: GridSpec) -> None:
         if _column_key(column) not in spec.metrics:
             raise UserError(f"{spec.path}: report.columns: metric {_column_key(column)!r} is not in the spec's "
                             f"metrics: {', '.join(spec.metrics)}")
+    for column, source in spec.report.get("teacher_from", {}).items():
+        if column not in spec.metrics or source not in spec.metrics:
+            raise UserError(f"{spec.path}: report.teacher_from: {column!r}: {source!r} needs both metrics in the "
+                            f"spec's metrics: {', '.join(spec.metrics)}")
 
 
 def read_spec_mapping(path: Path, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
