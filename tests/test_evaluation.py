@@ -192,6 +192,8 @@ def test_slim_eval_writes_summary(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "eval_summary.json").read_text())
     assert set(summary["lm_eval"]["kjv_cloze"]) == {"acc", "acc_norm"}
     assert 1 < summary["perplexity"] < 100
+    assert summary["expert_flops_saved"]["overall"] == 0.0  # a static MoE skips nothing
+    assert len(summary["expert_flops_saved"]["per_layer"]) == 4
     assert summary["mtp_acceptance"]["acc"] is None and "mtp.safetensors" in summary["mtp_acceptance"]["note"]
     assert set(summary["efficiency"]["student_vs_teacher"]) == {"prefill_speedup", "decode_speedup", "memory_ratio"}
 

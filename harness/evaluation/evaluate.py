@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
 from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
+from harness.models.expert_flops import expert_flops_saved
 from harness.models.io import TOKENIZER_FILES, load_pretrained, read_model_config
 from harness.models.mtp import MTP_FILE, load_mtp, mtp_depth
 
@@ -160,6 +162,8 @@ def evaluate(cfg: SlimConfig) -> dict:
     if cfg.eval.perplexity_batches:
         loader = DataLoader(heldout_windows(texts, tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
         summary["perplexity"] = model_perplexity(model, loader, cfg.eval.perplexity_batches)
+        # Share of routed expert FLOPs skipped (ZEDA's zero experts; 0 for a static MoE), same batches.
+        summary["expert_flops_saved"] = expert_flops_saved(model, islice(loader, cfg.eval.perplexity_batches))
     summary["mtp_acceptance"] = _mtp_summary(cfg, model, tokenizer, texts, device)
     if cfg.eval.efficiency.enabled:
         speed = cfg.eval.efficiency

@@ -16,7 +16,7 @@ from harness.grid.kinds import CellOutput, register_kind
 TASK_METRICS = ("kjv_cloze/acc", "kjv_next_verse/acc_mutual_info", "kjv_complete/exact_match")
 MTP_METRICS = ("mtp_acc_0", "mtp_acc_1", "mtp_acc_2", "mtp_tokens_per_step")
 EFFICIENCY_METRICS = ("prefill_speedup", "decode_speedup", "memory_ratio")
-EVAL_METRICS = (*TASK_METRICS, "eval_perplexity", *MTP_METRICS, *EFFICIENCY_METRICS)
+EVAL_METRICS = (*TASK_METRICS, "eval_perplexity", "eval_expert_flops_saved", *MTP_METRICS, *EFFICIENCY_METRICS)
 
 
 def eval_metrics(summary: dict) -> dict[str, float]:
@@ -25,6 +25,7 @@ def eval_metrics(summary: dict) -> dict[str, float]:
                for name, value in scores.items()}
     if summary.get("perplexity") is not None:
         metrics["eval_perplexity"] = float(summary["perplexity"])
+        metrics["eval_expert_flops_saved"] = float(summary["expert_flops_saved"]["overall"])
     acc = (summary.get("mtp_acceptance") or {}).get("acc")
     if acc:
         metrics.update({f"mtp_acc_{j}": value for j, value in enumerate(acc)})
