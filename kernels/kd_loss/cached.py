@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs, teacher_tail_mass
-from kernels.kd_loss.chunked import _ChunkedKD, chunked_forward, default_chunk_size
+from kernels.kd_loss.chunked import _ChunkedKD, chunked_forward, chunked_inputs
 
 # (student_logits [chunk, V] raw, teacher_ids [chunk, k] int64, teacher_logits [chunk, k], temperature,
 # grad_scale) -> (KL sum of the chunk in fp32, d loss / d student_logits in the logits' dtype).
@@ -62,10 +62,6 @@ def kd_loss_cached(student_hidden: torch.Tensor, student_head_weight: torch.Tens
     """Token-chunked KL over the cached teacher top-k + tail; never materializes [N, V] student logits."""
     check_cached_kd_inputs(student_hidden, student_head_weight, teacher_ids, teacher_logits, temperature, mask,
                            reduction)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
-    chunk = chunk_size or default_chunk_size(student_hidden.shape[1])
-    if not torch.is_grad_enabled():  # needs_input_grad ignores no_grad: detach so forward skips the grad matmuls
-        student_hidden, student_head_weight = student_hidden.detach(), student_head_weight.detach()
+    chunk, student_hidden, student_head_weight = chunked_inputs(student_hidden, student_head_weight, chunk_size)
     return _CachedKD.apply(student_hidden, teacher_ids.detach(), student_head_weight, teacher_logits.detach(),
                            float(temperature), mask, reduction, chunk, step)

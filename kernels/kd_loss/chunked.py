@@ -122,6 +122,19 @@ class _ChunkedKD(torch.autograd.Function):
         return grad_hidden, None, grad_weight, None, None, None, None, None, None
 
 
+def chunked_inputs(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, chunk_size: int | None
+                   ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(rows per chunk, student hidden, student head) for a chunked KD autograd function: `chunk_size` checked
+    (default from d), and the student tensors detached under no_grad, since `needs_input_grad` ignores no_grad
+    and the forward would otherwise pay for the gradient matmuls."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+    chunk = chunk_size or default_chunk_size(student_hidden.shape[1])
+    if not torch.is_grad_enabled():
+        student_hidden, student_head_weight = student_hidden.detach(), student_head_weight.detach()
+    return chunk, student_hidden, student_head_weight
+
+
 @kd_implementations.register("chunked")
 def kd_loss_chunked(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_head_weight: torch.Tensor,
                     teacher_head_weight: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None,
@@ -130,10 +143,6 @@ def kd_loss_chunked(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, 
     """Token-chunked KL(teacher || student), grads computed in forward; never materializes [N, V] logits."""
     check_kd_inputs(student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, temperature, mask,
                     reduction)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
-    chunk = chunk_size or default_chunk_size(student_hidden.shape[1])
-    if not torch.is_grad_enabled():  # needs_input_grad ignores no_grad: detach so forward skips the grad matmuls
-        student_hidden, student_head_weight = student_hidden.detach(), student_head_weight.detach()
+    chunk, student_hidden, student_head_weight = chunked_inputs(student_hidden, student_head_weight, chunk_size)
     return _ChunkedKD.apply(student_hidden, teacher_hidden.detach(), student_head_weight,
                             teacher_head_weight.detach(), float(temperature), mask, reduction, chunk, step)
