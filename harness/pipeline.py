@@ -14,10 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
 
 from harness.compression.compress import REPORT_NAME, compress
 from harness.compression.recipe import validate_recipe
 from harness.compression.scratch import write_scratch_student
+from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig
 from harness.errors import UserError
 from harness.models.io import read_model_config
@@ -39,6 +41,22 @@ def _compressed(cfg: SlimConfig) -> dict:
     return compress(cfg)
 
 
+def _comparable(yaml_text: str) -> dict:
+    """A saved run config without its step budget (a rerun may extend it)."""
+    config = OmegaConf.to_container(OmegaConf.create(yaml_text))
+    config["train"].pop("max_steps")
+    return config
+
+
+def _check_same_run(stage_cfg: SlimConfig) -> None:
+    """Refuse to resume or skip a stage whose run_dir holds a run of another config (recipe, loss, data, ...):
+    its checkpoints and summary belong to a different student."""
+    saved = Path(stage_cfg.run_dir) / "config.yaml"
+    if stage_cfg.train.resume and saved.is_file() and _comparable(saved.read_text()) != _comparable(to_yaml(stage_cfg)):
+        raise UserError(f"run_dir: {stage_cfg.run_dir} holds a run with another config ({saved}); pick a new run_dir "
+                        "or set train.resume=false to start over there")
+
+
 def _finished(stage: StagePlan) -> dict | None:
     summary_file = Path(stage.run_dir) / "distill_summary.json"
     if not summary_file.is_file():
@@ -57,7 +75,8 @@ def _run_stage(cfg: SlimConfig, stage: StagePlan, callbacks: Sequence[Callback])
     if cfg.distill.init == "scratch":
         student = write_scratch_student(student, student.with_name(f"{student.name}-scratch"), cfg.train.seed)
     stage_cfg.distill.student = str(student)
-    summary = _finished(stage) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, callbacks))
+    _check_same_run(stage_cfg)
+    summary = (_finished(stage) if cfg.train.resume else None) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, callbacks))
     return {"stage": stage.index, "shape": asdict(stage.shape), "steps": stage.steps, "step_offset": stage.step_offset,
             "params": report["params"], "distill": summary}
 

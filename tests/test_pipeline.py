@@ -54,3 +54,13 @@ def test_unknown_init_is_refused_before_compressing(teacher, tmp_path):  # noqa:
     with pytest.raises(UserError, match="distill.init: unknown 'random'; valid: pruned, scratch"):
         run_recipe(run_config(teacher, tmp_path, "distill.init=random"))
     assert not (tmp_path / "student").exists()
+
+
+def test_rerun_with_another_recipe_in_the_same_run_dir_is_refused(teacher, tmp_path):  # noqa: F811
+    """A finished run_dir is not silently reused for a different student: the rerun names the run_dir instead of
+    returning the old summary (or resuming the old checkpoints); train.resume=false starts over there."""
+    run_recipe(run_config(teacher, tmp_path))
+    with pytest.raises(UserError, match=f"run_dir: {tmp_path / 'run'} holds a run with another config"):
+        run_recipe(run_config(teacher, tmp_path, "distill.loss=kd"))
+    summary = run_recipe(run_config(teacher, tmp_path, "distill.loss=kd", "train.resume=false"))
+    assert summary["distill"]["steps"] == 3
