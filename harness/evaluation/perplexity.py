@@ -16,14 +16,14 @@ def model_perplexity(model: torch.nn.Module, loader: DataLoader, max_batches: in
     """Token-level perplexity of `model` over `loader` batches ({"input_ids", "labels"})."""
     was_training = model.training
     model.eval()
-    metric = Perplexity()
     device = next(model.parameters()).device
+    metric = Perplexity().to(device)  # on the model's device: no [B, T, V] copies to CPU, and NCCL can sync it
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
     for index, batch in enumerate(tqdm(loader, total=total, desc=desc, leave=False)):
         if index == total:
             break
         logits = model(input_ids=batch["input_ids"].to(device), use_cache=False).logits
-        metric.update(logits.float().cpu(), batch["labels"])
+        metric.update(logits.float(), batch["labels"].to(device))
     model.train(was_training)
     return float(metric.compute())
 
