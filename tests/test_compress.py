@@ -120,6 +120,7 @@ def test_every_reducer_and_criterion_gives_a_working_student(teacher, tmp_path, 
     ("compress.depth.num_drop=4", "compress.depth.num_drop: 4 out of range; allowed 0..3"),
     ("compress.experts.reducer=prnue", "compress.experts.reducer: unknown expert reducer 'prnue'"),
     ("compress.depth.selector=first_n", "valid: act_sim, block_influence, last_n"),
+    ("compress.experts.intact_ratio=1.5", "compress.experts.intact_ratio: must be in [0, 1)"),
 ])
 def test_bad_recipe_is_refused_before_any_work(teacher, tmp_path, override, needle):
     """Each bad field is one line naming it and the allowed values; no student directory appears."""

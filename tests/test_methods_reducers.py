@@ -115,6 +115,19 @@ def test_partial_preserve_hand_case():
     assert plan.merge_map() == {0: 0, 2: 1, 4: 1, 6: 1, 5: 2, 7: 3, 1: 3, 3: 3}
 
 
+def test_partial_preserve_intact_ratio_moves_experts_from_intact_to_bases():
+    """The hand case with intact_ratio=0.25: only expert 0 stays intact, 5, 2 and 7 become bases, and expert 1
+    now joins base 5 (its most similar), which was intact at the paper's 1/2."""
+    importance = torch.tensor([0.9, 0.1, 0.7, 0.3, 0.2, 0.8, 0.05, 0.4], dtype=torch.float64)
+    similarity = symmetric(8, {(3, 7): 0.6, (3, 2): 0.1, (3, 0): 0.95, (4, 2): 0.5, (4, 7): 0.4,
+                               (1, 7): 0.3, (1, 2): 0.2, (1, 5): 0.9, (6, 2): 0.7, (6, 7): -0.2})
+    plan = reducers.get("partial_preserve")(importance, similarity, 4, intact_ratio=0.25)
+    assert plan.kept_ids() == [0, 2, 5, 7] and plan.groups[0] == ExpertGroup.single(0)
+    assert [group.members for group in plan.groups[1:]] == [(2, 4, 6), (5, 1), (7, 3)]
+    with pytest.raises(UserError, match=r"compress.experts.intact_ratio: must be in \[0, 1\), got 1.0"):
+        reducers.get("partial_preserve")(importance, similarity, 4, intact_ratio=1.0)
+
+
 def test_partial_preserve_odd_target_and_most_similar_bases():
     """keep 3 of 5: one intact expert; with base_choice='most_similar_to_rest' the two bases are the candidates
     with the highest mean cosine to the other candidates."""

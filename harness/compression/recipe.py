@@ -33,14 +33,21 @@ def validate_method_keys(recipe: CompressConfig) -> None:
     _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
     if recipe.experts.budget not in BUDGETS:
         raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; valid: {', '.join(BUDGETS)}")
+    if not 0 <= recipe.experts.intact_ratio < 1:
+        raise UserError(f"compress.experts.intact_ratio: must be in [0, 1) (at least one merge base), "
+                        f"got {recipe.experts.intact_ratio}")
+
+
+# `compress.experts` fields a reducer may take as keyword options of the same name.
+REDUCER_OPTIONS = ("base_choice", "intact_ratio")
 
 
 def configured_reducer(recipe: CompressConfig) -> Callable:
     """The recipe's reducer with the options it accepts (e.g. partial_preserve's `base_choice`) bound."""
     reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
-    if "base_choice" in inspect.signature(reducer).parameters:
-        return functools.partial(reducer, base_choice=recipe.experts.base_choice)
-    return reducer
+    accepted = inspect.signature(reducer).parameters
+    return functools.partial(reducer, **{name: getattr(recipe.experts, name) for name in REDUCER_OPTIONS
+                                         if name in accepted})
 
 
 def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:

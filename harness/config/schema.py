@@ -131,6 +131,7 @@ class ExpertTarget:
     exempt_first: int = 0  # first N MoE layers keep all experts
     exempt_last: int = 0  # last N MoE layers keep all experts
     base_choice: str = "next_important"  # partial_preserve: how merge bases are chosen
+    intact_ratio: float = 0.5  # partial_preserve: share of the kept experts left intact, in [0, 1) (paper: half)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`partial_preserve` (SlimQwen Algorithm 1): keep half the target intact, build the other half by merging.
 
-The floor(N~/2) most important experts stay untouched (preserving specialization); N~ - floor(N~/2)
-merge bases are chosen among the rest, every remaining expert joins its most similar base, and each
+The floor(r·N~) most important experts stay untouched (preserving specialization; r = `intact_ratio`, 1/2
+in the paper); the other N~ - floor(r·N~) merge bases are chosen among the rest, every remaining expert joins its most similar base, and each
 base is merged with its group importance-weighted (eq 8). The paper leaves the base choice open:
 `base_choice="next_important"` (default) takes the next most important experts,
 `"most_similar_to_rest"` the candidates with the highest mean similarity to the other candidates
@@ -10,6 +10,7 @@ base is merged with its group importance-weighted (eq 8). The paper leaves the b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,14 +44,17 @@ BASE_CHOICES: dict[str, Callable[[torch.Tensor, torch.Tensor, list[int], int], l
 
 @reducers.register("partial_preserve")
 def partial_preserve(importance: torch.Tensor, similarity: torch.Tensor | None, num_keep: int, *,
-                     base_choice: str = "next_important") -> ExpertPlan:
-    """Algorithm 1: keep floor(num_keep/2) top experts intact, merge the rest into the other bases by cosine."""
+                     base_choice: str = "next_important", intact_ratio: float = 0.5) -> ExpertPlan:
+    """Algorithm 1: keep floor(intact_ratio·num_keep) top experts intact, merge the rest into the other bases by
+    cosine (intact_ratio in [0, 1), so there is always a base)."""
     check_inputs(importance, num_keep)
     if base_choice not in BASE_CHOICES:
         raise UserError(f"compress.experts.base_choice: unknown {base_choice!r}; valid: {', '.join(BASE_CHOICES)}")
     similarity = require_similarity(similarity, "partial_preserve", importance.numel())
     order = ranked(importance)
-    num_intact = num_keep // 2
+    if not 0 <= intact_ratio < 1:
+        raise UserError(f"compress.experts.intact_ratio: must be in [0, 1), got {intact_ratio}")
+    num_intact = math.floor(intact_ratio * num_keep)
     intact, candidates = order[:num_intact], order[num_intact:]
     bases = BASE_CHOICES[base_choice](importance, similarity, candidates, num_keep - num_intact)
     rest = sorted(set(candidates) - set(bases))
