@@ -8,6 +8,7 @@ so a resumed run's curve is the versions stitched together.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def load_run_metrics(path: str | Path) -> Metrics:
     """All metrics of one run from a run dir, its `metrics` dir, or any `version_N/metrics.csv` in it.
 
     A file inside a `version_N` folder brings its sibling versions along, because one version of a
-    resumed run is only part of the curve.
+    resumed run is only part of the curve. A run dir whose stages are runs of their own (a progressive
+    plan's `stageN/`, ZEDA's two stages) gives one curve: stages in the order they started, each shifted
+    by the steps of the stages before it.
     """
     path = Path(path)
     if path.is_file() and not path.parent.name.startswith("version_"):
@@ -68,7 +71,24 @@ def load_run_metrics(path: str | Path) -> Metrics:
     files = sorted(run_dir.glob("**/version_*/metrics.csv"), key=_version_number)
     if not files:
         raise FileNotFoundError(f"no version_*/metrics.csv under {run_dir}")
-    return merge_versions([read_metrics_csv(file) for file in files])
+    stages: dict[Path, list[Path]] = {}
+    for file in files:  # <stage run dir>/metrics/version_N/metrics.csv
+        stages.setdefault(file.parent.parent.parent, []).append(file)
+    merged: Metrics = {}
+    offset = 0
+    for stage_dir, stage_files in sorted(stages.items(), key=lambda item: min(f.stat().st_mtime for f in item[1])):
+        rows = merge_versions([read_metrics_csv(file) for file in stage_files])
+        merged.update({step + offset: values for step, values in rows.items()})
+        offset += _stage_steps(stage_dir, rows)
+    return merged
+
+
+def _stage_steps(stage_dir: Path, rows: Metrics) -> int:
+    """Steps a stage trained: its distill summary's count, else one past its last logged step."""
+    summary = stage_dir / "distill_summary.json"
+    if summary.is_file():
+        return int(json.loads(summary.read_text())["steps"])
+    return max(rows, default=-1) + 1
 
 
 def metric_series(metrics: Metrics, column: str) -> tuple[list[int], list[float]]:

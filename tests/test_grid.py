@@ -45,6 +45,20 @@ def test_expansion_is_cartesian_and_keys_are_stable(tmp_path):
     assert not {c.key for c in changed} & {c.key for c in cells}
 
 
+def test_cell_key_hashes_only_what_differs_from_the_defaults():
+    """A config that changes only train.lr hashes as {"train": {"lr": ...}}: fields at their default (say, one
+    added by a later version of the harness) never change a stored cell's key."""
+    import hashlib
+
+    from harness.config.schema import SlimConfig
+    from harness.grid.expand import cell_key
+
+    config = SlimConfig()
+    config.train.lr, config.run_dir = 0.5, "anywhere"
+    payload = json.dumps({"kind": "run", "config": {"train": {"lr": 0.5}}}, sort_keys=True)
+    assert cell_key("run", config) == hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 @pytest.mark.parametrize("body, message", [
     ("axes:\n  train.lrr: [0.1]\n", r"axes.train.lrr\[0.1\]: unknown config key 'train.lrr' \(did you mean 'lr'\?\)"),
     ("axes:\n  m:\n    a: {compress.experts.criterion: bogus}\nkind: compress\n",

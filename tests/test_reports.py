@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -171,3 +172,19 @@ def test_standalone_compiles_with_pdflatex(tmp_path: Path):
     pdf = paths["standalone"].with_suffix(".pdf")
     assert done.returncode == 0 and pdf.exists(), done.stdout[-3000:]
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_stages_of_one_run_form_one_curve_in_the_order_they_ran(tmp_path: Path):
+    """ZEDA-style stages (names sort the other way round) are ordered by when they ran; the later stage's
+    local steps continue after the earlier stage's trained steps (its distill summary: 5, not 2 + 1)."""
+    first, second = tmp_path / "run" / "stage-router", tmp_path / "run" / "stage-all"
+    write_csv(first / "metrics" / "version_0" / "metrics.csv",
+              [{"step": 0, "train/loss": 6.0, "val/loss": ""}, {"step": 2, "train/loss": 5.0, "val/loss": 5.2}])
+    (first / "distill_summary.json").write_text(json.dumps({"steps": 5}))
+    write_csv(second / "metrics" / "version_0" / "metrics.csv",
+              [{"step": 0, "train/loss": 4.0, "val/loss": ""}, {"step": 1, "train/loss": 3.5, "val/loss": 3.9}])
+    os.utime(first / "metrics" / "version_0" / "metrics.csv", (1_000, 1_000))
+    os.utime(second / "metrics" / "version_0" / "metrics.csv", (2_000, 2_000))
+    assert load_run_metrics(tmp_path / "run") == {
+        0: {"train/loss": 6.0}, 2: {"train/loss": 5.0, "val/loss": 5.2},
+        5: {"train/loss": 4.0}, 6: {"train/loss": 3.5, "val/loss": 3.9}}

@@ -59,12 +59,29 @@ def _set(config: Any, dotted: str, value: Any) -> None:
     setattr(_get(config, ".".join(parents)) if parents else config, leaf, copy.deepcopy(value))
 
 
+def non_default(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config dict that differ from the schema's defaults (nested sections recursively)."""
+    changed = {}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            value = non_default(value, default)
+            if value:
+                changed[key] = value
+        elif key not in defaults or value != default:
+            changed[key] = value
+    return changed
+
+
 def cell_key(kind: str, config: SlimConfig) -> str:
-    """16 hex digits of sha256 over the kind and the resolved config without its output paths."""
-    stripped = copy.deepcopy(config)
+    """16 hex digits of sha256 over the kind and the resolved config's non-default values, output paths excluded.
+    Only what differs from the schema defaults counts, so a new config field (at its default) keeps every stored
+    cell's key."""
+    stripped, defaults = copy.deepcopy(config), SlimConfig()
     for dotted in PATH_FIELDS:
         _set(stripped, dotted, "")
-    payload = json.dumps({"kind": kind, "config": asdict(stripped)}, sort_keys=True)
+        _set(defaults, dotted, "")
+    payload = json.dumps({"kind": kind, "config": non_default(asdict(stripped), asdict(defaults))}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
