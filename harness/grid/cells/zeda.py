@@ -20,4 +20,4 @@ def zeda_cell(cfg: SlimConfig) -> CellOutput:
     summary = adaptations.get("zeda").run(cfg)
     return CellOutput(metrics={name: float(summary[name]) for name in ZEDA_METRICS},
                       artifacts={"run_dir": cfg.run_dir, "student": summary["output_dir"],
-                                 "metrics": f"{cfg.run_dir}/stage-all"})
+                                 "metrics": cfg.run_dir})  # both stages: one curve
