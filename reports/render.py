@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from harness.atomic import atomic_path
 from reports.curves import CurveSpec, build_lines, plot_lines
 from reports.latex import render_table, standalone
 from reports.results import CellResult
@@ -16,14 +15,8 @@ from reports.spec import TableSpec
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in the same folder and rename it, so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        write(stream)
 
 
 def write_report(results: list[CellResult], spec: TableSpec, out_dir: str | Path,

@@ -4,7 +4,6 @@ teacher), written to `<run_dir>/eval_summary.json`. Every field is checked befor
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from functools import partial
 from itertools import islice
@@ -14,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from harness.atomic import write_text_atomic
 from harness.config.schema import EvalConfig, SlimConfig
 from harness.data.corpus import read_chapters, split_corpus
 from harness.data.packing import PackedDataset, pack_texts
@@ -133,14 +133,6 @@ def disable_cache_without_attention(model: PreTrainedModel) -> str | None:
     return "no full-attention layer: transformers' KV cache needs one, so this model runs without cache"
 
 
-def _write_json(data: dict, path: Path) -> None:
-    """Write through a temp file and rename, so a killed run never leaves a truncated summary."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def evaluate(cfg: SlimConfig) -> dict:
     """Evaluate eval.model; returns the summary and writes it to `<run_dir>/eval_summary.json`."""
     validate_eval_config(cfg.eval)
@@ -169,5 +161,5 @@ def evaluate(cfg: SlimConfig) -> dict:
         speed = cfg.eval.efficiency
         prompts = _prompts(texts, tokenizer, speed.batch_size, speed.prompt_len, device)
         summary["efficiency"] = _efficiency_summary(cfg, model, prompts)
-    _write_json(summary, Path(cfg.run_dir) / SUMMARY_NAME)
+    write_text_atomic(Path(cfg.run_dir) / SUMMARY_NAME, json.dumps(summary, indent=2))
     return summary

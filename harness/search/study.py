@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 from typing import Any
 
 import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
+from harness.atomic import write_text_atomic
 from harness.config.load import load_config, to_yaml
 from harness.config.schema import SlimConfig
 from harness.errors import UserError
@@ -113,11 +113,7 @@ def export_best(spec: SearchSpec, study: optuna.Study) -> Path:
     cfg = trial_config(spec, best.params, Path(spec.output_dir).resolve() / "best", "best")
     header = (f"# best of search {spec.name!r} ({spec.path}): trial {best.number}, {spec.metric} = {best.value:.6g}\n"
               f"# params: {json.dumps(best.params)}\n")
-    path = Path(spec.output_dir) / RECIPE_FILE
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(header + to_yaml(cfg))
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(Path(spec.output_dir) / RECIPE_FILE, header + to_yaml(cfg))
 
 
 def summarize(spec: SearchSpec, study: optuna.Study, recipe: Path) -> dict[str, Any]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.atomic import save_safetensors_atomic
+from harness.atomic import save_safetensors_atomic, write_text_atomic
 from harness.calibration.fingerprint import model_fingerprint
 from harness.config.schema import SlimConfig
 from harness.data.packing import PackedDataset, build_corpus_data
@@ -133,11 +131,7 @@ def _first_difference(found: CacheManifest, expected: CacheManifest, ignore: tup
 
 def _write_manifest(cache_dir: Path, manifest: CacheManifest) -> None:
     """manifest.json written atomically (temp file + rename)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.", suffix=".tmp", dir=cache_dir)
-    with os.fdopen(fd, "w") as tmp:
-        json.dump(asdict(manifest), tmp, indent=2)
-    os.replace(tmp_path, cache_dir / MANIFEST_FILE)
+    write_text_atomic(cache_dir / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2))
 
 
 def _open_shard(cache_dir: str | Path, shard: int, manifest: CacheManifest):
