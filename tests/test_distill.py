@@ -3,6 +3,7 @@
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from harness.models.build import build_model
 from harness.models.io import load_pretrained, save_pretrained
 from harness.models.mtp import MTP_FILE, build_mtp, load_mtp, run_mtp, save_mtp
 from harness.training.distill import distill
-from harness.training.distill_module import DistillModule, NonFiniteLossError
+from harness.training.distill_module import DistillModule
+from harness.training.nonfinite_guard import GoodCheckpoint, NonFiniteGuard, NonFiniteLossError
 from harness.training.loss_terms import kd_loss_from_logits, lm_loss, main_head_targets, mtp_kd_loss, mtp_lm_loss
 from harness.training.optim import configure_adamw
 from harness.training.pretrain import pretrain
@@ -171,7 +173,8 @@ def test_teacher_stays_frozen_in_eval_mode(teacher_dir, student_dir):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, student_dir, tiny_config, monkeypatch):
-    """An inf student weight at step 3 raises NonFiniteLossError; last.ckpt stays the finite step-2 state."""
+    """An inf student weight at step 3 raises NonFiniteLossError naming the step-2 checkpoint; last.ckpt stays the
+    finite step-2 state."""
 
     def poison(module: DistillModule, batch: dict, batch_idx: int) -> None:
         if module.global_step == 3:
@@ -179,9 +182,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, stude
 
     monkeypatch.setattr(DistillModule, "on_train_batch_start", poison)
     cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=6")
-    with pytest.raises(NonFiniteLossError, match=r"^step 3: non-finite train/kd; training stopped"):
+    last = Path(cfg.run_dir) / "checkpoints/last.ckpt"
+    with pytest.raises(NonFiniteLossError, match=rf"^step 3: non-finite train/kd; training stopped before the "
+                                                 rf"optimizer step; the last good checkpoint is {last} \(step 2\)"):
         distill(cfg)
-    checkpoint = torch.load(Path(cfg.run_dir) / "checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(last, weights_only=False)
     assert checkpoint["global_step"] == 2
     assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
     module = _module(teacher_dir, student_dir)
@@ -189,13 +194,53 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, stude
     assert not Path(cfg.distill.output).exists()
 
 
-def test_non_finite_gradient_stops_before_the_optimizer_step(teacher_dir, student_dir):
+def test_non_finite_gradient_stops_before_the_optimizer_step(teacher_dir, student_dir, tmp_path):
     """A finite loss with an inf gradient (overflow) is refused too, before the optimizer could apply it."""
     module = _module(teacher_dir, student_dir)
     head = module.student.get_output_embeddings().weight
     head.grad = torch.full_like(head, float("inf"))
-    with pytest.raises(NonFiniteLossError, match=r"^step 0: non-finite gradient norm"):
-        module.on_before_optimizer_step(torch.optim.SGD([head], lr=0.1))
+    guard = NonFiniteGuard(GoodCheckpoint(tmp_path))
+    with pytest.raises(NonFiniteLossError, match=r"^step 0: non-finite gradient norm; .* no checkpoint was written"):
+        guard.on_before_optimizer_step(SimpleNamespace(global_step=0), module, torch.optim.SGD([head], lr=0.1))
+
+
+def test_diverged_validation_writes_no_checkpoint(teacher_dir, student_dir, tiny_config):
+    """lr=1e6 with validation after every step: the step-1 update diverges (val/loss NaN), so no checkpoint is
+    written, and the stop at step 2 says that none exists (issue 11 item 5)."""
+    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4",
+                          "train.lr=1e6", "train.val_every=1", "train.warmup_steps=0")
+    with pytest.warns(UserWarning, match=r"step 1: non-finite loss or weights, checkpoint not written"):
+        with pytest.raises(NonFiniteLossError, match=r"^step 1: non-finite .*no checkpoint was written, a rerun "
+                                                     r"starts from the beginning"):
+            distill(cfg)
+    assert not (Path(cfg.run_dir) / "checkpoints").exists() or not any((Path(cfg.run_dir) / "checkpoints").iterdir())
+
+
+def test_diverging_between_validations_names_the_checkpoint_that_exists(teacher_dir, student_dir, tiny_config):
+    """With val_every=2 a run that diverges before its first validation says no checkpoint exists (it used to
+    claim a last checkpoint)."""
+    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4",
+                          "train.lr=1e6", "train.val_every=2", "train.warmup_steps=0")
+    with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written"):
+        distill(cfg)
+    assert not (Path(cfg.run_dir) / "checkpoints/last.ckpt").exists()
+
+
+def test_resuming_a_diverged_checkpoint_says_so(teacher_dir, student_dir, tiny_config):
+    """A last.ckpt whose weights already give a non-finite loss (written by an older harness, or edited) is named
+    as diverged on the first resumed step, with the way out (train.resume=false)."""
+    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2")
+    distill(cfg)
+    last = Path(cfg.run_dir) / "checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    head = next(key for key in checkpoint["state_dict"] if key.endswith("lm_head.weight"))
+    checkpoint["state_dict"][head][0] = float("nan")
+    torch.save(checkpoint, last)
+    longer = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4")
+    with pytest.raises(NonFiniteLossError, match=r"^step 2: non-finite train/kd; training stopped at the first step "
+                                                 r"after resuming from .*last.ckpt \(step 2\): that state already "
+                                                 r"diverges; set train.resume=false"):
+        distill(longer)
 
 
 def test_missing_student_mtp_starts_fresh(teacher_dir, student_dir, tmp_path):

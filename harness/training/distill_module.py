@@ -15,12 +15,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch.distributed.tensor import DTensor
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
 
 from harness.config.schema import DistillConfig, TrainConfig
-from harness.errors import UserError
 from harness.models.io import load_pretrained
 from harness.models.mtp import MTP_FILE, MTPModule, build_mtp, load_mtp, mtp_depth
 from harness.training.distill_terms import (
@@ -41,10 +39,6 @@ from kernels.kd_loss import kd_implementations
 from kernels.kd_loss.cached_reference import cached_kd_implementations
 from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
-
-
-class NonFiniteLossError(UserError):
-    """A NaN/inf loss or gradient: training stops before the optimizer step, so the last checkpoint stays good."""
 
 
 @dataclass
@@ -116,9 +110,10 @@ class DistillModule(pl.LightningModule):
         self.teacher: FrozenTeacher | None = None
         self.teacher_cache: TeacherCache | None = None
         self.router_map: RouterMap | None = None
-        self.val_lm = MeanMetric()
-        self.val_kd = MeanMetric()
+        self.val_lm = MeanMetric(nan_strategy="disable")  # a NaN batch makes val/loss NaN, never dropped
+        self.val_kd = MeanMetric(nan_strategy="disable")
         self._batch_started = 0.0
+        self.loss_terms: dict[str, torch.Tensor] = {}
 
     def configure_model(self) -> None:
         if self.student is not None:
@@ -182,25 +177,12 @@ class DistillModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         step = self.step_loss(batch)
-        if not torch.isfinite(step.total):
-            bad = [f"train/{name}" for name, value in step.terms.items() if not torch.isfinite(value)]
-            raise NonFiniteLossError(f"step {self.global_step}: non-finite {', '.join(bad) or 'train/loss'}; "
-                                     "training stopped, the last checkpoint was written before this step")
+        self.loss_terms = step.terms  # named by NonFiniteGuard when the total is not finite
         self.log_dict({"train/loss": step.total, **{f"train/{name}": value for name, value in step.terms.items()}},
                       prog_bar=True)
         self.log_dict({"train/lambda": step.lam, "train/beta": step.beta,
                        "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
         return step.total
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop on a non-finite gradient too: a finite loss can still give inf/NaN grads (overflow)."""
-        grads = [param.grad for param in self.parameters() if param.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-        if not torch.isfinite(norm):
-            raise NonFiniteLossError(f"step {self.global_step}: non-finite gradient norm; training stopped, "
-                                     "the last checkpoint was written before this step")
-        self.log("train/grad_norm", norm)
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._batch_started = time.perf_counter()

@@ -27,7 +27,7 @@ class PretrainModule(pl.LightningModule):
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.model: torch.nn.Module | None = None
-        self.val_loss = MeanMetric()
+        self.val_loss = MeanMetric(nan_strategy="disable")  # a NaN batch makes val/loss NaN, never dropped
 
     def configure_model(self) -> None:
         if self.model is None:

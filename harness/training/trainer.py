@@ -7,11 +7,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from harness.config.schema import TrainConfig
+from harness.training.nonfinite_guard import LAST_CHECKPOINT, GoodCheckpoint, NonFiniteGuard
 
 STRATEGIES = ("auto", "fsdp")
 
@@ -21,9 +22,13 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def resume_path(run_dir: str | Path, cfg: TrainConfig) -> str | None:
-    """The last checkpoint of an interrupted run, when resuming is enabled."""
-    last = checkpoint_dir(run_dir) / "last.ckpt"
-    return str(last) if cfg.resume and last.exists() else None
+    """The last checkpoint of an interrupted run, when resuming is enabled (`last.ckpt.old`: a sharded checkpoint
+    whose replacement was killed between its two renames)."""
+    last = checkpoint_dir(run_dir) / LAST_CHECKPOINT
+    old = last.with_name(f"{LAST_CHECKPOINT}.old")
+    if not cfg.resume:
+        return None
+    return str(last) if last.exists() else str(old) if old.exists() else None
 
 
 class GlobalBatchLoss(Callback):
@@ -47,11 +52,10 @@ def build_strategy(cfg: TrainConfig) -> str | Strategy:
 
 def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logger] = (),
                   callbacks: Sequence[Callback] = ()) -> pl.Trainer:
-    """Step-based trainer: validation and checkpointing every `val_every` steps, atomic checkpoint files;
-    `loggers` (e.g. W&B) log beside the CSV metrics, `callbacks` (e.g. search pruning) run after the built-in ones."""
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir(run_dir), save_last=True, save_top_k=0, every_n_train_steps=cfg.val_every
-    )
+    """Step-based trainer: validation and checkpointing every `val_every` steps and at the end, atomic checkpoints
+    of finite states only, a stop on non-finite losses or gradients; `loggers` (e.g. W&B) log beside the CSV
+    metrics, `callbacks` (e.g. search pruning) run after the built-in ones."""
+    checkpoint = GoodCheckpoint(checkpoint_dir(run_dir))
     return pl.Trainer(
         default_root_dir=str(run_dir),
         max_steps=cfg.max_steps,
@@ -68,6 +72,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logge
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
         logger=[CSVLogger(str(run_dir), name="metrics"), *loggers],  # CSV version_N per (re)start: never overwritten
-        callbacks=[checkpoint, GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10), *callbacks],
+        callbacks=[checkpoint, NonFiniteGuard(checkpoint), GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10), *callbacks],
         enable_model_summary=False,
+        enable_checkpointing=False,  # GoodCheckpoint writes last.ckpt
     )
