@@ -165,6 +165,21 @@ def test_malformed_corpus_names_field(tmp_path: Path, content: str):
         read_chapters(str(path))
 
 
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_damaged_gzip_corpus_is_one_line(tmp_path: Path, damage: str):
+    """A .gz corpus cut short (EOFError) or with flipped bytes (zlib error) is a UserError naming the field and file,
+    not a traceback (issue 11 item 10)."""
+    packed = Path(CORPUS).read_bytes()
+    path = tmp_path / "corpus.txt.gz"
+    if damage == "truncate":
+        path.write_bytes(packed[: len(packed) // 2])
+    else:
+        middle = len(packed) // 2
+        path.write_bytes(packed[:middle] + bytes(b ^ 0xFF for b in packed[middle:middle + 64]) + packed[middle + 64:])
+    with pytest.raises(UserError, match=rf"^data.corpus_path: cannot read {path} as UTF-8 text"):
+        read_chapters(str(path))
+
+
 def test_corrupt_tokenizer_dir_names_field(cfg: DataConfig, tmp_path: Path):
     """A non-empty tokenizer directory that does not load fails naming data.tokenizer_dir."""
     corrupt = tmp_path / "tokenizer"

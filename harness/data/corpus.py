@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import zlib
 from dataclasses import dataclass
 
 from harness.errors import UserError
@@ -41,7 +42,7 @@ def _read_lines(path: str) -> list[str]:
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             return f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # EOFError/zlib.error: truncated/corrupt .gz
         raise UserError(f"data.corpus_path: cannot read {path} as UTF-8 text ({e})") from e
 
 
