@@ -26,6 +26,10 @@ class CurveSpec:
     log_x: bool = False
     log_y: bool = False
 
+    def __post_init__(self) -> None:
+        if self.band not in ("minmax", "std"):
+            raise ValueError(f"band: unknown {self.band!r}; valid: minmax, std")
+
 
 @dataclass(frozen=True)
 class Line:

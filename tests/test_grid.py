@@ -9,23 +9,13 @@ import pytest
 
 from harness.cli.main import main
 from harness.errors import UserError
-from harness.grid import ResultsStore, expand, load_spec, prepare_grid, run_grid
+from harness.grid import ResultsStore, cell_kinds, expand, load_spec, prepare_grid, run_grid
 from harness.grid.report import cell_results
-from tests.grid_echo import KILL_MARKER, SimulatedKill
+from reports import load_run_metrics
+from tests.grid_echo import KILL_MARKER, SimulatedKill, calls, write_spec
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("table*.yaml"))
-
-
-def write_spec(tmp_path: Path, body: str, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(f"name: toy\nkind: test_echo\noutput_dir: {tmp_path / 'grid'}\n{body}")
-    return path
-
-
-def calls(tmp_path: Path) -> list[str]:
-    log = tmp_path / "grid" / "calls.log"
-    return log.read_text().splitlines() if log.exists() else []
 
 
 LR_AXIS = "axes:\n  train.lr: [0.1, 0.2, 0.3]\nmetrics: [value]\n"
@@ -45,17 +35,23 @@ def test_expansion_is_cartesian_and_keys_are_stable(tmp_path):
     assert not {c.key for c in changed} & {c.key for c in cells}
 
 
-def test_cell_key_hashes_only_what_differs_from_the_defaults():
-    """A config that changes only train.lr hashes as {"train": {"lr": ...}}: fields at their default (say, one
-    added by a later version of the harness) never change a stored cell's key."""
+def test_cell_key_hashes_the_full_config_and_the_results_version_but_not_output_paths():
+    """Every resolved value counts, defaults included, and the harness's RESULTS_VERSION; output paths do not."""
     import hashlib
+    from dataclasses import asdict
 
+    import harness
     from harness.config.schema import SlimConfig
-    from harness.grid.expand import cell_key
+    from harness.grid.expand import PATH_FIELDS, cell_key
 
     config = SlimConfig()
     config.train.lr, config.run_dir = 0.5, "anywhere"
-    payload = json.dumps({"kind": "run", "config": {"train": {"lr": 0.5}}}, sort_keys=True)
+    stripped = asdict(SlimConfig())
+    stripped["train"]["lr"] = 0.5
+    for dotted in PATH_FIELDS:
+        section, _, leaf = dotted.rpartition(".")
+        (stripped[section] if section else stripped)[leaf] = ""
+    payload = json.dumps({"kind": "run", "version": harness.RESULTS_VERSION, "config": stripped}, sort_keys=True)
     assert cell_key("run", config) == hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -174,6 +170,8 @@ def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):  # 
     results = cell_results(rows, "val/loss")
     assert [result.axes for result in results] == [{"setting": "One-shot"}, {"setting": "Trained"}]
     assert results[1].curves == {"val/loss": trained["artifacts"]["metrics"]} and not results[0].curves
+    logged = {name for values in load_run_metrics(trained["artifacts"]["metrics"]).values() for name in values}
+    assert logged - {"epoch"} <= set(cell_kinds.get("run").curves)  # what report.curve.metric is checked against
 
 
 def test_teacher_row_comes_from_the_first_finished_cell_reporting_it():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
 from harness.config.load import load_config, to_yaml
@@ -33,15 +34,10 @@ def pretrain(args: argparse.Namespace) -> int:
 
 def calibrate(args: argparse.Namespace) -> int:
     """One calibration pass over the teacher (compress.teacher); writes calibration.output (safetensors)."""
-    from harness.calibration.io import save_stats
-    from harness.calibration.run import run_calibration
-    from harness.models.io import load_pretrained, read_model_config
+    from harness.calibration.run import calibrate_teacher
 
     cfg = _config(args)
-    read_model_config(cfg.compress.teacher, "compress.teacher")
-    model, _ = load_pretrained(cfg.compress.teacher)
-    stats = run_calibration(model, cfg.data, cfg.calibration)
-    save_stats(stats, cfg.calibration.output)
+    stats = calibrate_teacher(cfg)
     print(f"wrote {cfg.calibration.output} (fingerprint {stats.fingerprint[:12]}, {len(stats.moe)} MoE layers)")
     return 0
 
@@ -160,6 +156,8 @@ def grid(args: argparse.Namespace) -> int:
     from harness.grid import run_grid
 
     prepared = _grid(args)
+    if note := prepared.stale_note():
+        print(note)
     rows = run_grid(prepared, args.launcher, args.workers, args.cluster)
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "failed", "running")}
     print(f"{prepared.spec.name}: {counts['done']}/{len(prepared.cells)} cells done, {counts['failed']} failed "
@@ -172,10 +170,16 @@ def grid(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """Render a grid's table (LaTeX) and loss curves from its results store (same spec and overrides as `slim grid`)."""
-    from harness.grid.report import write_grid_report
+    from harness.grid.report import no_curve_note, write_grid_report
 
-    for kind, path in write_grid_report(_grid(args)).items():
+    prepared = _grid(args)
+    if note := prepared.stale_note():
+        print(note)
+    paths = write_grid_report(prepared)
+    for kind, path in paths.items():
         print(f"{kind}: {path}")
+    if note := no_curve_note(prepared.spec, paths):
+        print(f"slim report: warning: {note}", file=sys.stderr)
     return 0
 
 

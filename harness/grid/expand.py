@@ -1,7 +1,8 @@
 """Expand a grid spec into cells: axes × seeds, each with its overrides, resolved config and hash key.
 
-A cell's key is a hash of its kind and resolved config, without the output paths (which are derived
-from the key), so the same cell gets the same key in every grid, on every machine and under every launcher.
+A cell's key is a hash of its kind, the harness's `RESULTS_VERSION` and the full resolved config (defaults
+included), without the output paths (which are derived from the key), so the same cell gets the same key in every
+grid, on every machine and under every launcher, and a changed default or version gives a new key.
 The shared part (recipe files, `base`, command-line overrides) is resolved once and each axis value once,
 each through `load_config` (OmegaConf validation costs ~0.1-0.5 s per call); a cell copies their typed values.
 An axis key naming a whole preset group (`model: tiny`) replaces that section rather than merging into it.
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness.config.load import load_config
 from harness.config.schema import SlimConfig
 from harness.errors import UserError
@@ -59,29 +61,15 @@ def _set(config: Any, dotted: str, value: Any) -> None:
     setattr(_get(config, ".".join(parents)) if parents else config, leaf, copy.deepcopy(value))
 
 
-def non_default(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a config dict that differ from the schema's defaults (nested sections recursively)."""
-    changed = {}
-    for key, value in values.items():
-        default = defaults.get(key)
-        if isinstance(value, dict) and isinstance(default, dict):
-            value = non_default(value, default)
-            if value:
-                changed[key] = value
-        elif key not in defaults or value != default:
-            changed[key] = value
-    return changed
-
-
 def cell_key(kind: str, config: SlimConfig) -> str:
-    """16 hex digits of sha256 over the kind and the resolved config's non-default values, output paths excluded.
-    Only what differs from the schema defaults counts, so a new config field (at its default) keeps every stored
-    cell's key."""
-    stripped, defaults = copy.deepcopy(config), SlimConfig()
+    """16 hex digits of sha256 over the kind, `harness.RESULTS_VERSION` and every resolved config value (defaults
+    included), output paths excluded: a cell stored before a default changed or the version was bumped gets
+    another key, so it is never reused."""
+    stripped = copy.deepcopy(config)
     for dotted in PATH_FIELDS:
         _set(stripped, dotted, "")
-        _set(defaults, dotted, "")
-    payload = json.dumps({"kind": kind, "config": non_default(asdict(stripped), asdict(defaults))}, sort_keys=True)
+    payload = json.dumps({"kind": kind, "version": harness.RESULTS_VERSION, "config": asdict(stripped)},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

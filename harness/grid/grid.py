@@ -1,4 +1,5 @@
-"""`slim grid`: load a spec, expand and validate every cell, then run the cells not yet done with a launcher."""
+"""`slim grid`: load a spec, expand and validate every cell, then run the cells not yet done with a launcher,
+holding the output folder's lock so that no other grid runs the same cells at the same time."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any
 from harness.errors import UserError
 from harness.grid.expand import Cell, expand, validate_cells
 from harness.grid.launch_submitit import run_submitit
+from harness.grid.lock import check_output_dir, grid_lock
+from harness.grid.report import check_report
 from harness.grid.runner import run_parallel, run_sequential
 from harness.grid.spec import GridSpec, load_spec
 from harness.grid.store import ResultsStore
 
 LAUNCHERS = ("inprocess", "submitit")
 STORE_NAME = "results.sqlite"
+STALE_SHOWN = 5  # stale keys named in the note; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -34,33 +38,58 @@ class Grid:
         with ResultsStore(self.store_path) as store:
             return store.rows([cell.key for cell in self.cells])
 
+    def stale_keys(self) -> list[str]:
+        """Keys of stored rows of this spec that match none of its cells: computed under another config or harness
+        version (a changed default, `harness.RESULTS_VERSION`, other overrides); they are never reused."""
+        if not self.store_path.is_file():
+            return []
+        current = {cell.key for cell in self.cells}
+        with ResultsStore(self.store_path) as store:
+            specs = store.column("spec")
+        return [key for key, spec in specs.items() if spec == self.spec.name and key not in current]
+
+    def stale_note(self) -> str | None:
+        """One line about the stale rows, or None when there are none."""
+        stale = self.stale_keys()
+        if not stale:
+            return None
+        shown = ", ".join(stale[:STALE_SHOWN]) + (f" and {len(stale) - STALE_SHOWN} more" if len(stale) > STALE_SHOWN
+                                                  else "")
+        return (f"{self.spec.name}: {len(stale)} stale cells from an older config or harness version (or other "
+                f"overrides) are ignored (keys {shown})")
+
 
 def prepare_grid(spec_path: str | Path, files: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
                  output_dir: str | None = None) -> Grid:
-    """Parse the spec and resolve + validate every cell; raises UserError before anything runs."""
+    """Parse the spec, check its report section and output folder, and resolve + validate every cell; raises
+    UserError before anything runs."""
     spec = load_spec(spec_path)
+    check_report(spec)
+    root = Path(output_dir or spec.output_dir).resolve()
+    check_output_dir(root, "--output-dir" if output_dir else f"{spec.path}: output_dir")
     cells = expand(spec, files, overrides, output_dir)
     validate_cells(cells, spec.path)
-    return Grid(spec, cells, Path(output_dir or spec.output_dir).resolve())
+    return Grid(spec, cells, root)
 
 
 def run_grid(grid: Grid, launcher: str = "inprocess", workers: int = 1, cluster: str | None = None) -> list[dict]:
     """Run every cell whose row is not `done` and return the grid's rows. `workers` > 1 runs in-process cells
     in that many worker processes; launcher `submitit` sends each cell as a job (`cluster` picks the executor:
-    slurm, local, or auto-detected when None)."""
+    slurm, local, or auto-detected when None). A grid already running on the same output folder is refused."""
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher: unknown {launcher!r}; valid: {', '.join(LAUNCHERS)}")
     if workers < 1:
         raise UserError(f"--workers: must be >= 1, got {workers}")
-    with ResultsStore(grid.store_path) as store:
-        store.add(grid.cells)
-        statuses = store.statuses()
-    todo = [cell for cell in grid.cells if statuses[cell.key] != "done"]
-    store_path = str(grid.store_path)
-    if todo and launcher == "submitit":
-        run_submitit(store_path, todo, grid.spec.slurm, grid.output_dir / "submitit", cluster)
-    elif todo and workers > 1:
-        run_parallel(store_path, todo, workers)
-    elif todo:
-        run_sequential(store_path, todo)
-    return grid.rows()
+    with grid_lock(grid.output_dir):
+        with ResultsStore(grid.store_path) as store:
+            store.add(grid.cells)
+            statuses = store.statuses()
+        todo = [cell for cell in grid.cells if statuses[cell.key] != "done"]
+        store_path = str(grid.store_path)
+        if todo and launcher == "submitit":
+            run_submitit(store_path, todo, grid.spec.slurm, grid.output_dir / "submitit", cluster)
+        elif todo and workers > 1:
+            run_parallel(store_path, todo, workers)
+        elif todo:
+            run_sequential(store_path, todo)
+        return grid.rows()

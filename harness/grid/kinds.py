@@ -29,22 +29,25 @@ def _no_checks(cfg: SlimConfig) -> None:
 @dataclass(frozen=True)
 class CellKind:
     """`execute(cfg)` runs one cell; `validate(cfg)` refuses bad configs before any cell of the grid runs;
-    `metrics` are the names `execute` may report (spec metrics are checked against them)."""
+    `metrics` are the names `execute` may report (spec metrics are checked against them); `curves` are the
+    per-step metric names its training logs (shell-style patterns), which a report's curve may plot."""
 
     execute: Callable[[SlimConfig], CellOutput]
     metrics: tuple[str, ...]
     validate: Callable[[SlimConfig], None] = _no_checks
+    curves: tuple[str, ...] = ()
 
 
 cell_kinds: Registry[CellKind] = Registry("grid cell kind", "harness.grid.cells")
 
 
-def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks
+def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks,
+                  curves: tuple[str, ...] = ()
                   ) -> Callable[[Callable[[SlimConfig], CellOutput]], Callable[[SlimConfig], CellOutput]]:
-    """Decorator: `@register_kind("run", metrics=(...), validate=...)` on the cell function."""
+    """Decorator: `@register_kind("run", metrics=(...), validate=..., curves=(...))` on the cell function."""
 
     def decorator(execute: Callable[[SlimConfig], CellOutput]) -> Callable[[SlimConfig], CellOutput]:
-        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate))
+        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate, tuple(curves)))
         return execute
 
     return decorator

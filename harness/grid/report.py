@@ -1,12 +1,25 @@
-"""`slim report`: the grid's finished rows as `reports.CellResult`s, rendered with the spec's `report` section."""
+"""`slim report`: the grid's finished rows as `reports.CellResult`s, rendered with the spec's `report` section.
+
+The section is checked at `slim grid` start (`check_report`), so a typo in it or in its curve metric is found
+before any cell runs, not after all of them.
+"""
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UserError
-from harness.grid.grid import Grid
+from harness.grid.kinds import cell_kinds
+from harness.grid.spec import GridSpec
+from harness.outputs import check_work_dir
+
+if TYPE_CHECKING:
+    from harness.grid.grid import Grid
+    from reports import CurveSpec, TableSpec
 
 CURVE_KEY = "curve"
 # report.teacher_from: {column metric: cell metric holding the teacher's value}, e.g. the teacher perplexity every
@@ -36,24 +49,83 @@ def cell_results(rows: list[dict[str, Any]], curve_metric: str | None = None) ->
     ]
 
 
+def _build(cls: type, values: Any, where: str, fixed: dict[str, Any] | None = None,
+           extra: tuple[str, ...] = ()) -> Any:
+    """`cls(**fixed, **values)` with unknown and missing keys named in one line; `extra` are keys of `values` that
+    the caller consumes itself."""
+    fixed = fixed or {}
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: needs a mapping, got {values!r}")
+    valid = [field.name for field in fields(cls) if field.name not in fixed] + list(extra)
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{where}: unknown key {unknown[0]!r}{hint}; valid: {', '.join(valid)}")
+    missing = [field.name for field in fields(cls) if field.default is MISSING and field.default_factory is MISSING
+               and field.name not in fixed and field.name not in values]
+    if missing:
+        raise UserError(f"{where}: missing key {missing[0]!r}")
+    try:
+        return cls(**fixed, **{key: value for key, value in values.items() if key not in extra})
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: {err}") from None
+
+
+def _check_curve_metric(spec: GridSpec, metric: str) -> None:
+    """The curve metric must be one the grid's cell kinds log (`CellKind.curves`, shell-style patterns)."""
+    patterns = sorted({pattern for kind in spec.kinds() for pattern in cell_kinds.get(kind).curves})
+    if not any(fnmatch.fnmatchcase(metric, pattern) for pattern in patterns):
+        close = difflib.get_close_matches(metric, patterns, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{spec.path}: report.curve.metric: {metric!r} is not logged by the grid's cells (kind "
+                        f"{', '.join(sorted(spec.kinds()))}){hint}; valid: {', '.join(patterns) or 'none'}")
+
+
+def report_specs(spec: GridSpec, teacher: dict[str, float] | None = None) -> tuple[TableSpec, CurveSpec | None]:
+    """The spec's `report` section as a table and an optional curve, every key and the curve metric checked;
+    `teacher` is the teacher row when the section takes it from the cells (`teacher_from`)."""
+    from reports import CurveSpec, TableSpec
+
+    section = dict(spec.report)
+    curve = None
+    if CURVE_KEY in section:
+        curve = _build(CurveSpec, section[CURVE_KEY], f"{spec.path}: report.curve")
+        _check_curve_metric(spec, curve.metric)
+    if TEACHER_FROM_KEY in section:
+        section["teacher"] = teacher
+    table = _build(TableSpec, section, f"{spec.path}: report", {"name": spec.name}, (CURVE_KEY, TEACHER_FROM_KEY))
+    return table, curve
+
+
+def check_report(spec: GridSpec) -> None:
+    """Refuse a bad `report` section at grid start (unknown or missing keys, bad values, unlogged curve metric)."""
+    if spec.report:
+        report_specs(spec)
+
+
+def no_curve_note(spec: GridSpec, paths: dict[str, Path]) -> str | None:
+    """One line when the spec asks for a curve but no finished cell logged its metric (so no figure was written)."""
+    _, curve = report_specs(spec)
+    if curve is None or "png" in paths:
+        return None
+    return (f"{spec.path}: report.curve: no finished cell logged {curve.metric!r} (a run too short to log it?); "
+            f"no curve figure written")
+
+
 def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write the spec's table (and loss curves when it names a curve) from the store to `out_dir`
     (default `<grid output>/report`)."""
-    from reports import CurveSpec, TableSpec, write_report
+    from reports import write_report
 
-    section = dict(grid.spec.report)
-    if not section:
+    if not grid.spec.report:
         raise UserError(f"{grid.spec.path}: no `report` section; nothing to render")
     if not grid.store_path.is_file():
         raise UserError(f"{grid.spec.path}: no results store at {grid.store_path}; run `slim grid` first")
-    curve = CurveSpec(**section.pop(CURVE_KEY)) if CURVE_KEY in section else None
+    check_work_dir(out_dir or grid.output_dir / "report", "--output-dir")
     rows = grid.rows()
-    if TEACHER_FROM_KEY in section:
-        section["teacher"] = teacher_row(rows, section.pop(TEACHER_FROM_KEY))
-    try:
-        table = TableSpec(**{"name": grid.spec.name, **section})
-    except (TypeError, ValueError) as err:
-        raise UserError(f"{grid.spec.path}: report: {err}") from None
+    teacher_from = grid.spec.report.get(TEACHER_FROM_KEY)
+    table, curve = report_specs(grid.spec, teacher_row(rows, teacher_from) if teacher_from else None)
     results = cell_results(rows, curve.metric if curve else None)
     if not results:
         raise UserError(f"{grid.spec.path}: no finished cells in {grid.store_path}; run `slim grid` first")

@@ -3,16 +3,20 @@
 `execute_cell` is the one job function: the in-process loop, the parallel worker processes and the
 submitit jobs all call it, so every launcher writes the same rows. A cell that raises is recorded as
 failed (error + traceback) and the grid goes on; a process killed mid-cell leaves its row `running`,
-and the next run of the grid runs it again. Finished (`done`) cells are never rerun.
+and the next run of the grid runs it again. Finished (`done`) cells are never rerun. Worker processes die
+with the grid process (Linux `PR_SET_PDEATHSIG`), so a killed grid leaves no cell running behind it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
+import sys
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -25,6 +29,7 @@ from harness.grid.kinds import CellKind, cell_kinds
 from harness.grid.store import ResultsStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @functools.cache
@@ -73,6 +78,23 @@ def run_sequential(store_path: str, cells: list[Cell]) -> None:
         execute_cell(store_path, cell, cell_kinds.get(cell.kind))
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere only the check below runs),
+    and die now if the parent is already gone (it may have died before the request was made)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_main(parent_pid: int, store_path: str, cell: Cell, kind: CellKind) -> None:
+    """A worker process: tied to the grid process's life, then one cell."""
+    die_with_parent(parent_pid)
+    execute_cell(store_path, cell, kind)
+
+
 @dataclass
 class _Running:
     cell: Cell
@@ -96,8 +118,8 @@ def run_parallel(store_path: str, cells: list[Cell], workers: int) -> None:
         while pending or running:
             while pending and len(running) < workers:
                 cell = pending.pop()
-                process = context.Process(target=execute_cell, args=(store_path, cell, cell_kinds.get(cell.kind)),
-                                          name=f"cell-{cell.key}")
+                process = context.Process(target=_worker_main, name=f"cell-{cell.key}",
+                                          args=(os.getpid(), store_path, cell, cell_kinds.get(cell.kind)))
                 process.start()
                 running.append(_Running(cell, process))
             wait([job.process.sentinel for job in running])

@@ -2,7 +2,8 @@
 
 Every write is one transaction (a killed process leaves each row either before or after a write),
 the journal is WAL so parallel workers and Slurm jobs write concurrently, and a corrupt file is reported,
-never recreated: it may hold results that took GPU-days.
+never recreated: it may hold results that took GPU-days. SQLite errors become one line naming the file and
+what went wrong (a full disk, a read-only or locked file is not corruption); a damaged row is named by its key.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,24 +51,48 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# SQLite primary result codes (https://sqlite.org/rescode.html) -> what the user is told.
+SQLITE_PROBLEMS = {
+    3: "no permission to write it", 5: "it is locked by another process", 6: "it is locked by another process",
+    8: "it is read-only", 10: "disk I/O error", 13: "the disk is full", 14: "it cannot be opened (missing folder, "
+    "no permission or a read-only location)", 23: "no permission to write it",
+}
+SQLITE_CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def store_error(path: Path, err: sqlite3.DatabaseError) -> UserError:
+    """One line for a SQLite failure: only a corrupt or foreign file is called corrupt."""
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in SQLITE_CORRUPT or not isinstance(err, sqlite3.OperationalError):
+        return UserError(f"results store {path} is corrupt or not a SQLite database ({err}); move it away or "
+                         f"restore it, it is never recreated")
+    return UserError(f"results store {path}: {SQLITE_PROBLEMS.get(code, str(err))} ({err})")
+
+
+@contextmanager
+def sqlite_errors(path: Path) -> Iterator[None]:
+    """Turn the SQLite errors of the block into `store_error`s."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise store_error(path, err) from None
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """Open, refuse a corrupt or foreign file, then switch to WAL and create the table if new."""
     fresh = not path.exists() or path.stat().st_size == 0
     connection = sqlite3.connect(path, timeout=60.0)
     try:
-        if not fresh:
-            problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
-            if problems != ["ok"]:
-                raise UserError(f"results store {path} is corrupt ({problems[0]}); move it away or restore it, "
-                                f"it is never recreated")
-        connection.execute("PRAGMA journal_mode=WAL")
-        with connection:
-            connection.execute(SCHEMA)
-        present = [row[1] for row in connection.execute("PRAGMA table_info(cells)")]
-    except sqlite3.DatabaseError as err:
-        connection.close()
-        raise UserError(f"results store {path} is corrupt or not a SQLite database ({err}); move it away or "
-                        f"restore it, it is never recreated") from None
+        with sqlite_errors(path):
+            if not fresh:
+                problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+                if problems != ["ok"]:
+                    raise UserError(f"results store {path} is corrupt ({problems[0]}); move it away or restore it, "
+                                    f"it is never recreated")
+            connection.execute("PRAGMA journal_mode=WAL")
+            with connection:
+                connection.execute(SCHEMA)
+            present = [row[1] for row in connection.execute("PRAGMA table_info(cells)")]
     except UserError:
         connection.close()
         raise
@@ -94,12 +120,12 @@ class ResultsStore:
         self.close()
 
     def _write(self, sql: str, params: Iterable[Any]) -> None:
-        with self._db:
+        with sqlite_errors(self.path), self._db:
             self._db.execute(sql, tuple(params))
 
     def add(self, cells: list[Cell]) -> None:
         """Insert a pending row for every cell not stored yet (rows already there keep their status)."""
-        with self._db:
+        with sqlite_errors(self.path), self._db:
             self._db.executemany(
                 "INSERT OR IGNORE INTO cells (key, spec, kind, axes, seed, config, status, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
@@ -118,19 +144,38 @@ class ResultsStore:
         self._write("UPDATE cells SET status = 'failed', error = ?, traceback = ?, finished_at = ? WHERE key = ?",
                     (error, traceback, _now(), key))
 
+    def column(self, name: str) -> dict[str, Any]:
+        """key -> value of one column for every row."""
+        return {row["key"]: row[name] for row in self._select(("key", name))}
+
     def statuses(self) -> dict[str, str]:
         """key -> status of every row."""
-        return dict(self._db.execute("SELECT key, status FROM cells"))
+        return self.column("status")
 
     def rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Rows as plain dicts (JSON columns decoded), in `keys` order when given, else insertion order."""
-        records = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM cells ORDER BY rowid").fetchall()
-        rows = {record[0]: self._decode(record) for record in records}
+        rows = {row["key"]: row for row in self._select(COLUMNS)}
         return [rows[key] for key in keys if key in rows] if keys is not None else list(rows.values())
 
-    @staticmethod
-    def _decode(record: tuple) -> dict[str, Any]:
-        row = dict(zip(COLUMNS, record))
-        for column in JSON_COLUMNS:
-            row[column] = json.loads(row[column]) if row[column] is not None else None
+    def _select(self, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+        """`columns` (the first is `key`) of every row in insertion order. Text is fetched as bytes and decoded
+        here, so bytes damaged inside a row fail naming that row instead of somewhere in SQLite's decoder."""
+        self._db.text_factory = bytes
+        try:
+            with sqlite_errors(self.path):
+                records = self._db.execute(f"SELECT {', '.join(columns)} FROM cells ORDER BY rowid").fetchall()
+        finally:
+            self._db.text_factory = str
+        return [self._decode(columns, record) for record in records]
+
+    def _decode(self, columns: tuple[str, ...], record: tuple) -> dict[str, Any]:
+        key = record[0].decode(errors="replace") if isinstance(record[0], bytes) else record[0]
+        try:
+            row = {name: value.decode() if isinstance(value, bytes) else value for name, value in zip(columns, record)}
+            for name in JSON_COLUMNS:
+                if row.get(name) is not None:
+                    row[name] = json.loads(row[name])
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"results store {self.path}: row {key} is damaged ({type(err).__name__}: {err}); "
+                            f"restore the file or delete that row, the other rows are intact") from None
         return row

@@ -8,7 +8,7 @@ import copy
 from harness.config.schema import SlimConfig
 from harness.evaluation.evaluate import evaluate, validate_eval_config
 from harness.grid.cells._params import PARAM_METRICS
-from harness.grid.cells.run import DISTILL_METRICS, run_cell, validate_run
+from harness.grid.cells.run import DISTILL_CURVES, DISTILL_METRICS, run_cell, validate_run
 from harness.grid.kinds import CellOutput, register_kind
 
 # Headline metric per local task (kjv_next_verse is scored by mutual information: plain acc ranks verses by
@@ -39,7 +39,8 @@ def validate_run_eval(cfg: SlimConfig) -> None:
     validate_eval_config(cfg.eval)
 
 
-@register_kind("run_eval", metrics=(*DISTILL_METRICS, *PARAM_METRICS, *EVAL_METRICS), validate=validate_run_eval)
+@register_kind("run_eval", metrics=(*DISTILL_METRICS, *PARAM_METRICS, *EVAL_METRICS), validate=validate_run_eval,
+               curves=DISTILL_CURVES)
 def run_eval_cell(cfg: SlimConfig) -> CellOutput:
     """Compress + distill, then evaluate the distilled student against the original teacher."""
     trained = run_cell(cfg)
