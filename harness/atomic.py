@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +15,14 @@ if TYPE_CHECKING:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp path beside `path` to write to; renamed over `path` when the block ends, removed if it raises."""
+    """A temp path beside `path` to write to; renamed over `path` when the block ends, removed if it raises.
+
+    The temp file is created like a plain `open(path, "w")` would create it, with mode 0666 minus the umask
+    (0644 under umask 022), not tempfile.mkstemp's owner-only 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield Path(tmp_path)
         os.replace(tmp_path, path)

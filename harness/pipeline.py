@@ -14,17 +14,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
 
 from harness.compression.compress import REPORT_NAME, compress
 from harness.compression.recipe import validate_recipe
 from harness.compression.scratch import write_scratch_student
-from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig
 from harness.errors import UserError
 from harness.models.io import read_model_config
+from harness.outputs import check_output_dir, weights_bytes
 from harness.progressive import StagePlan, plan_stages
 from harness.training.distill import distill, validate_distill_config
+from harness.training.run import check_run_dir
 
 
 def _json(value: object) -> object:
@@ -41,22 +41,6 @@ def _compressed(cfg: SlimConfig) -> dict:
     return compress(cfg)
 
 
-def _comparable(yaml_text: str) -> dict:
-    """A saved run config without its step budget (a rerun may extend it)."""
-    config = OmegaConf.to_container(OmegaConf.create(yaml_text))
-    config["train"].pop("max_steps")
-    return config
-
-
-def _check_same_run(stage_cfg: SlimConfig) -> None:
-    """Refuse to resume or skip a stage whose run_dir holds a run of another config (recipe, loss, data, ...):
-    its checkpoints and summary belong to a different student."""
-    saved = Path(stage_cfg.run_dir) / "config.yaml"
-    if stage_cfg.train.resume and saved.is_file() and _comparable(saved.read_text()) != _comparable(to_yaml(stage_cfg)):
-        raise UserError(f"run_dir: {stage_cfg.run_dir} holds a run with another config ({saved}); pick a new run_dir "
-                        "or set train.resume=false to start over there")
-
-
 def _finished(stage: StagePlan) -> dict | None:
     summary_file = Path(stage.run_dir) / "distill_summary.json"
     if not summary_file.is_file():
@@ -65,17 +49,34 @@ def _finished(stage: StagePlan) -> dict | None:
     return summary if summary["steps"] == stage.steps and (Path(stage.distilled) / "config.json").is_file() else None
 
 
-def _run_stage(cfg: SlimConfig, stage: StagePlan, callbacks: Sequence[Callback]) -> dict:
-    """Compress (or reuse) and distill one stage; a stage already distilled for its budget is skipped."""
+def _scratch_dir(compressed: str | Path) -> Path:
+    """Where distill.init=scratch writes the random-init twin of the compressed student."""
+    return Path(compressed).with_name(f"{Path(compressed).name}-scratch")
+
+
+def _stage_config(cfg: SlimConfig, stage: StagePlan) -> SlimConfig:
+    """The full config of one stage's compress and distill runs (its recipe, run_dir, output, budget, student)."""
     stage_cfg = copy.deepcopy(cfg)
     stage_cfg.compress = stage.recipe
     stage_cfg.run_dir, stage_cfg.distill.output, stage_cfg.train.max_steps = stage.run_dir, stage.distilled, stage.steps
-    report = _compressed(stage_cfg)
     student = Path(stage.recipe.output)
+    stage_cfg.distill.student = str(_scratch_dir(student) if cfg.distill.init == "scratch" else student)
+    return stage_cfg
+
+
+def _check_stage(stage_cfg: SlimConfig, teacher_bytes: int) -> None:
+    """Before any stage runs: its run_dir holds no other run and every directory it writes may be (re)placed."""
+    check_run_dir(stage_cfg)
+    for student in {stage_cfg.compress.output, stage_cfg.distill.student}:  # the scratch twin with init=scratch
+        check_output_dir(student, "compress.output", teacher_bytes)
+    check_output_dir(stage_cfg.distill.output, "distill.output", teacher_bytes)
+
+
+def _run_stage(cfg: SlimConfig, stage_cfg: SlimConfig, stage: StagePlan, callbacks: Sequence[Callback]) -> dict:
+    """Compress (or reuse) and distill one stage; a stage already distilled for its budget is skipped."""
+    report = _compressed(stage_cfg)
     if cfg.distill.init == "scratch":
-        student = write_scratch_student(student, student.with_name(f"{student.name}-scratch"), cfg.train.seed)
-    stage_cfg.distill.student = str(student)
-    _check_same_run(stage_cfg)
+        write_scratch_student(stage.recipe.output, stage_cfg.distill.student, cfg.train.seed)
     summary = (_finished(stage) if cfg.train.resume else None) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, callbacks))
     return {"stage": stage.index, "shape": asdict(stage.shape), "steps": stage.steps, "step_offset": stage.step_offset,
             "params": report["params"], "distill": summary}
@@ -93,7 +94,10 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
         raise UserError(f"distill.init: scratch trains the final architecture from random init, so it needs "
                         f"compress.plan=one_shot, got {cfg.compress.plan!r}")
     cfg.distill.teacher = cfg.compress.teacher
-    records = [_run_stage(cfg, stage, callbacks) for stage in stages]
+    stage_cfgs = [_stage_config(cfg, stage) for stage in stages]
+    for stage_cfg in stage_cfgs:
+        _check_stage(stage_cfg, weights_bytes(cfg.compress.teacher))
+    records = [_run_stage(cfg, stage_cfg, stage, callbacks) for stage_cfg, stage in zip(stage_cfgs, stages, strict=True)]
     summary = {
         "init": cfg.distill.init,
         "plan": cfg.compress.plan,

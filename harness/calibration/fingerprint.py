@@ -1,21 +1,25 @@
-"""A short hash that identifies a model's architecture and weights, so stats are never applied to another model.
+"""A hash that identifies a model's architecture and weights, so stats are never applied to another model.
 
-Hashing every weight would read the whole checkpoint (hundreds of GB for real models); a strided sample of
-64 values per tensor is enough to tell apart a model after compression (shapes and config change) or
-training (every trained tensor changes), and is identical for a saved-and-reloaded model.
+Every byte of every parameter goes into one streaming sha256: a model changed in a single weight no longer
+matches (a sample of values would miss it), and a saved-and-reloaded model gives the same digest. For a real
+model this reads each tensor once, about as long as loading it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from harness.config.schema import CalibrationConfig, DataConfig
+from harness.data.packing import file_sha256
+from harness.errors import UserError
 
 # Config fields that change on save/reload or with the runtime, not with the model itself.
 VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")
-SAMPLES_PER_TENSOR = 64
 
 
 def config_json(model: PreTrainedModel) -> str:
@@ -26,17 +30,29 @@ def config_json(model: PreTrainedModel) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def tensor_sample(tensor: torch.Tensor) -> bytes:
-    """Up to 64 evenly strided values of `tensor` (always including its first) as float32 bytes."""
-    flat = tensor.detach().reshape(-1)
-    step = max(1, flat.numel() // SAMPLES_PER_TENSOR)
-    return flat[::step][:SAMPLES_PER_TENSOR].to(device="cpu", dtype=torch.float32).numpy().tobytes()
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of `tensor` (any dtype) in row-major order, on the CPU."""
+    flat = tensor.detach().reshape(-1).contiguous().to("cpu")
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
-    """sha256 hex digest over the canonical config and every parameter's name, shape and value sample."""
+    """sha256 hex digest over the canonical config and every parameter's name, dtype, shape and bytes."""
     digest = hashlib.sha256(config_json(model).encode())
     for name, parameter in sorted(model.named_parameters()):
-        digest.update(f"{name}:{tuple(parameter.shape)}".encode())
-        digest.update(tensor_sample(parameter))
+        digest.update(f"{name}:{parameter.dtype}:{tuple(parameter.shape)}".encode())
+        digest.update(tensor_bytes(parameter))
     return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 hex digest of the tokenizer's vocabulary (token -> id): equal vocabularies tokenize alike."""
+    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+
+def calibration_data(data_cfg: DataConfig, calib_cfg: CalibrationConfig) -> dict[str, str | int]:
+    """What calibration text a pass reads: the corpus bytes, its split, the sequence length and sample counts."""
+    if not Path(data_cfg.corpus_path).is_file():
+        raise UserError(f"data.corpus_path: no such file {data_cfg.corpus_path}")
+    return {"corpus_sha256": file_sha256(data_cfg.corpus_path), "heldout_every": data_cfg.heldout_every,
+            "seq_len": data_cfg.seq_len, "num_samples": calib_cfg.num_samples, "probe_tokens": calib_cfg.probe_tokens}

@@ -1,12 +1,13 @@
 """Calibration statistics on disk: one safetensors file, tensors by name, counts and fingerprint as metadata.
 
 Layout: tensors `moe.<layer>.<sum>`, `norm.<norm name>`, `depth.<sum>`; metadata (strings)
-`format`, `fingerprint`, `num_layers`, `moe.<layer>.num_tokens`, `moe.<layer>.probe_tokens`,
+`format`, `fingerprint`, `tokenizer_fingerprint`, `data_fingerprint` (JSON), `num_layers`, `moe.<layer>.num_tokens`, `moe.<layer>.probe_tokens`,
 `norm_tokens.<norm name>`, `depth.num_tokens`, `depth.num_sequences`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import torch
 from safetensors import safe_open
 from transformers import PreTrainedModel
 
-from harness.calibration.fingerprint import model_fingerprint
+from harness.calibration.fingerprint import calibration_data, model_fingerprint, tokenizer_sha256
 from harness.atomic import save_safetensors_atomic
 from harness.calibration.stats import CalibrationStats, DepthStats, MoELayerStats
+from harness.config.schema import SlimConfig
+from harness.data.tokenizer import load_tokenizer
 from harness.errors import UserError
 
 FORMAT = "slim-calibration-stats/1"
@@ -28,7 +31,9 @@ DEPTH_SUMS = tuple(f.name for f in fields(DepthStats) if f.name not in DEPTH_COU
 
 def _flatten(stats: CalibrationStats) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {}
-    metadata = {"format": FORMAT, "fingerprint": stats.fingerprint, "num_layers": str(stats.num_layers)}
+    metadata = {"format": FORMAT, "fingerprint": stats.fingerprint, "num_layers": str(stats.num_layers),
+                "tokenizer_fingerprint": stats.tokenizer_fingerprint,
+                "data_fingerprint": json.dumps(stats.data_fingerprint, sort_keys=True)}
     for layer, moe in stats.moe.items():
         tensors.update({f"moe.{layer}.{name}": getattr(moe, name) for name in MOE_SUMS})
         metadata.update({f"moe.{layer}.{name}": str(getattr(moe, name)) for name in MOE_COUNTS})
@@ -69,6 +74,9 @@ def _unflatten(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Ca
         norm_abs_sum={name: tensors[f"norm.{name}"] for name in norm_names},
         norm_tokens={name: int(metadata[f"norm_tokens.{name}"]) for name in norm_names},
         depth=depth,
+        # Files written before these were recorded have neither: they match no config, so compress refuses them.
+        tokenizer_fingerprint=metadata.get("tokenizer_fingerprint", ""),
+        data_fingerprint=json.loads(metadata.get("data_fingerprint", "{}")),
     )
 
 
@@ -88,7 +96,7 @@ def load_stats(path: str | Path) -> CalibrationStats:
                         f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
     try:
         return _unflatten(tensors, metadata)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError) as error:  # json.JSONDecodeError is a ValueError
         raise UserError(f"calibration stats {path}: incomplete or malformed entry {error}") from error
 
 
@@ -98,3 +106,20 @@ def check_fingerprint(stats: CalibrationStats, model: PreTrainedModel, path: str
     if stats.fingerprint != expected:
         raise UserError(f"compress.stats: fingerprint {stats.fingerprint[:12]} of {path} does not match the model "
                         f"({expected[:12]}); recalibrate with `slim calibrate`")
+
+
+def check_stats_data(stats: CalibrationStats, cfg: SlimConfig, path: str | Path) -> None:
+    """One-line UserError unless `stats` were collected on the calibration text `cfg` describes (corpus, split,
+    seq_len, samples), tokenized by the tokenizer at data.tokenizer_dir: what compressing with this config
+    would calibrate on. Cheap (no model), so it runs before the teacher is loaded."""
+    expected = calibration_data(cfg.data, cfg.calibration)
+    if stats.data_fingerprint != expected:
+        differing = [f"{key} {stats.data_fingerprint.get(key, 'unrecorded')} vs {value}"
+                     for key, value in expected.items() if stats.data_fingerprint.get(key) != value]
+        raise UserError(f"compress.stats: {path} was calibrated on other data than this config "
+                        f"({'; '.join(differing)}); recalibrate with `slim calibrate` and this config")
+    tokenizer = tokenizer_sha256(load_tokenizer(cfg.data.tokenizer_dir, cfg.data.vocab_size))
+    if stats.tokenizer_fingerprint != tokenizer:
+        raise UserError(f"compress.stats: {path} was calibrated with another tokenizer "
+                        f"({stats.tokenizer_fingerprint[:12] or 'unrecorded'}) than data.tokenizer_dir "
+                        f"{cfg.data.tokenizer_dir} ({tokenizer[:12]}); recalibrate with `slim calibrate`")

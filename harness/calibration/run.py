@@ -1,18 +1,26 @@
-"""`run_calibration`: the calibration stage as `slim calibrate` and `slim compress` run it."""
+"""The calibration stage as `slim calibrate` and `slim compress` run it: the model's vocabulary checked against
+the calibration text's, one pass, and the stats stamped with the tokenizer and data they came from."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from harness.calibration.collect import calibrate, check_calibration_config
+from harness.calibration.fingerprint import calibration_data, tokenizer_sha256
+from harness.calibration.io import save_stats
 from harness.calibration.layerwise import calibrate_layerwise, placed_on
 from harness.calibration.stats import CalibrationStats
-from harness.config.schema import CalibrationConfig, DataConfig
+from harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
 from harness.data.packing import PackedDataset, build_corpus_data
+from harness.errors import UserError
+from harness.models.io import has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
+from harness.outputs import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +34,50 @@ def calibration_batches(dataset: PackedDataset, cfg: CalibrationConfig) -> list[
     return [batch["input_ids"] for batch in DataLoader(subset, batch_size=cfg.batch_size, shuffle=False)]
 
 
-def run_calibration(model: PreTrainedModel, data_cfg: DataConfig, calib_cfg: CalibrationConfig) -> CalibrationStats:
-    """Calibrate `model` on the calibration split; the model ends where it started.
+def check_vocab_size(data_cfg: DataConfig, model_config: PretrainedConfig, model_dir: str | Path | None) -> None:
+    """Refuse calibration text tokenized for another vocabulary size than the model's (config only, no weights)."""
+    if data_cfg.vocab_size != model_config.vocab_size:
+        where = f" at {model_dir}" if model_dir else ""
+        raise UserError(f"data.vocab_size: {data_cfg.vocab_size}, but the model{where} has vocab_size "
+                        f"{model_config.vocab_size}; calibrate with the tokenizer the model was trained with")
+
+
+def _check_tokenizer(tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, model_dir: str | Path) -> None:
+    """Refuse a data tokenizer whose vocabulary differs from the one saved beside the model (when it has one)."""
+    if has_tokenizer(model_dir) and tokenizer.get_vocab() != tokenizer_vocab(model_dir, "compress.teacher"):
+        raise UserError(f"data.tokenizer_dir: the tokenizer at {data_cfg.tokenizer_dir} differs from the model's "
+                        f"({model_dir}); calibrate with the tokenizer the model was trained with")
+
+
+def run_calibration(model: PreTrainedModel, data_cfg: DataConfig, calib_cfg: CalibrationConfig,
+                    model_dir: str | Path | None = None) -> CalibrationStats:
+    """Calibrate `model` on the calibration split; the model ends where it started. `model_dir` (where the
+    model was loaded from) adds the check that the data tokenizer is the model's own.
 
     layerwise: one decoder block at a time on `calibration.device`; otherwise the whole model moves there.
     """
     check_calibration_config(calib_cfg)
-    batches = calibration_batches(build_corpus_data(data_cfg).calibration, calib_cfg)
+    check_vocab_size(data_cfg, model.config, model_dir)
+    corpus = build_corpus_data(data_cfg)
+    if model_dir is not None:
+        _check_tokenizer(corpus.tokenizer, data_cfg, model_dir)
+    batches = calibration_batches(corpus.calibration, calib_cfg)
     if calib_cfg.layerwise:
-        return calibrate_layerwise(model, batches, calib_cfg)
-    with placed_on(model, torch.device(calib_cfg.device)):
-        return calibrate(model, batches, calib_cfg)
+        stats = calibrate_layerwise(model, batches, calib_cfg)
+    else:
+        with placed_on(model, torch.device(calib_cfg.device)):
+            stats = calibrate(model, batches, calib_cfg)
+    return dataclasses.replace(stats, tokenizer_fingerprint=tokenizer_sha256(corpus.tokenizer),
+                               data_fingerprint=calibration_data(data_cfg, calib_cfg))
+
+
+def calibrate_teacher(cfg: SlimConfig) -> CalibrationStats:
+    """`slim calibrate`: calibrate compress.teacher and write calibration.output, every field checked first."""
+    teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
+    check_calibration_config(cfg.calibration)
+    check_vocab_size(cfg.data, teacher, cfg.compress.teacher)
+    check_output_file(cfg.calibration.output, "calibration.output")
+    model, _ = load_pretrained(cfg.compress.teacher)
+    stats = run_calibration(model, cfg.data, cfg.calibration, cfg.compress.teacher)
+    save_stats(stats, cfg.calibration.output)
+    return stats

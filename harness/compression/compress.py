@@ -14,10 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import PretrainedConfig
 
 from harness.calibration.fingerprint import model_fingerprint
-from harness.calibration.io import check_fingerprint, load_stats
-from harness.calibration.run import run_calibration
+from harness.calibration.io import check_fingerprint, check_stats_data, load_stats
+from harness.calibration.run import check_vocab_size, run_calibration
 from harness.calibration.stats import CalibrationStats
 from harness.compression.budget import allocate_experts, uniform_budget
 from harness.compression.lineage import LINEAGE_KEY, Lineage, compose, identity_lineage, read_lineage
@@ -31,6 +32,7 @@ from harness.models.io import load_pretrained, read_model_config, save_pretraine
 from harness.models.mtp import MTP_FILE, load_mtp, mtp_hidden_params, save_mtp
 from harness.models.params import count_parameters
 from harness.models.view import ModelView, view
+from harness.outputs import check_output_dir, weights_bytes
 from methods.criteria import criteria
 from methods.depth import depth_selectors
 from methods.similarity import similarities
@@ -75,12 +77,22 @@ def plan_experts(recipe: CompressConfig, stats: CalibrationStats, model_view: Mo
     }
 
 
-def _stats_for(cfg: SlimConfig, teacher) -> CalibrationStats:
+def _stored_stats(cfg: SlimConfig, teacher_cfg: PretrainedConfig) -> CalibrationStats | None:
+    """compress.stats read and checked against this config's calibration data (before the teacher is loaded),
+    or None when they are computed on the fly (then data.vocab_size is checked against the teacher's)."""
     if not cfg.compress.stats:
-        return run_calibration(teacher, cfg.data, cfg.calibration)
+        check_vocab_size(cfg.data, teacher_cfg, cfg.compress.teacher)
+        return None
     stats = load_stats(cfg.compress.stats)
-    check_fingerprint(stats, teacher, cfg.compress.stats)
+    check_stats_data(stats, cfg, cfg.compress.stats)
     return stats
+
+
+def _stats_for(cfg: SlimConfig, stored: CalibrationStats | None, teacher) -> CalibrationStats:
+    if stored is None:
+        return run_calibration(teacher, cfg.data, cfg.calibration, cfg.compress.teacher)
+    check_fingerprint(stored, teacher, cfg.compress.stats)
+    return stored
 
 
 def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats, top_k) -> dict:
@@ -114,10 +126,12 @@ def compress(cfg: SlimConfig) -> dict:
     recipe = cfg.compress
     teacher_cfg = read_model_config(recipe.teacher, "compress.teacher")
     validate_recipe(recipe, teacher_cfg)
+    check_output_dir(recipe.output, "compress.output", weights_bytes(recipe.teacher))
+    stored = _stored_stats(cfg, teacher_cfg)
     model, tokenizer = load_pretrained(recipe.teacher)
     # A teacher pretrained without an MTP module has none to compress; the distiller then builds a fresh one.
     mtp = load_mtp(model, recipe.teacher) if (Path(recipe.teacher) / MTP_FILE).is_file() else None
-    stats = _stats_for(cfg, model)
+    stats = _stats_for(cfg, stored, model)
     before = count_parameters(model)
     model_view = view(model)
     layers, hidden = teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size

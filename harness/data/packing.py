@@ -62,7 +62,8 @@ class CorpusData:
     split: CorpusSplit
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """sha256 hex digest of a file's bytes, read in chunks."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -110,7 +111,7 @@ def build_corpus_data(cfg: DataConfig) -> CorpusData:
         raise UserError(f"data.seq_len: must be an integer >= {MIN_SEQ_LEN}, got {cfg.seq_len!r}")
     split = split_corpus(read_chapters(cfg.corpus_path), cfg.heldout_every)
     tokenizer = load_or_train_tokenizer(cfg, split.train)
-    key = _cache_key(cfg, _file_sha256(cfg.corpus_path))
+    key = _cache_key(cfg, file_sha256(cfg.corpus_path))
     cache_path = _cache_path(cfg, key["corpus_sha256"])
     packed = _load_cache(cache_path, key)
     if packed is None:

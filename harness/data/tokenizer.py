@@ -49,7 +49,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
-def _load_tokenizer(tokenizer_dir: str, vocab_size: int) -> PreTrainedTokenizerFast:
+def load_tokenizer(tokenizer_dir: str, vocab_size: int) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in `tokenizer_dir`; one-line UserError unless it loads, has eos and `vocab_size` tokens."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except Exception as e:  # any failure of the HF loader means the directory is not a usable tokenizer
@@ -89,4 +90,4 @@ def load_or_train_tokenizer(cfg: DataConfig, train_texts: list[str]) -> PreTrain
         raise UserError(f"data.tokenizer_dir: {cfg.tokenizer_dir} exists and is not a directory")
     if not os.path.isdir(cfg.tokenizer_dir) or not os.listdir(cfg.tokenizer_dir):
         _save_atomically(train_tokenizer(train_texts, cfg.vocab_size), cfg.tokenizer_dir)
-    return _load_tokenizer(cfg.tokenizer_dir, cfg.vocab_size)
+    return load_tokenizer(cfg.tokenizer_dir, cfg.vocab_size)

@@ -23,8 +23,9 @@ from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_ev
 from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.expert_flops import expert_flops_saved
-from harness.models.io import TOKENIZER_FILES, load_pretrained, read_model_config
+from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
 from harness.models.mtp import MTP_FILE, load_mtp, mtp_depth
+from harness.outputs import check_work_dir
 
 SUMMARY_NAME = "eval_summary.json"
 POSITIVE_FIELDS = ("batch_size", "mtp.num_prompts", "mtp.prompt_len", "mtp.new_tokens", "efficiency.batch_size",
@@ -52,11 +53,14 @@ def validate_eval_config(cfg: EvalConfig) -> None:
     if cfg.device != "auto" and cfg.device.split(":")[0] not in ("cpu", "cuda"):
         raise UserError(f"eval.device: must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     model_config = read_model_config(cfg.model, "eval.model")
-    if not any((Path(cfg.model) / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(cfg.model):
         raise UserError(f"eval.model: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {cfg.model}")
-    if cfg.teacher and read_model_config(cfg.teacher, "eval.teacher").vocab_size != model_config.vocab_size:
-        raise UserError(f"eval.teacher: its vocabulary differs from eval.model's ({model_config.vocab_size} tokens); "
-                        "speed is compared on the same token ids")
+    check_checkpoint(cfg.model, "eval.model")
+    if cfg.teacher:
+        if read_model_config(cfg.teacher, "eval.teacher").vocab_size != model_config.vocab_size:
+            raise UserError(f"eval.teacher: its vocabulary differs from eval.model's ({model_config.vocab_size} "
+                            "tokens); speed is compared on the same token ids")
+        check_checkpoint(cfg.teacher, "eval.teacher")  # a truncated teacher fails here, not after the whole eval
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,6 +140,7 @@ def disable_cache_without_attention(model: PreTrainedModel) -> str | None:
 def evaluate(cfg: SlimConfig) -> dict:
     """Evaluate eval.model; returns the summary and writes it to `<run_dir>/eval_summary.json`."""
     validate_eval_config(cfg.eval)
+    check_work_dir(cfg.run_dir, "run_dir")
     if cfg.eval.offline:
         go_offline()
     manager = task_manager() if cfg.eval.tasks else None

@@ -24,6 +24,7 @@ from harness.errors import UserError
 from harness.models.families import model_families
 from harness.models.linear_attention_path import install_device_dispatch
 from harness.models.zero_experts import CONFIG_FIELD as ZERO_EXPERTS_FIELD, install_zero_experts
+from harness.outputs import check_output_dir, mark
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -36,26 +37,41 @@ def save_pretrained(
 ) -> Path:
     """Write config.json, model.safetensors and tokenizer files to `out_dir`, all or nothing.
 
-    Everything goes to `<out_dir>.tmp-<pid>` first, then replaces `out_dir`; a killed run leaves the
-    previous directory (or none), never a partial one. `extras(tmp_dir)` may add files (MTP weights,
-    reports) inside the same swap.
+    Everything goes to the sibling `<out_dir>.tmp-<pid>` first (removed again when writing fails, a full disk
+    included), marked as harness-made, then replaces `out_dir`: only an absent, empty or harness-made one
+    (harness.outputs), never a directory of other files. A killed run leaves the previous directory (or none),
+    never a partial one. `extras(tmp_dir)` may add files (MTP weights, reports) inside the same swap.
     """
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, "output directory")
     tmp_dir = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    model.save_pretrained(tmp_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp_dir)
-    if extras is not None:
-        extras(tmp_dir)
-    if out_dir.exists():
+    try:
+        model.save_pretrained(tmp_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_dir)
+        if extras is not None:
+            extras(tmp_dir)
+        mark(tmp_dir)
+    except BaseException as error:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise UserError(f"output directory {out_dir}: cannot write the model ({error.strerror or error}); "
+                            "nothing was replaced") from error
+        raise
+    _swap_in(tmp_dir, out_dir)
+    return out_dir
+
+
+def _swap_in(tmp_dir: Path, out_dir: Path) -> None:
+    """Rename `tmp_dir` to `out_dir`; a harness-made `out_dir` is moved aside first and removed after."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
         old_dir = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old_dir)
         tmp_dir.rename(out_dir)
         shutil.rmtree(old_dir)
     else:
-        tmp_dir.rename(out_dir)
-    return out_dir
+        os.replace(tmp_dir, out_dir)  # rename(2) replaces an absent or empty directory
 
 
 def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
@@ -66,32 +82,47 @@ def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
     return AutoConfig.from_pretrained(path)
 
 
-def _check_weights(path: Path) -> None:
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether model directory `path` holds tokenizer files."""
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def tokenizer_vocab(path: str | Path, field: str) -> dict[str, int]:
+    """token -> id of the tokenizer saved in model directory `path`; refused when it has none (token ids are
+    compared between models, so each needs its own)."""
+    if not has_tokenizer(path):
+        raise UserError(f"{field}: no tokenizer files in {path}; token ids are compared, so the model needs its own")
+    return AutoTokenizer.from_pretrained(path).get_vocab()
+
+
+def _check_weights(path: Path, label: str) -> None:
     """Open every safetensors header so a truncated or corrupt file fails here, naming it."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise UserError(f"checkpoint {path}: no *.safetensors weights found")
+        raise UserError(f"{label} {path}: no *.safetensors weights found")
     for file in files:
         try:
             with safe_open(file, framework="pt") as handle:
                 handle.keys()
         except Exception as error:  # safetensors raises its own error type for every corruption
-            raise UserError(f"checkpoint {file}: unreadable weights ({error})") from error
+            raise UserError(f"{label} {file}: unreadable weights ({error})") from error
 
 
-def _check_directory(path: Path) -> None:
-    """Fail before loading on a missing directory, config.json, unsupported family or corrupt weights."""
+def check_checkpoint(path: str | Path, field: str = "") -> None:
+    """Fail before loading on a missing directory, config.json, unsupported family or corrupt weights; the
+    one-line error names `field` when given (e.g. eval.teacher)."""
+    path, label = Path(path), f"{field}: checkpoint" if field else "checkpoint"
     if not path.is_dir():
-        raise UserError(f"checkpoint {path}: no such directory")
+        raise UserError(f"{label} {path}: no such directory")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise UserError(f"checkpoint {path}: no config.json, not a Hugging Face model directory")
+        raise UserError(f"{label} {path}: no config.json, not a Hugging Face model directory")
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise UserError(f"checkpoint {config_file}: not a JSON object ({error})") from error
-    model_families.validate(str(model_type), f"checkpoint {config_file} model_type")
-    _check_weights(path)
+        raise UserError(f"{label} {config_file}: not a JSON object ({error})") from error
+    model_families.validate(str(model_type), f"{label} {config_file} model_type")
+    _check_weights(path, label)
 
 
 def _own_cpu_memory(model: PreTrainedModel) -> None:
@@ -136,7 +167,7 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     with its tokenizer when the directory has one. Missing or mismatched weights are an error, never
     silently re-initialized."""
     path = Path(path)
-    _check_directory(path)
+    check_checkpoint(path)
     install_device_dispatch()
     try:
         model_class = _model_class(path)
@@ -148,5 +179,5 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     if info["missing_keys"]:
         raise UserError(f"checkpoint {path}: missing_keys {sorted(info['missing_keys'])} (config.json expects them)")
     _own_cpu_memory(model)
-    tokenizer = AutoTokenizer.from_pretrained(path) if any((path / f).is_file() for f in TOKENIZER_FILES) else None
+    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
     return model, tokenizer

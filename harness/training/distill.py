@@ -8,20 +8,21 @@ import shutil
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
-from transformers import AutoTokenizer, PretrainedConfig
+from transformers import PretrainedConfig
 
 from harness.compression.compress import REPORT_NAME
 from harness.config.schema import DistillConfig, SlimConfig, TrainConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity
-from harness.models.io import TOKENIZER_FILES, read_model_config, save_pretrained
+from harness.models.io import read_model_config, save_pretrained, tokenizer_vocab
 from harness.models.mtp import MTPModule, save_mtp
+from harness.outputs import check_output_dir, weights_bytes
 from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
 from harness.training.distill_module import DistillModule, load_student
 from harness.training.fsdp import gather_unsharded
 from harness.training.router_kd import student_lineage
-from harness.training.run import fit, prepare_run, validate_train_config, write_summary
+from harness.training.run import check_run_dir, fit, prepare_run, validate_train_config, write_summary
 from harness.training.teacher_cache import check_cache_config, check_cache_data
 from kernels.kd_loss import kd_implementations
 from methods.losses import loss_mixes
@@ -42,9 +43,9 @@ class DistillSummary:
     val_perplexity: float
     teacher_val_perplexity: float
     steps: int
-    tokens_seen: int
-    wall_seconds: float
-    tokens_per_second: float
+    tokens_seen: int  # over the whole run, resumed steps included
+    wall_seconds: float  # of this process's training
+    tokens_per_second: float  # tokens trained by this process / its wall_seconds (a resume's earlier steps excluded)
     final_lambda: float
     final_beta: float
 
@@ -78,13 +79,6 @@ def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> 
     validate_tracking_config(cfg.tracking)
 
 
-def tokenizer_vocab(path: str, field: str) -> dict[str, int]:
-    """token -> id of the tokenizer saved in model directory `path`; refused when it has none."""
-    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
-        raise UserError(f"{field}: no tokenizer files in {path}; KD compares token ids, so both models need theirs")
-    return AutoTokenizer.from_pretrained(path).get_vocab()
-
-
 def validate_pair(student_dir: str, teacher_dir: str) -> PretrainedConfig:
     """Refuse a student whose vocabulary (config.vocab_size or tokenizer) differs from the teacher's:
     KD compares the two distributions token id by token id. Returns the student's config."""
@@ -110,6 +104,13 @@ def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
 
 
+def check_distill_outputs(cfg: SlimConfig) -> None:
+    """run_dir (another run's config included) and distill.output, before any work: the output must be new,
+    empty or harness-made and have room for the student."""
+    check_run_dir(cfg)
+    check_output_dir(cfg.distill.output, "distill.output", weights_bytes(cfg.distill.student))
+
+
 def _save_student_extras(student_mtp: MTPModule | None, student_dir: str, directory: Path) -> None:
     """The MTP weights, and the compression report (with its lineage) the distilled student still answers to."""
     if student_mtp is not None:
@@ -129,6 +130,7 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     DistillModule subclass for methods that change what is trained, e.g. methods/zeda)."""
     validate_distill_config(cfg, total_steps)
     _check_student_mtp(cfg, validate_pair(cfg.distill.student, cfg.distill.teacher))
+    check_distill_outputs(cfg)
     if cfg.distill.router_kd_weight > 0:
         student_lineage(cfg.distill.student, cfg.distill.teacher)
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed, step_offset=step_offset)
@@ -138,14 +140,15 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         check_cache_data(cfg.distill.teacher_cache, data.data.train, data.tokenizer)
     run_dir = prepare_run(cfg)
     module = module_factory(cfg.distill, cfg.train, step_offset, total_steps)
-    trainer, wall = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=callbacks)
+    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=callbacks)
+    trainer = result.trainer
 
     gathered = gather_unsharded((module.student, module.student_mtp), lambda: load_student(cfg.distill.student))
     if gathered is not None:  # under FSDP only rank 0 holds the gathered student and writes it
         student, student_mtp = gathered
         save_pretrained(student, cfg.distill.output, tokenizer=data.tokenizer,
                         extras=lambda directory: _save_student_extras(student_mtp, cfg.distill.student, directory))
-    tokens = trainer.global_step * cfg.train.batch_size * cfg.data.seq_len
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     final_lambda, final_beta = module.loss_weights()
     summary = DistillSummary(
         output_dir=cfg.distill.output,
@@ -153,9 +156,9 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         teacher_val_perplexity=model_perplexity(module.teacher.model, data.val_dataloader(),
                                                 desc="teacher validation perplexity"),
         steps=trainer.global_step,
-        tokens_seen=tokens,
-        wall_seconds=round(wall, 1),
-        tokens_per_second=round(tokens / max(wall, 1e-9), 1),
+        tokens_seen=trainer.global_step * tokens_per_step,
+        wall_seconds=round(result.wall_seconds, 1),
+        tokens_per_second=result.tokens_per_second(tokens_per_step),
         final_lambda=final_lambda,
         final_beta=final_beta,
     )

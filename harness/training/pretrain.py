@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
@@ -10,10 +11,12 @@ from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity, unigram_perplexity
 from harness.models.build import build_model, validate_model_config
 from harness.models.io import save_pretrained
+from harness.models.params import count_parameters
+from harness.outputs import check_output_dir
 from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
 from harness.training.fsdp import gather_unsharded
 from harness.training.lm_module import PretrainModule
-from harness.training.run import fit, prepare_run, validate_train_config, write_summary
+from harness.training.run import check_run_dir, fit, prepare_run, validate_train_config, write_summary
 
 
 @dataclass
@@ -24,9 +27,9 @@ class PretrainSummary:
     val_perplexity: float
     unigram_perplexity: float
     steps: int
-    tokens_seen: int
-    wall_seconds: float
-    tokens_per_second: float
+    tokens_seen: int  # over the whole run, resumed steps included
+    wall_seconds: float  # of this process's training
+    tokens_per_second: float  # tokens trained by this process / its wall_seconds (a resume's earlier steps excluded)
 
 
 def validate_pretrain_config(cfg: SlimConfig) -> None:
@@ -40,31 +43,43 @@ def validate_pretrain_config(cfg: SlimConfig) -> None:
     validate_tracking_config(cfg.tracking)
 
 
+def model_dir(cfg: SlimConfig) -> Path:
+    """Where the pretrained model goes: `<run_dir>/model`."""
+    return Path(cfg.run_dir) / "model"
+
+
+def _model_bytes(cfg: SlimConfig) -> int:
+    """Rough size of the saved model: its parameters (built on the meta device, no memory) in float32."""
+    return count_parameters(build_model(cfg.model, device="meta")).total * 4
+
+
 def pretrain(cfg: SlimConfig) -> PretrainSummary:
     """Pretrain `cfg.model` on the corpus; resumes from `<run_dir>/checkpoints/last.ckpt` when present."""
     validate_pretrain_config(cfg)
+    check_run_dir(cfg)
+    check_output_dir(model_dir(cfg), "run_dir", _model_bytes(cfg))
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
     data.setup("fit")
     run_dir = prepare_run(cfg)
     module = PretrainModule(cfg.model, cfg.train)
-    trainer, wall = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg))
+    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg))
+    trainer = result.trainer
 
     model = module.model
-    model_dir = run_dir / "model"
     gathered = gather_unsharded((model,), lambda: (build_model(cfg.model, seed=cfg.train.seed),))
     if gathered is not None:  # under FSDP only rank 0 holds the gathered model and writes it
-        save_pretrained(gathered[0], model_dir, tokenizer=data.tokenizer)
-    tokens = trainer.global_step * cfg.train.batch_size * cfg.data.seq_len
+        save_pretrained(gathered[0], model_dir(cfg), tokenizer=data.tokenizer)
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     summary = PretrainSummary(
-        model_dir=str(model_dir),
+        model_dir=str(model_dir(cfg)),
         val_perplexity=model_perplexity(model, data.val_dataloader(), desc="validation perplexity"),
         unigram_perplexity=unigram_perplexity(
             data.data.train.sequences, data.data.validation.sequences[:, 1:], cfg.model.vocab_size
         ),
         steps=trainer.global_step,
-        tokens_seen=tokens,
-        wall_seconds=round(wall, 1),
-        tokens_per_second=round(tokens / max(wall, 1e-9), 1),
+        tokens_seen=trainer.global_step * tokens_per_step,
+        wall_seconds=round(result.wall_seconds, 1),
+        tokens_per_second=result.tokens_per_second(tokens_per_step),
     )
     if trainer.is_global_zero:
         write_summary(run_dir, "pretrain_summary", summary)

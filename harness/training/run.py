@@ -1,23 +1,25 @@
 """What every training command does around `Trainer.fit`: validate the trainer fields, prepare the run
-directory, fit with resume from `last.ckpt`, and write the summary JSON."""
+directory (refusing one that holds another run), fit with resume from `last.ckpt`, and write the summary JSON."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from omegaconf import OmegaConf
 
 from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
 from harness.errors import UserError
+from harness.outputs import check_work_dir
 from harness.training.trainer import STRATEGIES, build_trainer, resume_path
 
 
@@ -39,8 +41,29 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
                         f"(train.devices x train.num_nodes = {processes}): each takes an equal slice of the batch")
 
 
+def _comparable(yaml_text: str) -> dict:
+    """A run config without the fields a rerun may change: its step budget (to extend it) and train.resume."""
+    config = OmegaConf.to_container(OmegaConf.create(yaml_text))
+    config["train"].pop("max_steps")
+    config["train"].pop("resume")
+    return config
+
+
+def check_run_dir(cfg: SlimConfig) -> None:
+    """Refuse a run_dir that is a file or unwritable, and, with train.resume, one holding a run of another config
+    (recipe, loss, LR, data, ...): its checkpoints and summary belong to a different model. Cheap; every
+    training entry point calls it before any work, `prepare_run` again before config.yaml is written."""
+    check_work_dir(cfg.run_dir, "run_dir")
+    saved = Path(cfg.run_dir) / "config.yaml"
+    if cfg.train.resume and saved.is_file() and _comparable(saved.read_text()) != _comparable(to_yaml(cfg)):
+        raise UserError(f"run_dir: {cfg.run_dir} holds a run with another config ({saved}); pick a new run_dir "
+                        "or set train.resume=false to start over there")
+
+
 def prepare_run(cfg: SlimConfig) -> Path:
-    """Create `run_dir` with the resolved config.yaml, set the thread count and seed every RNG."""
+    """Check `run_dir` (check_run_dir), create it with the resolved config.yaml, set the thread count and seed
+    every RNG."""
+    check_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -50,14 +73,37 @@ def prepare_run(cfg: SlimConfig) -> Path:
     return run_dir
 
 
+class _StartStep(Callback):
+    """Records the global step training starts at: after a resume, the restored checkpoint's step."""
+
+    step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.step = trainer.global_step
+
+
+@dataclass
+class FitResult:
+    """A finished `fit`: the trainer, its wall seconds and the step it started at (0 unless resumed)."""
+
+    trainer: pl.Trainer
+    wall_seconds: float
+    start_step: int
+
+    def tokens_per_second(self, tokens_per_step: int) -> float:
+        """Tokens trained by this process per wall second: a resumed run's earlier steps are not counted."""
+        steps = self.trainer.global_step - self.start_step
+        return round(steps * tokens_per_step / max(self.wall_seconds, 1e-9), 1)
+
+
 def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConfig, run_dir: Path,
-        loggers: Sequence[Logger] = (), callbacks: Sequence[Callback] = ()) -> tuple[pl.Trainer, float]:
-    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present) with extra loggers and callbacks;
-    the trainer and wall seconds."""
-    trainer = build_trainer(cfg, run_dir, loggers, callbacks)
-    start = time.perf_counter()
+        loggers: Sequence[Logger] = (), callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present) with extra loggers and callbacks."""
+    start_step = _StartStep()
+    trainer = build_trainer(cfg, run_dir, loggers, [*callbacks, start_step])
+    start = perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg))
-    return trainer, time.perf_counter() - start
+    return FitResult(trainer, perf_counter() - start, start_step.step)
 
 
 def write_summary(run_dir: Path, name: str, summary: Any) -> None:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from harness.atomic import save_safetensors_atomic, write_text_atomic
-from harness.calibration.fingerprint import model_fingerprint
+from harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
 from harness.config.schema import SlimConfig
 from harness.data.packing import PackedDataset, build_corpus_data
 from harness.errors import UserError
@@ -101,10 +101,6 @@ def shard_path(cache_dir: str | Path, shard: int) -> Path:
 
 def train_sha256(train: PackedDataset) -> str:
     return hashlib.sha256(train.sequences.to(torch.int32).numpy().tobytes()).hexdigest()
-
-
-def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
-    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(cache_dir: str | Path) -> CacheManifest:

@@ -22,7 +22,9 @@ from harness.errors import UserError
 from harness.models.expert_flops import expert_flops_saved
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
 from harness.models.mtp import MTP_FILE
+from harness.outputs import check_output_dir, check_work_dir, weights_bytes
 from harness.training.distill import distill, validate_distill_config
+from harness.training.run import check_run_dir
 from methods.zeda.inject import check_injection, inject_zero_experts
 from methods.zeda.module import ZedaDistillModule
 
@@ -48,6 +50,11 @@ def plan_stages(max_steps: int, router_share: float) -> list[ZedaStage]:
 def adapted_dir(cfg: SlimConfig) -> Path:
     """Where the adapted model goes: `zeda.output`, or `<run_dir>/model` when empty (one per grid cell)."""
     return Path(cfg.zeda.output or Path(cfg.run_dir) / "model")
+
+
+def injected_dir(cfg: SlimConfig) -> Path:
+    """Where the original model with zero experts injected goes: the first stage's student."""
+    return Path(cfg.run_dir) / "injected"
 
 
 def _distill_view(cfg: SlimConfig) -> SlimConfig:
@@ -88,18 +95,41 @@ def _finished(run_dir: Path, output: Path, steps: int) -> dict | None:
     return summary if summary["steps"] == steps else None
 
 
-def _run_stage(cfg: SlimConfig, stage: ZedaStage, student: Path, output: Path) -> dict:
-    """Distill one stage from `student` into `output` (or reuse a finished one)."""
-    stage_cfg = _distill_view(cfg)
-    stage_cfg.run_dir = str(Path(cfg.run_dir) / f"stage-{stage.name}")
-    stage_cfg.distill.student, stage_cfg.distill.output = str(student), str(output)
-    stage_cfg.train.max_steps = stage.steps
+def _stage_configs(cfg: SlimConfig, stages: list[ZedaStage]) -> list[SlimConfig]:
+    """Each stage's distill config: its run_dir, budget, the student it starts from (the injected model, then the
+    previous stage's output) and its output (the last one: `adapted_dir`)."""
+    configs, student = [], injected_dir(cfg)
+    for index, stage in enumerate(stages):
+        stage_cfg = _distill_view(cfg)
+        stage_cfg.run_dir = str(Path(cfg.run_dir) / f"stage-{stage.name}")
+        output = adapted_dir(cfg) if index == len(stages) - 1 else Path(stage_cfg.run_dir) / "model"
+        stage_cfg.distill.student, stage_cfg.distill.output = str(student), str(output)
+        stage_cfg.train.max_steps = stage.steps
+        configs.append(stage_cfg)
+        student = output
+    return configs
+
+
+def _check_outputs(cfg: SlimConfig, stage_cfgs: list[SlimConfig]) -> None:
+    """Before any work: run_dir and every stage's run_dir hold no other run, every model directory may be
+    (re)placed and has room for the model."""
+    model_bytes = weights_bytes(cfg.zeda.teacher)
+    check_work_dir(cfg.run_dir, "run_dir")
+    check_output_dir(injected_dir(cfg), "run_dir", model_bytes)
+    for stage_cfg in stage_cfgs:
+        check_run_dir(stage_cfg)
+        field = "zeda.output" if cfg.zeda.output and stage_cfg is stage_cfgs[-1] else "run_dir"
+        check_output_dir(stage_cfg.distill.output, field, model_bytes)
+
+
+def _run_stage(cfg: SlimConfig, stage: ZedaStage, stage_cfg: SlimConfig) -> dict:
+    """Distill one stage (or reuse a finished one)."""
 
     def module(distill_cfg: DistillConfig, train_cfg: TrainConfig, step_offset: int,
                total_steps: int | None) -> ZedaDistillModule:
         return ZedaDistillModule(distill_cfg, train_cfg, cfg.zeda, stage.name, step_offset, total_steps)
 
-    summary = (_finished(Path(stage_cfg.run_dir), output, stage.steps)
+    summary = (_finished(Path(stage_cfg.run_dir), Path(stage_cfg.distill.output), stage.steps)
                or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, module_factory=module)))
     return {"stage": stage.name, "steps": stage.steps, "step_offset": stage.step_offset, "distill": summary}
 
@@ -110,13 +140,10 @@ def run_zeda(cfg: SlimConfig) -> dict:
     validation split overall and per layer) and writes it to `<run_dir>/zeda_summary.json`."""
     validate_zeda(cfg)
     stages = plan_stages(cfg.train.max_steps, cfg.zeda.router_share)
-    student = write_injected(cfg.zeda, Path(cfg.run_dir) / "injected")
-    records = []
-    for index, stage in enumerate(stages):
-        last = index == len(stages) - 1
-        output = adapted_dir(cfg) if last else Path(cfg.run_dir) / f"stage-{stage.name}" / "model"
-        records.append(_run_stage(cfg, stage, student, output))
-        student = output
+    stage_cfgs = _stage_configs(cfg, stages)
+    _check_outputs(cfg, stage_cfgs)
+    write_injected(cfg.zeda, injected_dir(cfg))
+    records = [_run_stage(cfg, stage, stage_cfg) for stage, stage_cfg in zip(stages, stage_cfgs, strict=True)]
     model, _ = load_pretrained(adapted_dir(cfg))
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
     data.setup("fit")
