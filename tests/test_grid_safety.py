@@ -178,11 +178,11 @@ def test_output_dir_naming_a_file_is_refused_in_one_line(tmp_path, capsys):
     spec = write_spec(tmp_path, LR_AXIS)
     taken = tmp_path / "results.txt"
     taken.write_text("someone's notes")
-    for command, target in (("grid", taken), ("report", taken), ("grid", taken / "sub")):
+    for command, target, problem in (("grid", taken, "is a file, not a directory"),
+                                     ("report", taken, "is a file, not a directory"),
+                                     ("grid", taken / "sub", f"is a file, so {taken / 'sub'} cannot be created there")):
         assert main([command, str(spec), "--output-dir", str(target)]) == 2
-        assert capsys.readouterr().err.splitlines() == [
-            f"slim {command}: error: --output-dir: {taken} is a file, not a folder; name a folder for the grid's "
-            f"results"]
+        assert capsys.readouterr().err.splitlines() == [f"slim {command}: error: --output-dir: {taken} {problem}"]
     assert taken.read_text() == "someone's notes" and not calls(tmp_path)
 
 

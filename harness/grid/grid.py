@@ -10,11 +10,12 @@ from typing import Any
 from harness.errors import UserError
 from harness.grid.expand import Cell, expand, validate_cells
 from harness.grid.launch_submitit import run_submitit
-from harness.grid.lock import check_output_dir, grid_lock
+from harness.grid.lock import grid_lock
 from harness.grid.report import check_report
 from harness.grid.runner import run_parallel, run_sequential
 from harness.grid.spec import GridSpec, load_spec
 from harness.grid.store import ResultsStore
+from harness.outputs import check_work_dir
 
 LAUNCHERS = ("inprocess", "submitit")
 STORE_NAME = "results.sqlite"
@@ -61,12 +62,12 @@ class Grid:
 
 def prepare_grid(spec_path: str | Path, files: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
                  output_dir: str | None = None) -> Grid:
-    """Parse the spec, check its report section and output folder, and resolve + validate every cell; raises
-    UserError before anything runs."""
+    """Parse the spec, check its report section and output folder (a writable folder or absent), and resolve +
+    validate every cell; raises UserError before anything runs."""
     spec = load_spec(spec_path)
     check_report(spec)
     root = Path(output_dir or spec.output_dir).resolve()
-    check_output_dir(root, "--output-dir" if output_dir else f"{spec.path}: output_dir")
+    check_work_dir(root, "--output-dir" if output_dir else f"{spec.path}: output_dir")
     cells = expand(spec, files, overrides, output_dir)
     validate_cells(cells, spec.path)
     return Grid(spec, cells, root)

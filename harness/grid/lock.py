@@ -18,15 +18,6 @@ from harness.errors import UserError
 LOCK_NAME = "grid.lock"
 
 
-def check_output_dir(path: Path, field: str) -> None:
-    """Refuse an output folder that is, or lies under, something other than a folder (before any work)."""
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise UserError(f"{field}: {existing} is a file, not a folder; name a folder for the grid's results")
-            return
-
-
 @contextmanager
 def grid_lock(output_dir: Path) -> Iterator[None]:
     """Hold the output folder's grid lock for the block; a folder another process holds is refused in one line."""
