@@ -27,8 +27,9 @@ GOOD_LR, BAD_LR = 0.03, 1e-7
 
 
 def trial_overrides(teacher) -> list[str]:  # noqa: F811
-    teacher_dir, stats, base = teacher
-    return [*base, *TRIAL, f"compress.teacher={teacher_dir}", f"compress.stats={stats}", "tracking.wandb=true"]
+    """Each trial calibrates on its own split: the fixture's stats were calibrated on data.heldout_every=20."""
+    teacher_dir, _, base = teacher
+    return [*base, *TRIAL, f"compress.teacher={teacher_dir}", "tracking.wandb=true"]
 
 
 def write_spec(tmp_path: Path, **fields) -> Path:
