@@ -1,21 +1,25 @@
-"""`slim search`: a declared space checked before any trial, workers sharing one SQLite study, Lightning pruning,
-and the best trial exported as a recipe that `slim run` loads."""
+"""`slim search`: a declared space checked before any trial, workers sharing one journal-file study (each queued
+trial run once), Lightning pruning, and the best trial exported as a recipe that `slim run` loads."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from harness.cli.main import main
 from harness.config.load import CONF_DIR, load_config
 from harness.errors import UserError
-from harness.search.spec import check_spec, parse_spec
-from harness.search.study import RECIPE_FILE, run_search, worker_shares
+from harness.search.spec import Param, SearchSpec, check_spec, parse_spec
+from harness.search.study import RECIPE_FILE, check_storage, create_study, run_search, run_workers, worker_shares
+from tests.search_echo import RACE_WORKERS, record_evaluation
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 # 4 steps, validation at steps 2 and 4, pure LM loss: val/loss (the student's LM loss) falls fast at lr 0.03
@@ -41,16 +45,17 @@ def write_spec(tmp_path: Path, **fields) -> Path:
     return path
 
 
-def test_two_workers_share_one_sqlite_study_prune_and_export_the_best_recipe(teacher, tmp_path):  # noqa: F811
-    """2 worker processes finish 4 trials on one SQLite file; the 1e-7-LR trials, started after a 0.03-LR trial
-    finished, are pruned by the Lightning callback; the best recipe reloads with the best LR."""
+def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(teacher, tmp_path):  # noqa: F811
+    """2 worker processes finish 4 trials on the default journal file; the 1e-7-LR trials, started after a 0.03-LR
+    trial finished, are pruned by the Lightning callback; the best recipe reloads with the best LR."""
     # good, good, bad, bad: the two workers take the good ones first, so a finished trial exists before a bad one
     spec = write_spec(tmp_path, enqueue=[{"train.lr": lr} for lr in (GOOD_LR, GOOD_LR, BAD_LR, BAD_LR)])
     start = time.perf_counter()
     assert main(["search", str(spec), *trial_overrides(teacher), "--workers", "2"]) == 0
     print(f"search with 2 workers: {time.perf_counter() - start:.0f}s")
 
-    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "search" / "study.journal")))
+    study = optuna.load_study(study_name="lr", storage=journal)
     states = [trial.state for trial in study.trials]
     assert len(states) == 4 and all(state.is_finished() for state in states), states
     pruned = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.PRUNED]
@@ -68,6 +73,57 @@ def test_two_workers_share_one_sqlite_study_prune_and_export_the_best_recipe(tea
 
     rerun = run_search(parse_spec(spec, overrides=trial_overrides(teacher)), workers=2)  # a finished study: no trials
     assert sum(rerun["trials"].values()) == 4 and rerun["best"]["number"] == study.best_trial.number
+
+
+def race_spec(tmp_path: Path, **fields) -> SearchSpec:
+    """12 queued trials of a one-int space, as many as the study runs."""
+    fields = {"enqueue": tuple({"x": x} for x in range(12)), **fields}
+    return SearchSpec(name="race", path="race.yaml", space=(Param("x", "int", low=0, high=1000),), n_trials=12,
+                      output_dir=str(tmp_path / "search"), **fields)
+
+
+def test_workers_on_the_default_storage_run_each_queued_trial_exactly_once(tmp_path):
+    """3 spawned workers popping 12 queued trials from the default journal file: each queued param set is evaluated
+    once, by one worker, and every trial completes (on SQLite two workers can pop one trial, and the second to
+    finish fails with "Cannot tell a COMPLETE trial")."""
+    spec = race_spec(tmp_path)
+    study = create_study(spec)
+    create_study(spec)  # a rerun reopens the study and queues nothing twice
+    assert len(study.trials) == 12
+    run_workers(spec, worker_shares(12, RACE_WORKERS), evaluate=record_evaluation)
+    evaluated = [json.loads(path.read_text())["x"] for path in (tmp_path / "search").glob("evaluated-*.json")]
+    assert sorted(evaluated) == list(range(12))
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 12
+    assert [trial.params["x"] for trial in study.trials] == list(range(12))
+
+
+def test_a_rerun_queues_each_enqueue_entry_once(tmp_path):
+    """Reopening the study queues only the entries it lacks: after a kill between two entries the rest follow, an
+    entry listed twice is queued twice, and a second reopen queues nothing."""
+    create_study(race_spec(tmp_path, enqueue=({"x": 1},)))  # killed after the first entry
+    spec = race_spec(tmp_path, enqueue=({"x": 1}, {"x": 1}, {"x": 2}))
+    create_study(spec)
+    study = create_study(spec)
+    assert [trial.system_attrs["fixed_params"] for trial in study.trials] == [{"x": 1}, {"x": 1}, {"x": 2}]
+
+
+def test_storage_refuses_an_old_default_study_and_warns_on_shared_sqlite(tmp_path, caplog):
+    """A `study.db` left by the old SQLite default is refused in one line, not silently replaced by a new study;
+    several workers on a named SQLite file get a one-line warning, one worker none; a journal file that cannot be
+    created is one line naming `storage`."""
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "study.db").touch()
+    with pytest.raises(UserError, match=r"race.yaml: storage: .*study.db holds this search's study from an older"):
+        check_storage(race_spec(tmp_path), workers=1)
+    sqlite = race_spec(tmp_path, storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    with caplog.at_level(logging.WARNING, logger="harness.search.study"):
+        check_storage(sqlite, workers=1)
+        assert not caplog.records
+        check_storage(sqlite, workers=2)
+    assert [record.getMessage().count("\n") for record in caplog.records] == [0]
+    assert "storage: SQLite can hand one queued trial to two of the 2 workers" in caplog.records[0].getMessage()
+    with pytest.raises(UserError, match=r"race.yaml: storage: cannot open '.*/missing/study.journal'"):
+        create_study(race_spec(tmp_path, storage=str(tmp_path / "missing" / "study.journal")))
 
 
 def test_unknown_space_key_fails_before_any_trial(teacher, tmp_path, capsys):  # noqa: F811

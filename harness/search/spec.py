@@ -12,7 +12,9 @@ enqueue: [{train.lr: 3.0e-3}]     # trials run first, in order (e.g. the paper's
 objective: {metric: val_perplexity, direction: minimize}   # a key of the distillation summary
 n_trials: 20                      # in total, over all workers and reruns
 seed: 0                           # worker i samples with seed + i
-storage: ""                       # any Optuna storage URL (postgresql://...); "" = sqlite:///<output_dir>/study.db
+storage: ""                       # "" = journal file <output_dir>/study.journal (worker processes on one machine
+                                  # or a shared filesystem); a path = that journal file; an RDB URL for a
+                                  # cluster (postgresql://..., mysql://...); sqlite:///... is safe for one worker
 output_dir: runs/search/<name>
 pruner: {kind: median, monitor: val/loss, n_startup_trials: 5, n_warmup_steps: 0}
 ```
@@ -38,6 +40,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 DIRECTIONS = ("minimize", "maximize")
 PRUNERS = ("median", "threshold", "none")
 MONITORS = ("val/loss", "val/ppl", "val/kd")  # what the distillation module logs at each validation
+JOURNAL_FILE = "study.journal"  # the default storage, in the output dir
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,11 @@ class SearchSpec:
     output_dir: str = ""
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
 
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(Path(self.output_dir) / 'study.db').resolve()}"
+    def storage_location(self) -> str:
+        """The RDB URL the spec names (it holds "://"), else the study's journal file as an absolute path."""
+        if "://" in self.storage:
+            return self.storage
+        return str(Path(self.storage or Path(self.output_dir) / JOURNAL_FILE).resolve())
 
 
 def _unknown(raw: dict[str, Any], valid: tuple[str, ...] | list[str], where: str) -> None:

@@ -1,14 +1,24 @@
-"""Run a search spec as one Optuna study: N worker processes share its storage (SQLite by default, any RDB URL on a
-cluster), each trial is `slim run` with a pruning callback, and the best trial is exported as a recipe."""
+"""Run a search spec as one Optuna study: N worker processes share its storage (a journal file by default, an RDB
+URL on a cluster), each trial is `slim run` with a pruning callback, and the best trial is exported as a recipe.
+
+Only the parent enqueues. Workers pop queued trials; the journal file appends under a file lock and the first
+RUNNING record wins, so one queued trial goes to one worker. SQLite cannot lock rows: two workers can pop the same
+trial and one then fails with "Cannot tell a COMPLETE trial" (Optuna issues #4002, #4621).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.atomic import write_text_atomic
@@ -22,6 +32,10 @@ from harness.search.spec import PrunerSpec, SearchSpec, check_spec
 
 RECIPE_FILE = "best_recipe.yaml"
 SUMMARY_FILE = "search_summary.json"
+ENQUEUED = "enqueued"  # user attr of a queued trial: its spec `enqueue` entry as canonical JSON
+Objective = Callable[[optuna.Trial, SearchSpec], float]
+
+logger = logging.getLogger(__name__)
 
 
 def build_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
@@ -32,14 +46,17 @@ def build_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_storage(spec: SearchSpec) -> optuna.storages.RDBStorage:
-    """The study's RDB storage; SQLite waits up to a minute for a lock, as parallel workers write to one file."""
-    url = spec.storage_url()
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+def open_storage(spec: SearchSpec) -> optuna.storages.BaseStorage:
+    """The study's journal file (Optuna's file backend with its lock file beside it) or the RDB URL the spec names;
+    SQLite waits up to a minute for a lock."""
+    location = spec.storage_location()
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except (SQLAlchemyError, ValueError, ImportError) as err:
-        raise UserError(f"{spec.path}: storage: cannot open {url!r}: {str(err).splitlines()[0]}") from None
+        if "://" not in location:
+            return JournalStorage(JournalFileBackend(location))
+        engine = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(location, engine_kwargs=engine)
+    except (SQLAlchemyError, ValueError, ImportError, OSError) as err:
+        raise UserError(f"{spec.path}: storage: cannot open {location!r}: {str(err).splitlines()[0]}") from None
 
 
 def trial_config(spec: SearchSpec, params: dict[str, Any], out_dir: Path, run_name: str) -> SlimConfig:
@@ -60,25 +77,48 @@ def objective(trial: optuna.Trial, spec: SearchSpec) -> float:
     return float(summary["distill"][spec.metric])
 
 
-def run_worker(spec: SearchSpec, index: int, n_trials: int) -> None:
-    """Run `n_trials` trials of the study; worker `index` samples with seed `spec.seed + index`."""
+def run_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective = objective) -> None:
+    """Run `n_trials` trials of the study (popping queued ones first, never queueing any); worker `index` samples
+    with seed `spec.seed + index`."""
     study = optuna.load_study(study_name=spec.name, storage=open_storage(spec), pruner=build_pruner(spec.pruner),
                               sampler=optuna.samplers.TPESampler(seed=spec.seed + index))
     # a trial whose sampled config is refused or diverges (NaN loss) fails; the search goes on
-    study.optimize(lambda trial: objective(trial, spec), n_trials=n_trials, catch=(UserError,))
+    study.optimize(lambda trial: evaluate(trial, spec), n_trials=n_trials, catch=(UserError,))
+
+
+def check_storage(spec: SearchSpec, workers: int) -> None:
+    """Refuse to start a journal study beside `study.db`, the SQLite default of older harnesses (a rerun would
+    silently begin again instead of continuing it); warn when several workers share a SQLite file."""
+    old = Path(spec.output_dir) / "study.db"
+    if not spec.storage and old.exists() and not Path(spec.storage_location()).exists():
+        raise UserError(f"{spec.path}: storage: {old} holds this search's study from an older harness (SQLite "
+                        f"default); set storage: sqlite:///{old.resolve()} to continue it (one worker) or remove it")
+    if workers > 1 and spec.storage_location().startswith("sqlite"):
+        logger.warning("%s: storage: SQLite can hand one queued trial to two of the %d workers (Optuna issues #4002, "
+                       "#4621); leave storage empty for the journal file", spec.path, workers)
+
+
+def enqueue_missing(study: optuna.Study, spec: SearchSpec) -> None:
+    """Queue each `enqueue` entry of the spec that the study does not hold yet, so a rerun (even one after a kill
+    between two entries) queues none twice; an entry listed twice is queued twice."""
+    held = Counter(trial.user_attrs.get(ENQUEUED) for trial in study.get_trials(deepcopy=False))
+    for params in spec.enqueue:
+        key = json.dumps(params, sort_keys=True)
+        if held[key]:
+            held[key] -= 1
+        else:
+            study.enqueue_trial(params, user_attrs={ENQUEUED: key})
 
 
 def create_study(spec: SearchSpec) -> optuna.Study:
-    """Create the study (or reopen it on a rerun) and queue the spec's `enqueue` trials when it is new."""
+    """Create the study (or reopen it on a rerun) and queue the spec's `enqueue` trials it does not hold yet."""
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=spec.name, storage=open_storage(spec), load_if_exists=True,
                                 direction=spec.direction)
     if study.direction.name.lower() != spec.direction:
-        raise UserError(f"{spec.path}: objective.direction: study {spec.name!r} in {spec.storage_url()} was created "
-                        f"to {study.direction.name.lower()}; use another name or storage")
-    if not study.trials:
-        for params in spec.enqueue:
-            study.enqueue_trial(params)
+        raise UserError(f"{spec.path}: objective.direction: study {spec.name!r} in {spec.storage_location()} was "
+                        f"created to {study.direction.name.lower()}; use another name or storage")
+    enqueue_missing(study, spec)
     return study
 
 
@@ -87,14 +127,15 @@ def worker_shares(remaining: int, workers: int) -> list[int]:
     return [share for i in range(workers) if (share := remaining // workers + (i < remaining % workers))]
 
 
-def run_workers(spec: SearchSpec, shares: list[int]) -> None:
-    """One share in this process; several as spawned processes on the shared storage."""
+def run_workers(spec: SearchSpec, shares: list[int], evaluate: Objective = objective) -> None:
+    """One share in this process; several as spawned processes on the shared storage (`evaluate` must then be a
+    module-level function, so that they can import it)."""
     if len(shares) == 1:
-        run_worker(spec, 0, shares[0])
+        run_worker(spec, 0, shares[0], evaluate)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(spec, index, share), name=f"search-worker-{index}")
-                 for index, share in enumerate(shares)]
+    processes = [context.Process(target=run_worker, args=(spec, index, share, evaluate),
+                                 name=f"search-worker-{index}") for index, share in enumerate(shares)]
     for process in processes:
         process.start()
     for process in processes:
@@ -120,7 +161,7 @@ def summarize(spec: SearchSpec, study: optuna.Study, recipe: Path) -> dict[str, 
     """Trial counts by state (complete, pruned, fail), the best trial and where its recipe is."""
     states = [trial.state.name.lower() for trial in study.trials]
     best = study.best_trial
-    return {"study": spec.name, "storage": spec.storage_url(),
+    return {"study": spec.name, "storage": spec.storage_location(),
             "trials": {state: states.count(state) for state in sorted(set(states))},
             "best": {"number": best.number, "value": best.value, "params": best.params}, "recipe": str(recipe)}
 
@@ -131,6 +172,7 @@ def run_search(spec: SearchSpec, workers: int = 1) -> dict[str, Any]:
     if workers < 1:
         raise UserError(f"--workers: must be >= 1, got {workers}")
     check_spec(spec)
+    check_storage(spec, workers)
     study = create_study(spec)
     finished = sum(trial.state.is_finished() for trial in study.trials)
     shares = worker_shares(max(spec.n_trials - finished, 0), workers)
