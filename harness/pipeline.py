@@ -97,7 +97,8 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
     stage_cfgs = [_stage_config(cfg, stage) for stage in stages]
     for stage_cfg in stage_cfgs:
         _check_stage(stage_cfg, weights_bytes(cfg.compress.teacher))
-    records = [_run_stage(cfg, stage_cfg, stage, callbacks) for stage_cfg, stage in zip(stage_cfgs, stages, strict=True)]
+    records = [_run_stage(cfg, stage_cfg, stage, callbacks)
+               for stage_cfg, stage in zip(stage_cfgs, stages, strict=True)]
     summary = {
         "init": cfg.distill.init,
         "plan": cfg.compress.plan,

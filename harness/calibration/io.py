@@ -1,8 +1,9 @@
 """Calibration statistics on disk: one safetensors file, tensors by name, counts and fingerprint as metadata.
 
 Layout: tensors `moe.<layer>.<sum>`, `norm.<norm name>`, `depth.<sum>`; metadata (strings)
-`format`, `fingerprint`, `tokenizer_fingerprint`, `data_fingerprint` (JSON), `num_layers`, `moe.<layer>.num_tokens`, `moe.<layer>.probe_tokens`,
-`norm_tokens.<norm name>`, `depth.num_tokens`, `depth.num_sequences`.
+`format`, `fingerprint`, `tokenizer_fingerprint`, `data_fingerprint` (JSON), `num_layers`,
+`moe.<layer>.num_tokens`, `moe.<layer>.probe_tokens`, `norm_tokens.<norm name>`, `depth.num_tokens`,
+`depth.num_sequences`.
 """
 
 from __future__ import annotations
