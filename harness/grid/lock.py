@@ -34,6 +34,8 @@ def grid_lock(output_dir: Path) -> Iterator[None]:
             holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
             raise UserError(f"grid output folder {output_dir} is in use by another `slim grid` (pid {holder}); wait "
                             f"for it to finish or stop it, then rerun") from None
+        except OSError as err:  # e.g. a network filesystem without lock support
+            raise UserError(f"grid output folder {output_dir}: cannot lock {lock_path} ({err.strerror})") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         yield
