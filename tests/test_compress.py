@@ -17,7 +17,8 @@ from harness.data.packing import build_corpus_data
 from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp, load_mtp, run_mtp, save_mtp
+from harness.models.mtp import build_mtp, run_mtp
+from harness.models.mtp_io import load_mtp, save_mtp
 from harness.models.params import count_parameters
 from tests.conftest import TINY_OVERRIDES
 

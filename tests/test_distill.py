@@ -17,7 +17,8 @@ from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import MTP_FILE, build_mtp, load_mtp, run_mtp, save_mtp
+from harness.models.mtp import build_mtp, run_mtp
+from harness.models.mtp_io import MTP_SHARD, load_mtp, save_mtp
 from harness.training.distill import distill
 from harness.training.distill_module import DistillModule
 from harness.training.nonfinite_guard import GoodCheckpoint, NonFiniteGuard, NonFiniteLossError
@@ -110,7 +111,7 @@ def test_hidden_state_terms_match_logit_references(teacher_dir, student_dir, val
     """All four terms, computed from hidden states through the KD kernel, equal harness.training.loss_terms on full
     logits; without a teacher MTP module the MTP-KD targets are the teacher's main head shifted by k."""
     bare_teacher = Path(shutil.copytree(teacher_dir, tmp_path / "teacher"))
-    (bare_teacher / MTP_FILE).unlink()
+    (bare_teacher / MTP_SHARD).unlink()
     module = _module(bare_teacher, student_dir, loss="full")
     batch = val_batches[0]
     with torch.no_grad():
@@ -244,9 +245,9 @@ def test_resuming_a_diverged_checkpoint_says_so(teacher_dir, student_dir, tiny_c
 
 
 def test_missing_student_mtp_starts_fresh(teacher_dir, student_dir, tmp_path):
-    """A student whose config has MTP depths but no mtp.safetensors gets a freshly initialized MTP module."""
+    """A student whose config has MTP depths but no MTP weights gets a freshly initialized MTP module."""
     bare = Path(shutil.copytree(student_dir, tmp_path / "bare"))
-    (bare / MTP_FILE).unlink()
+    (bare / MTP_SHARD).unlink()
     assert _module(teacher_dir, bare).student_mtp is not None
 
 

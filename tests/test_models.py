@@ -116,7 +116,7 @@ def test_layer_kinds_follow_full_attention_interval() -> None:
 
 
 def test_save_reload_gives_identical_logits_and_config(tmp_path: Path) -> None:
-    """save -> reload: bit-identical logits, same config (mtp_num_layers included), same tokenizer."""
+    """save -> reload: bit-identical logits, same config (MTP depth as mtp_num_hidden_layers), same tokenizer."""
     cfg = tiny_config(mtp_num_layers=2)
     model = build_model(cfg).eval()
     out_dir = tmp_path / "student"
@@ -130,7 +130,7 @@ def test_save_reload_gives_identical_logits_and_config(tmp_path: Path) -> None:
         assert torch.equal(model(ids).logits, loaded(ids).logits)
     expected = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
     assert {k: v for k, v in loaded.config.to_dict().items() if k != "_name_or_path"} == expected
-    assert loaded.config.mtp_num_layers == 2
+    assert loaded.config.mtp_num_hidden_layers == 2
     assert tokenizer("in the beginning").input_ids == tiny_tokenizer()("in the beginning").input_ids
 
 

@@ -13,7 +13,8 @@ from harness.config.schema import ModelConfig
 from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import MTP_FILE, MTPModule, build_mtp, load_mtp, mtp_hidden_params, run_mtp, save_mtp
+from harness.models.mtp import MTPModule, build_mtp, mtp_hidden_params, run_mtp
+from harness.models.mtp_io import HARNESS_FILE, load_mtp, save_mtp
 from harness.training.loss_terms import mtp_lm_loss
 
 DEPTH, BATCH, SEQ, VOCAB = 2, 2, 10, 256
@@ -104,22 +105,22 @@ def test_save_load_gives_identical_logits(model_and_mtp, input_ids, tmp_path: Pa
 
 
 def test_no_mtp_when_depth_is_zero(tmp_path: Path) -> None:
-    """mtp_num_layers = 0 builds and loads no MTP module."""
+    """MTP depth 0 builds and loads no MTP module."""
     model = build_model(tiny_config(num_hidden_layers=1, full_attention_interval=1, mtp_num_layers=0))
     assert build_mtp(model) is None
     assert load_mtp(model, tmp_path) is None
 
 
-def test_missing_file_names_the_path(model_and_mtp, tmp_path: Path) -> None:
-    """A config with D > 0 and no mtp.safetensors fails with one line naming the file."""
-    with pytest.raises(UserError, match=str(tmp_path / MTP_FILE)):
+def test_missing_weights_name_the_directory(model_and_mtp, tmp_path: Path) -> None:
+    """A config with D > 0 and no MTP weights in either layout fails with one line naming the directory."""
+    with pytest.raises(UserError, match=f"^checkpoint {tmp_path}: no MTP weights"):
         load_mtp(model_and_mtp[0], tmp_path)
 
 
 def test_corrupt_file_names_the_path(model_and_mtp, tmp_path: Path) -> None:
-    """An unreadable mtp.safetensors fails with one line naming the file."""
-    (tmp_path / MTP_FILE).write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match=str(tmp_path / MTP_FILE)):
+    """An unreadable harness-layout mtp.safetensors fails with one line naming the file."""
+    (tmp_path / HARNESS_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match=str(tmp_path / HARNESS_FILE)):
         load_mtp(model_and_mtp[0], tmp_path)
 
 

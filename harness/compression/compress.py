@@ -29,7 +29,8 @@ from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidd
 from harness.compression.width import sync_width_attributes
 from harness.config.schema import CompressConfig, SlimConfig
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
-from harness.models.mtp import MTP_FILE, load_mtp, mtp_hidden_params, save_mtp
+from harness.models.mtp import mtp_hidden_params
+from harness.models.mtp_io import find_mtp, save_mtp
 from harness.models.params import count_parameters
 from harness.models.view import ModelView, view
 from harness.outputs import check_output_dir, weights_bytes
@@ -130,7 +131,7 @@ def compress(cfg: SlimConfig) -> dict:
     stored = _stored_stats(cfg, teacher_cfg)
     model, tokenizer = load_pretrained(recipe.teacher)
     # A teacher pretrained without an MTP module has none to compress; the distiller then builds a fresh one.
-    mtp = load_mtp(model, recipe.teacher) if (Path(recipe.teacher) / MTP_FILE).is_file() else None
+    mtp = find_mtp(model, recipe.teacher)
     stats = _stats_for(cfg, stored, model)
     before = count_parameters(model)
     model_view = view(model)

@@ -42,7 +42,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     router_aux_loss_coef: float = 0.001
-    # Multi-token-prediction depth D (SlimQwen eq 9); the harness owns the MTP module.
+    # Multi-token-prediction depth D (SlimQwen eq 9); the harness owns the MTP module. Written to config.json as
+    # `mtp_num_hidden_layers`, the released Qwen3-Next key.
     mtp_num_layers: int = 1
     initializer_range: float = 0.02
 
@@ -153,9 +154,9 @@ class CompressConfig:
 class DistillConfig:
     """Distillation of a student from a frozen teacher (SlimQwen sec 3.3, eq 12; Table 7 schedules)."""
 
-    teacher: str = "assets/tiny-teacher"  # teacher HF directory (its mtp.safetensors, when present, gives MTP-KD targets)
+    teacher: str = "assets/tiny-teacher"  # teacher HF directory (its MTP weights, when present, give MTP-KD targets)
     student: str = "runs/student-slimqwen"  # student HF directory to start from (usually `slim compress` output)
-    output: str = "runs/distilled"  # where the distilled student (HF dir + mtp.safetensors + tokenizer) is written
+    output: str = "runs/distilled"  # where the distilled student (HF dir + MTP weights + tokenizer) is written
     loss: str = "full"  # loss mix key (methods/losses): lm, kd, kd+lm, kd+mtp_kd, kd+lm+mtp_lm, full
     lambda_schedule: str = "linear"  # weight schedule key (methods/schedules) for λ, the KD-vs-LM weight
     lambda_start: float = 1.0  # λ at progress 0, in [0, 1]
@@ -201,7 +202,7 @@ class EfficiencyConfig:
 class EvalConfig:
     """`slim eval`: lm-eval tasks, perplexity, MTP acceptance and efficiency of one model -> eval_summary.json."""
 
-    model: str = "assets/tiny-teacher"  # HF directory to evaluate (its tokenizer and mtp.safetensors, when present)
+    model: str = "assets/tiny-teacher"  # HF directory to evaluate (its tokenizer and MTP weights, when present)
     teacher: str = ""  # HF directory to compare speed and memory against; "" measures the model alone
     # lm-eval task names: the local kjv_cloze, kjv_next_verse, kjv_complete (tag kjv) or any real lm-eval task
     tasks: list[str] = field(default_factory=lambda: ["kjv_cloze", "kjv_next_verse", "kjv_complete"])

@@ -24,7 +24,8 @@ from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.expert_flops import expert_flops_saved
 from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
-from harness.models.mtp import MTP_FILE, load_mtp, mtp_depth
+from harness.models.mtp import mtp_depth
+from harness.models.mtp_io import find_mtp
 from harness.outputs import check_work_dir
 
 SUMMARY_NAME = "eval_summary.json"
@@ -96,10 +97,11 @@ def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedT
                  device: torch.device) -> dict:
     """acc_0..acc_{K-1}, or why there are none (no MTP depth in config.json, or no saved MTP weights)."""
     if mtp_depth(model) == 0:
-        return {"acc": None, "note": "config.json has no MTP depths (mtp_num_layers = 0)"}
-    if not (Path(cfg.eval.model) / MTP_FILE).is_file():
-        return {"acc": None, "note": f"no {MTP_FILE} in {cfg.eval.model}: the model has no trained MTP module"}
-    mtp = load_mtp(model, cfg.eval.model).eval()
+        return {"acc": None, "note": "config.json has no MTP depths (mtp_num_hidden_layers = 0)"}
+    mtp = find_mtp(model, cfg.eval.model)
+    if mtp is None:
+        return {"acc": None, "note": f"no MTP weights in {cfg.eval.model}: the model has no trained MTP module"}
+    mtp.eval()
     settings = cfg.eval.mtp
     num_draft = settings.num_draft_tokens or mtp_depth(model)
     prompts = _prompts(texts, tokenizer, settings.num_prompts, settings.prompt_len, device)

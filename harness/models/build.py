@@ -59,8 +59,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
 
 
 def build_hf_config(cfg: ModelConfig) -> PretrainedConfig:
-    """The transformers config of `cfg.family`, with `mtp_num_layers` stored as an extra attribute
-    so it round-trips through config.json (transformers itself has no MTP module)."""
+    """The transformers config of `cfg.family`, with `cfg.mtp_num_layers` stored as the extra attribute
+    `mtp_num_hidden_layers` (the released Qwen3-Next key) so it round-trips through config.json."""
     validate_model_config(cfg)
     return model_families.get(cfg.family).hf_config(cfg)
 

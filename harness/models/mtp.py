@@ -8,27 +8,26 @@ h^0 is the backbone's final hidden state (the input of its LM head). Position i 
 sees t_0..t_{i+k}. Emb and OutHead are the backbone's, passed in at forward: the module owns no copy
 and saves none. TRM_k is a full-attention decoder layer of the backbone's own family (Qwen3-Next:
 gated attention + MoE with shared expert, like the released Qwen3-Next MTP layer).
-Weights live in `mtp.safetensors` beside the HF weights, every name prefixed `mtp.`.
+D comes from config.json: `mtp_num_hidden_layers` (the released Qwen3-Next key, which the harness writes), or
+`mtp_num_layers` (the harness's own key before, still read). Weights on disk: harness.models.mtp_io.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 
 from harness.compression.width import hidden_dims
-from harness.errors import UserError
 from harness.models.view import view
 
-MTP_FILE = "mtp.safetensors"
 PREFIX = "mtp."
+DEPTH_KEY = "mtp_num_hidden_layers"  # released Qwen3-Next config key
+LEGACY_DEPTH_KEY = "mtp_num_layers"  # the harness's own key in older checkpoints
 # Width dims of each depth's own parameters; eh_proj [d, 2d] has the width in both dims (2 blocks in dim 1).
 OWN_HIDDEN_DIMS: dict[str, tuple[int, ...]] = {
     "hnorm.weight": (0,),
@@ -75,13 +74,13 @@ class MTPLayer(nn.Module):
 
 
 class MTPModule(nn.Module):
-    """D prediction depths (D = config.mtp_num_layers) on top of a backbone's final hidden states."""
+    """D prediction depths (D = `config_mtp_depth(config)`) on top of a backbone's final hidden states."""
 
     def __init__(self, config: PretrainedConfig, layer_class: type[nn.Module], norm_class: type[nn.Module]) -> None:
         super().__init__()
         self.config = block_config(config)
         self.layers = nn.ModuleList(
-            MTPLayer(self.config, layer_class, norm_class) for _ in range(config.mtp_num_layers)
+            MTPLayer(self.config, layer_class, norm_class) for _ in range(config_mtp_depth(config))
         )
 
     def forward(
@@ -122,59 +121,34 @@ def run_mtp(
     return mtp(hidden, input_ids, model_view.embed_tokens, model_view.lm_head, model.model.rotary_emb)
 
 
-def _construct(model: PreTrainedModel, device: torch.device | str) -> MTPModule:
+def construct_mtp(model: PreTrainedModel, device: torch.device | str) -> MTPModule:
+    """An uninitialized MTP module for `model` built on `device` ("meta" allocates nothing)."""
     model_view = view(model)
     layer_class, norm_class = type(model_view.layers[0].module), type(model_view.final_norm)
     with torch.device(device):
         return MTPModule(model.config, layer_class, norm_class)
 
 
+def config_mtp_depth(config: PretrainedConfig) -> int:
+    """D from a config: `mtp_num_hidden_layers`, else the older `mtp_num_layers`; 0 when it has neither."""
+    depth = getattr(config, DEPTH_KEY, None)
+    return getattr(config, LEGACY_DEPTH_KEY, 0) if depth is None else depth
+
+
 def mtp_depth(model: PreTrainedModel) -> int:
     """D from the model config; 0 for checkpoints that never had an MTP module."""
-    return getattr(model.config, "mtp_num_layers", 0)
+    return config_mtp_depth(model.config)
 
 
 def build_mtp(model: PreTrainedModel) -> MTPModule | None:
     """A freshly initialized MTP module for `model` (the family's own init), on its device and dtype;
-    None when config.mtp_num_layers is 0. Draws from the global torch RNG."""
+    None when the config has no MTP depth. Draws from the global torch RNG."""
     if mtp_depth(model) == 0:
         return None
     embed_weight = model.get_input_embeddings().weight
-    mtp = _construct(model, embed_weight.device)
+    mtp = construct_mtp(model, embed_weight.device)
     mtp.apply(model._init_weights)
     return mtp.to(embed_weight.dtype)
-
-
-def save_mtp(mtp: MTPModule, directory: str | Path) -> Path:
-    """Write `directory/mtp.safetensors` (names prefixed `mtp.`); use as io.save_pretrained's `extras`."""
-    path = Path(directory) / MTP_FILE
-    tensors = {PREFIX + name: tensor.detach().cpu().contiguous() for name, tensor in mtp.state_dict().items()}
-    save_file(tensors, path, metadata={"format": "pt"})
-    return path
-
-
-def load_mtp(model: PreTrainedModel, directory: str | Path) -> MTPModule | None:
-    """The MTP module saved beside `model`'s weights in `directory`; None when config.mtp_num_layers is 0."""
-    depth = mtp_depth(model)
-    if depth == 0:
-        return None
-    path = Path(directory) / MTP_FILE
-    if not path.is_file():
-        raise UserError(f"checkpoint {path}: missing, but config.json has mtp_num_layers={depth}")
-    try:
-        saved = load_file(path)
-    except Exception as error:  # safetensors raises its own error type for every corruption
-        raise UserError(f"checkpoint {path}: unreadable MTP weights ({error})") from error
-    # Cloned: tensors of a loaded file sit at unaligned offsets, where CPU matmuls round differently (~1e-8),
-    # and the reloaded logits should equal the saved module's bit for bit.
-    state = {name.removeprefix(PREFIX): tensor.clone() for name, tensor in saved.items() if name.startswith(PREFIX)}
-    mtp = _construct(model, "meta")
-    try:
-        mtp.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:300]
-        raise UserError(f"checkpoint {path}: MTP weights do not fit config.json ({detail})") from error
-    return mtp.to(model.get_input_embeddings().weight.device)
 
 
 def mtp_hidden_params(mtp: MTPModule) -> list[tuple[str, torch.Tensor, int]]:

@@ -16,7 +16,8 @@ from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.io import read_model_config, save_pretrained, tokenizer_vocab
-from harness.models.mtp import MTPModule, save_mtp
+from harness.models.mtp import MTPModule, config_mtp_depth
+from harness.models.mtp_io import save_mtp
 from harness.outputs import check_output_dir, weights_bytes
 from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
 from harness.training.distill_module import DistillModule, load_student
@@ -93,9 +94,9 @@ def validate_pair(student_dir: str, teacher_dir: str) -> PretrainedConfig:
 
 
 def _check_student_mtp(cfg: SlimConfig, student: PretrainedConfig) -> None:
-    if loss_mixes.get(cfg.distill.loss).needs_mtp and not getattr(student, "mtp_num_layers", 0):
+    if loss_mixes.get(cfg.distill.loss).needs_mtp and not config_mtp_depth(student):
         raise UserError(f"distill.loss: {cfg.distill.loss!r} has MTP terms but the student {cfg.distill.student} has "
-                        "mtp_num_layers=0; pick a mix without mtp terms (lm, kd, kd+lm)")
+                        "no MTP depth (mtp_num_hidden_layers=0); pick a mix without mtp terms (lm, kd, kd+lm)")
 
 
 def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:

@@ -20,7 +20,8 @@ from transformers import PreTrainedModel
 
 from harness.config.schema import DistillConfig, TrainConfig
 from harness.models.io import load_pretrained
-from harness.models.mtp import MTP_FILE, MTPModule, build_mtp, load_mtp, mtp_depth
+from harness.models.mtp import MTPModule, build_mtp, mtp_depth
+from harness.models.mtp_io import find_mtp, has_mtp_weights, load_mtp
 from harness.training.distill_terms import (
     KD_TERMS,
     backbone_hidden,
@@ -58,9 +59,9 @@ class FrozenTeacher:
 
 
 def load_teacher(path: str | Path) -> FrozenTeacher:
-    """The teacher in eval mode without gradients, with its MTP module when `mtp.safetensors` exists."""
+    """The teacher in eval mode without gradients, with its MTP module when the directory holds MTP weights."""
     model, _ = load_pretrained(path)
-    mtp = load_mtp(model, path) if (Path(path) / MTP_FILE).is_file() else None
+    mtp = find_mtp(model, path)
     for module in (model, mtp):
         if module is not None:
             module.eval().requires_grad_(False)
@@ -72,8 +73,8 @@ def load_student(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
     no weights were saved."""
     model, _ = load_pretrained(path)
     model.train()
-    if mtp_depth(model) and not (Path(path) / MTP_FILE).is_file():
-        rank_zero_info(f"{path}: no {MTP_FILE}; the student's {mtp_depth(model)}-depth MTP module starts "
+    if mtp_depth(model) and not has_mtp_weights(path):
+        rank_zero_info(f"{path}: no MTP weights; the student's {mtp_depth(model)}-depth MTP module starts "
                        "from a fresh init")
         return model, build_mtp(model)
     return model, load_mtp(model, path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.models.expert_flops import expert_flops_saved
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
-from harness.models.mtp import MTP_FILE
+from harness.models.mtp_io import find_mtp, save_mtp
 from harness.outputs import check_output_dir, check_work_dir, weights_bytes
 from harness.training.distill import distill, validate_distill_config
 from harness.training.run import check_run_dir
@@ -81,9 +80,9 @@ def validate_zeda(cfg: SlimConfig) -> None:
 def write_injected(cfg: ZedaConfig, out_dir: Path) -> Path:
     """The original model with zero experts injected, its tokenizer and MTP weights, as an HF directory."""
     model, tokenizer = load_pretrained(cfg.teacher)
+    mtp = find_mtp(model, cfg.teacher)
     inject_zero_experts(model, cfg)
-    mtp_file = Path(cfg.teacher) / MTP_FILE
-    extras = (lambda directory: shutil.copyfile(mtp_file, directory / MTP_FILE)) if mtp_file.is_file() else None
+    extras = (lambda directory: save_mtp(mtp, directory)) if mtp is not None else None
     return save_pretrained(model, out_dir, tokenizer=tokenizer, extras=extras)
 
 

@@ -81,7 +81,8 @@ BACKBONE_HIDDEN_DIMS: dict[str, int] = {
 
 
 def common_hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    """Config kwargs every supported family reads under the same name; `mtp_num_layers` rides along."""
+    """Config kwargs every supported family reads under the same name; the MTP depth rides along under the
+    released Qwen3-Next key `mtp_num_hidden_layers` (transformers has no MTP module and ignores it)."""
     return {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -101,5 +102,5 @@ def common_hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "bos_token_id": None,
         "eos_token_id": None,
-        "mtp_num_layers": cfg.mtp_num_layers,
+        "mtp_num_hidden_layers": cfg.mtp_num_layers,
     }
