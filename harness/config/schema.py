@@ -76,7 +76,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     val_every: int = 100
     val_batches: int = 16
+    # "32-true" or "bf16-mixed" (under fsdp: FSDP2 MixedPrecisionPolicy, bf16 compute, fp32 master weights/reduce).
     precision: str = "32-true"
+    # Sequences per process per forward/backward; the process's slice of `batch_size` is accumulated over
+    # slice / micro_batch_size micro-batches before each optimizer step. 0: the whole slice at once.
+    micro_batch_size: int = 0
+    activation_checkpointing: bool = False  # recompute each decoder layer (student and MTP) in backward
+    compile: bool = False  # torch.compile each decoder block
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1

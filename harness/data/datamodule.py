@@ -45,8 +45,9 @@ class CorpusDataModule(pl.LightningDataModule):
         return self._require_data().tokenizer
 
     def train_dataloader(self) -> DataLoader:
-        """The seeded batch stream from the trainer's current (possibly restored) global step to max_steps;
-        one epoch from step 0 when no trainer with a step budget is attached."""
+        """The seeded batch stream from the trainer's current (possibly restored) global step to max_steps, as the
+        trainer's `accumulate_grad_batches` micro-batches per step; one epoch from step 0 when no trainer with a
+        step budget is attached."""
         train = self._require_data().train
         trainer = self.trainer
         if trainer is not None and trainer.max_steps > 0:
@@ -55,7 +56,8 @@ class CorpusDataModule(pl.LightningDataModule):
         else:
             steps_done, end = (lambda: 0), len(train) // self.batch_size
         rank, world_size = self._process()
-        sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end, rank, world_size)
+        sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end, rank, world_size,
+                                        self._micro_batches())
         return DataLoader(train, batch_sampler=sampler, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
@@ -66,18 +68,24 @@ class CorpusDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, dataset: PackedDataset) -> DataLoader:
         """In order; with several processes each takes every world_size-th sequence (DistributedSampler, the
-        last few repeated to equal lengths) in batches of batch_size / world_size, so that together they
-        cover what one process would, and metrics synced across them match a one-process run."""
+        last few repeated to equal lengths) in batches of batch_size / world_size (split like training's under
+        accumulation, so evaluation needs no more memory), so that together they cover what one process would,
+        and metrics synced across them match a one-process run."""
         rank, world_size = self._process()
+        batch_size = self.batch_size // world_size // self._micro_batches()
         if world_size == 1:
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+            return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.batch_size // world_size, sampler=sampler, num_workers=0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0)
 
     def _process(self) -> tuple[int, int]:
         """(rank, world size) of this process in the attached trainer; (0, 1) without one."""
         trainer = self.trainer
         return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
+    def _micro_batches(self) -> int:
+        """Micro-batches per step of the attached trainer (gradient accumulation); 1 without one."""
+        return 1 if self.trainer is None else self.trainer.accumulate_grad_batches
 
     def _require_data(self) -> CorpusData:
         assert self.data is not None, "CorpusDataModule.setup() must run first"

@@ -22,6 +22,7 @@ from harness.config.schema import DistillConfig, TrainConfig
 from harness.models.io import load_pretrained
 from harness.models.mtp import MTPModule, build_mtp, mtp_depth
 from harness.models.mtp_io import find_mtp, has_mtp_weights, load_mtp
+from harness.training.accumulation import StepMean
 from harness.training.distill_terms import (
     KD_TERMS,
     backbone_hidden,
@@ -31,6 +32,7 @@ from harness.training.distill_terms import (
     kd_term,
 )
 from harness.training.fsdp import shard_with_mtp
+from harness.training.layer_switches import prepare_layers
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.loss_terms import lm_loss
 from harness.training.optim import configure_adamw
@@ -115,6 +117,7 @@ class DistillModule(pl.LightningModule):
         self.val_kd = MeanMetric(nan_strategy="disable")
         self._batch_started = 0.0
         self.loss_terms: dict[str, torch.Tensor] = {}
+        self.step_mean = StepMean()  # logged losses: means over each step's micro-batches
 
     def configure_model(self) -> None:
         if self.student is not None:
@@ -130,6 +133,8 @@ class DistillModule(pl.LightningModule):
         if self.distill_cfg.router_kd_weight > 0:
             lineage = student_lineage(self.distill_cfg.student, self.distill_cfg.teacher)
             self.router_map = build_router_map(lineage, self.student, self.teacher.model)
+        prepare_layers(self.student, self.student_mtp, self.train_cfg)
+        prepare_layers(self.teacher.model, self.teacher.mtp, self.train_cfg, frozen=True)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
             shard_with_mtp(self.student, self.student_mtp, self.device_mesh)
             shard_with_mtp(self.teacher.model, self.teacher.mtp, self.device_mesh)
@@ -179,8 +184,8 @@ class DistillModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         step = self.step_loss(batch)
         self.loss_terms = step.terms  # named by NonFiniteGuard when the total is not finite
-        self.log_dict({"train/loss": step.total, **{f"train/{name}": value for name, value in step.terms.items()}},
-                      prog_bar=True)
+        losses = {"train/loss": step.total, **{f"train/{name}": value for name, value in step.terms.items()}}
+        self.log_dict(self.step_mean(self.global_step, losses), prog_bar=True)
         self.log_dict({"train/lambda": step.lam, "train/beta": step.beta,
                        "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
         return step.total

@@ -9,7 +9,9 @@ from torchmetrics import MeanMetric
 
 from harness.config.schema import ModelConfig, TrainConfig
 from harness.models.build import build_model
+from harness.training.accumulation import StepMean
 from harness.training.fsdp import shard_causal_lm
+from harness.training.layer_switches import prepare_layers
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.optim import configure_adamw
 
@@ -28,10 +30,12 @@ class PretrainModule(pl.LightningModule):
         self.train_cfg = train_cfg
         self.model: torch.nn.Module | None = None
         self.val_loss = MeanMetric(nan_strategy="disable")  # a NaN batch makes val/loss NaN, never dropped
+        self.step_mean = StepMean()  # logged losses: means over each step's micro-batches
 
     def configure_model(self) -> None:
         if self.model is None:
             self.model = build_model(self.model_cfg, seed=self.train_cfg.seed)
+            prepare_layers(self.model, None, self.train_cfg)
             if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
                 shard_causal_lm(self.model, self.device_mesh)
 
@@ -43,7 +47,8 @@ class PretrainModule(pl.LightningModule):
         lm = next_token_loss(out.logits, batch["labels"])
         balance = global_batch_balance_loss(out.router_logits, self.model_cfg.num_experts_per_tok)
         loss = lm + self.model_cfg.router_aux_loss_coef * balance
-        self.log_dict({"train/loss": loss, "train/lm": lm, "train/balance": balance}, prog_bar=True)
+        losses = {"train/loss": loss, "train/lm": lm, "train/balance": balance}
+        self.log_dict(self.step_mean(self.global_step, losses), prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 

@@ -20,7 +20,7 @@ from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
 from harness.errors import UserError
 from harness.outputs import check_work_dir
-from harness.training.trainer import STRATEGIES, build_trainer, resume_path
+from harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
 
 
 def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> None:
@@ -35,10 +35,16 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
         raise UserError(f"train.strategy: unknown {cfg.strategy!r}; valid: {', '.join(STRATEGIES)}")
     if cfg.log_every < 1:
         raise UserError(f"train.log_every: must be >= 1, got {cfg.log_every}")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"train.precision: unknown {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     processes = cfg.devices * cfg.num_nodes
     if cfg.batch_size % processes:
         raise UserError(f"train.batch_size ({cfg.batch_size}) must be divisible by the number of processes "
                         f"(train.devices x train.num_nodes = {processes}): each takes an equal slice of the batch")
+    per_process = cfg.batch_size // processes
+    if cfg.micro_batch_size < 0 or (cfg.micro_batch_size and per_process % cfg.micro_batch_size):
+        raise UserError(f"train.micro_batch_size ({cfg.micro_batch_size}) must be 0 or divide each process's slice "
+                        f"of the batch (train.batch_size / processes = {per_process})")
 
 
 def _comparable(yaml_text: str) -> dict:

@@ -12,9 +12,11 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from harness.config.schema import TrainConfig
+from harness.training.accumulation import StepMean, micro_batches_per_step
 from harness.training.nonfinite_guard import LAST_CHECKPOINT, GoodCheckpoint, NonFiniteGuard
 
 STRATEGIES = ("auto", "fsdp")
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -32,14 +34,19 @@ def resume_path(run_dir: str | Path, cfg: TrainConfig) -> str | None:
 
 
 class GlobalBatchLoss(Callback):
-    """Logs `train/global_loss`: each step's loss averaged over all processes, i.e. over the global batch
-    (`train/loss` is rank 0's own slice), so curves of runs on different process counts compare."""
+    """Logs `train/global_loss`: each step's loss averaged over all processes and micro-batches, i.e. over the
+    global batch (`train/loss` is rank 0's own slice), so curves of runs on different process counts compare."""
+
+    def __init__(self) -> None:
+        self.step_mean = StepMean()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object,
                            batch: object, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            pl_module.log("train/global_loss", loss.detach(), sync_dist=True)
+        if isinstance(loss, torch.Tensor):  # Lightning divided it by the micro-batches per step
+            accumulation = trainer.accumulate_grad_batches
+            mean = self.step_mean(batch_idx // accumulation, {"loss": loss * accumulation})["loss"]
+            pl_module.log("train/global_loss", mean, sync_dist=True)
 
 
 def build_strategy(cfg: TrainConfig) -> str | Strategy:
@@ -54,8 +61,10 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logge
                   callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     """Step-based trainer: validation and checkpointing every `val_every` steps and at the end, atomic checkpoints
     of finite states only, a stop on non-finite losses or gradients; `loggers` (e.g. W&B) log beside the CSV
-    metrics, `callbacks` (e.g. search pruning) run after the built-in ones."""
+    metrics, `callbacks` (e.g. search pruning) run after the built-in ones. Lightning counts validation
+    intervals and batches in micro-batches, hence the scaling under gradient accumulation."""
     checkpoint = GoodCheckpoint(checkpoint_dir(run_dir))
+    micro_batches = micro_batches_per_step(cfg)
     return pl.Trainer(
         default_root_dir=str(run_dir),
         max_steps=cfg.max_steps,
@@ -66,9 +75,10 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logge
         use_distributed_sampler=False,  # the data module slices each global batch by rank itself
         precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip,
-        val_check_interval=cfg.val_every,
+        accumulate_grad_batches=micro_batches,
+        val_check_interval=cfg.val_every * micro_batches,
         check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches,
+        limit_val_batches=cfg.val_batches * micro_batches,  # the data module splits validation batches alike
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
         logger=[CSVLogger(str(run_dir), name="metrics"), *loggers],  # CSV version_N per (re)start: never overwritten
