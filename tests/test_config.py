@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from harness.config.load import CONF_DIR, load_config, preset_names
 from harness.config.schema import ModelConfig, SlimConfig
 from harness.errors import UserError
+from harness.training.distill import validate_distill_config
 
 
 def test_overrides_are_typed_and_applied():
@@ -85,3 +86,33 @@ def test_model_preset_only_overrides_schema_fields():
     for name in preset_names("model"):
         keys = set(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml").keys())
         assert keys <= valid, keys - valid
+
+
+def test_recipe_derives_from_its_base(tmp_path: Path):
+    """`base:` applies the named file (relative to the recipe) first, then the recipe's own keys; a cycle is refused."""
+    (tmp_path / "parent.yaml").write_text("train:\n  lr: 0.5\n  max_steps: 9\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\ntrain:\n  max_steps: 3\n")
+    cfg = load_config(files=[str(tmp_path / "sub" / "child.yaml")])
+    assert (cfg.train.lr, cfg.train.max_steps) == (0.5, 3)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="a cycle"):
+        load_config(files=[str(tmp_path / "a.yaml")])
+
+
+@pytest.mark.parametrize(("variant", "batch", "tokens"), [("120b", 512, 120e9), ("400b", 1024, 400e9)])
+def test_paper_recipe_budgets(variant: str, batch: int, tokens: float):
+    """The 23A2B budget variants carry sec 4.1 / Table 7 on top of the base recipe, validate as a distillation
+    config, and train on their token budget to within one step."""
+    cfg = load_config(files=[str(CONF_DIR / "recipes" / f"qwen3-next-23a2b-{variant}.yaml")])
+    train, distill = cfg.train, cfg.distill
+    assert (train.batch_size, train.lr, train.warmup_steps) == (batch, 4e-4, 2000)
+    assert train.lr * train.min_lr_ratio == pytest.approx(3e-5)
+    assert (train.precision, train.strategy, train.activation_checkpointing) == ("bf16-mixed", "fsdp", True)
+    assert (distill.loss, distill.lambda_schedule, distill.lambda_start, distill.lambda_end) == ("full", "linear", 1, 0.75)
+    assert (distill.beta_schedule, distill.beta_start, distill.beta_end) == ("cosine", 0.3, 0.1)
+    assert cfg.compress.experts.num_experts == 256  # the base recipe's cut
+    step_tokens = train.batch_size * cfg.data.seq_len
+    assert 0 <= train.max_steps * step_tokens - tokens < step_tokens
+    validate_distill_config(cfg)

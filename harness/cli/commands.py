@@ -96,6 +96,16 @@ def params(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    """Per-GPU memory of distilling the `compress` recipe's student from `model` on plan.nodes x plan.gpus GPUs of
+    plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), and whether it fits."""
+    from harness.planning import format_plan, plan_run
+
+    cfg = _config(args)
+    print(format_plan(plan_run(cfg), cfg.plan))
+    return 0
+
+
 def show_config(args: argparse.Namespace) -> int:
     """Print the fully resolved config (defaults, presets, files and overrides applied)."""
     print(to_yaml(_config(args)), end="")

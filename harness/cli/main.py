@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cache-teacher": commands.cache_teacher,
     "eval": commands.evaluate,
     "params": commands.params,
+    "plan": commands.plan,
     "config": commands.show_config,
     "methods": commands.methods,
     "grid": commands.grid,

@@ -1,5 +1,7 @@
 """Load a typed config: schema defaults <- conf/ presets <- YAML files <- `key=value` overrides.
 
+A YAML file may derive from another one: its top-level `base: <path relative to the file>` is applied first, then
+the file's own keys (torchtitan-style named recipes that change a few fields of a parent recipe).
 Every error is a one-line UserError naming the bad key and the valid keys (or expected type),
 raised before any work starts.
 """
@@ -18,6 +20,7 @@ from harness.config.schema import SlimConfig
 from harness.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+BASE_KEY = "base"  # a YAML file's parent recipe
 T = TypeVar("T")
 
 
@@ -65,6 +68,18 @@ def _read_yaml(path: Path, what: str) -> DictConfig:
         raise UserError(f"{what}: cannot parse {path}: {str(err).splitlines()[0]}") from None
 
 
+def _read_recipe(path: Path, derived: tuple[Path, ...] = ()) -> DictConfig:
+    """A config file with its `base:` chain applied under it (the base named relative to the file)."""
+    cfg = _read_yaml(path, "config file")
+    base = cfg.pop(BASE_KEY, None) if isinstance(cfg, DictConfig) else None
+    if base is None:
+        return cfg
+    parent = (path.parent / str(base)).resolve()
+    if parent in (*derived, path.resolve()):
+        raise UserError(f"config file {path}: base {base!r} derives from this file again (a cycle)")
+    return OmegaConf.merge(_read_recipe(parent, (*derived, path.resolve())), cfg)
+
+
 def _preset(group: str, name: str) -> DictConfig:
     valid = preset_names(group)
     if name not in valid:
@@ -85,7 +100,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | 
     defaults = schema()
     cfg = OmegaConf.structured(schema)
     for file in files:
-        cfg = _merge(cfg, _read_yaml(Path(file), "config file"), defaults, file)
+        cfg = _merge(cfg, _read_recipe(Path(file)), defaults, file)
     for item in overrides:
         key, value = _parse_override(item)
         if (CONF_DIR / key).is_dir() and "." not in key:

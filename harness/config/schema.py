@@ -250,6 +250,17 @@ class ZedaConfig:
 
 
 @dataclass
+class PlanConfig:
+    """`slim plan` (harness/planning.py): the cluster whose per-GPU memory a distillation run is estimated for."""
+
+    gpus: int = 8  # GPUs per node
+    nodes: int = 1
+    gpu_memory_gib: float = 80.0  # memory of one GPU
+    # Kept free on every GPU for the CUDA context, NCCL buffers and allocator fragmentation: a harness choice.
+    reserve_gib: float = 4.0
+
+
+@dataclass
 class SlimConfig:
     """Root config: every `slim` subcommand reads the sections it needs."""
 
@@ -263,3 +274,4 @@ class SlimConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     zeda: ZedaConfig = field(default_factory=ZedaConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)

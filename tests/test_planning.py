@@ -1,0 +1,119 @@
+"""`slim plan`: per-GPU bytes of a distillation run by hand-checked arithmetic, and the paper's run on 8 x 80 GiB."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.cli.main import main
+from harness.compression.shapes import student_shape
+from harness.config.load import load_config
+from harness.config.schema import ModelConfig
+from harness.errors import UserError
+from harness.models.params import ParamCount
+from harness.planning import GIB, ModelShape, model_shape, plan_memory, plan_run
+
+# d = 64: one Gated DeltaNet layer, one gated full-attention layer, 8 experts top-2 (I = 32), shared expert 64, D = 1.
+TINY = ModelConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, full_attention_interval=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
+                   linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, num_experts=8,
+                   num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                   mtp_num_layers=1)
+
+
+def test_tiny_model_shape_by_hand():
+    """Per-token activation elements, root and largest unit of the tiny model, counted by hand."""
+    shape = model_shape(TINY)
+    d = 64
+    shared = 3 * (d + 64) + (d + 1)  # shared gate/up/down (64 -> 64) and its gate (64 -> 1): inputs + outputs
+    moe = shared + 2 * (d + 2 * 32 + 32 + d) + (d + 8)  # + top-2 routed copies + router (64 -> 8)
+    linear = (d + 2 * 32 + 2 * 64) + (d + 2 * 4) + (64 + d)  # in_proj_qkvz, in_proj_ba, out_proj
+    full = (d + 2 * 4 * 16) + 2 * (d + 2 * 16) + (64 + d)  # q_proj (query + gate), k_proj, v_proj, o_proj
+    assert shape.layer_elements == [2 * d + linear + moe, 2 * d + full + moe, 2 * d + full + moe + 4 * d]
+    mtp_root = 3 * d + d * 2 * d  # hnorm, enorm, norm, eh_proj [d, 2d]
+    assert shape.root_params == 2 * 256 * d + d + mtp_root  # embedding, LM head, final norm
+    experts = 8 * 64 * d + 8 * d * 32 + 8 * d  # gate_up, down, router
+    moe_params = experts + 3 * 64 * d + d  # + shared expert and its gate
+    linear_params = d * 192 + d * 8 + 64 * d + 128 * 4 + 4 + 4 + 16  # projections, conv1d, dt_bias, A_log, norm
+    full_params = d * 128 + 2 * d * 32 + 64 * d + 16 + 16  # projections, q/k norms
+    assert shape.largest_unit == max(linear_params, full_params) + moe_params + 2 * d
+    assert shape.mtp_params == full_params + moe_params + 2 * d + mtp_root
+
+
+def _shape(total: int, root: int, unit: int, elements: list[int]) -> ModelShape:
+    counts = ParamCount(total=total, active=total, embedding=0, lm_head=0, experts=0, shared_experts=0, routers=0)
+    return ModelShape(counts, mtp_params=0, root_params=root, largest_unit=unit, layer_elements=elements,
+                      hidden_size=16, vocab_size=100)
+
+
+def test_bytes_per_gpu_by_hand():
+    """Each part is the docstring's formula on small round numbers: 4 GPUs, bf16-mixed, micro-batch 2 x 8 tokens."""
+    cfg = load_config(["plan.gpus=2", "plan.nodes=2", "plan.gpu_memory_gib=1", "plan.reserve_gib=0.5",
+                       "train.batch_size=16", "train.micro_batch_size=2", "train.precision=bf16-mixed",
+                       "train.strategy=fsdp", "train.activation_checkpointing=true", "data.seq_len=8",
+                       "distill.loss=full", "model.mtp_num_layers=1"])
+    student = _shape(total=4000, root=100, unit=300, elements=[50, 70, 60])
+    teacher = _shape(total=8000, root=200, unit=500, elements=[90])
+    plan = plan_memory(cfg, teacher, student)
+    tokens = 2 * 8
+    assert (plan.world_size, plan.micro_batch, plan.accumulation) == (4, 2, 2)  # 16 / 4 GPUs = 4 = 2 x 2
+    assert plan.parts == {
+        "student parameters": 4 * 4000 // 4,
+        "student gradients": 4 * 4000 // 4,
+        "optimizer states": 8 * 4000 // 4,
+        "frozen teacher": 2 * 8000 // 4,
+        "all-gathered": 2 * (100 + 200 + 2 * 500),
+        "activations": tokens * 2 * (16 * 3 + 70),
+        "LM-loss logits": tokens * 100 * (4 * 2 + 2 + 4),  # backbone + one MTP head
+    }
+    assert plan.activations_without_checkpointing == tokens * 2 * (50 + 70 + 60)
+    assert plan.total == sum(plan.parts.values()) and plan.usable == GIB // 2 and plan.fits
+    fp32 = plan_memory(load_config(["train.precision=32-true", "train.batch_size=1", "distill.loss=kd",
+                                    "plan.gpus=1", "data.seq_len=8"]), teacher, student)
+    assert fp32.parts["frozen teacher"] == 4 * 8000 and fp32.parts["LM-loss logits"] == 0
+    assert fp32.parts["activations"] == 8 * 4 * (50 + 70 + 60)  # no checkpointing by default
+
+
+def test_paper_run_on_one_node_of_eight_80gib_gpus(capsys):
+    """The 80B teacher + 23A2B student at the 120B-token recipe on 8 x 80 GiB: the parts sum to the total, the student
+    is the recipe's 23,176,328,256 parameters plus its MTP, and one node does not fit while two do."""
+    argv = ["plan", "model=qwen3-next-80b-a3b", "conf/recipes/qwen3-next-23a2b-120b.yaml", "plan.gpus=8",
+            "plan.gpu_memory_gib=80"]
+    assert main([*argv, "plan.nodes=1"]) == 0
+    one_node = capsys.readouterr().out
+    cfg = load_config(["model=qwen3-next-80b-a3b", "plan.nodes=1"], files=["conf/recipes/qwen3-next-23a2b-120b.yaml"])
+    plan = plan_run(cfg)
+    assert list(plan.parts) == ["student parameters", "student gradients", "optimizer states", "frozen teacher",
+                                "all-gathered", "activations", "LM-loss logits"]
+    assert plan.total == sum(plan.parts.values()) and plan.usable == 76 * GIB
+    teacher = model_shape(cfg.model)
+    recipe = cfg.compress
+    student = model_shape(student_shape(cfg.model, recipe.depth.num_drop, recipe.width.hidden_size,
+                                        recipe.experts.num_experts, recipe.experts.top_k).model)
+    assert student.params.total == 23_176_328_256 and student.mtp_params > 0
+    assert plan.parts["frozen teacher"] == 2 * teacher.total // 8
+    assert plan.parts["student parameters"] == plan.parts["student gradients"] == 4 * student.total // 8
+    assert plan.parts["optimizer states"] == 8 * student.total // 8
+    assert plan.accumulation == 64 and plan.micro_batch == 1
+    assert not plan.fits and one_node.splitlines()[-1].startswith("does not fit")
+    assert main([*argv, "plan.nodes=2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "fits"
+
+
+def test_too_small_cluster_does_not_fit(capsys):
+    """The tiny preset on one GPU of 1 GiB with 0.9 GiB reserved does not fit; the verdict says by how much."""
+    assert main(["plan", "model=tiny", "plan.gpus=1", "plan.gpu_memory_gib=1", "plan.reserve_gib=0.999",
+                 "train.batch_size=8"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("does not fit: ")
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("plan.gpus=0", "plan.gpus"),
+    ("plan.gpu_memory_gib=0", "plan.gpu_memory_gib"),
+    ("plan.reserve_gib=80", "plan.reserve_gib"),
+    ("train.batch_size=12", "train.batch_size"),
+    ("train.precision=fp8", "train.precision"),
+])
+def test_bad_plan_fields_are_named(override: str, field: str):
+    """Each bad field fails with one line naming it, before any model is built."""
+    with pytest.raises(UserError, match=f"^{field}"):
+        plan_run(load_config(["plan.gpus=8", override]))
