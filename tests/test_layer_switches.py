@@ -17,6 +17,8 @@ from harness.models.build import build_model
 from harness.models.io import save_pretrained
 from harness.training.distill_module import DistillModule
 from harness.training.layer_switches import decoder_blocks
+from harness.training.lm_module import PretrainModule, next_token_loss
+from harness.training.load_balance import global_batch_balance_loss
 from tests.conftest import TINY_OVERRIDES
 
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, one MTP depth.
@@ -84,6 +86,25 @@ def test_activation_checkpointing_recomputes_every_layer_with_identical_gradient
     print(f"loss {plain_loss} vs {loss}; max |grad difference| over {len(grads)} tensors = {difference:.2e}")
     assert loss == plain_loss
     assert difference <= 1e-7
+
+
+def test_checkpointed_pretrain_model_has_identical_gradients(setup):
+    """The pretrain model with every layer checkpointed: the same loss (LM + balance over router logits
+    collected in forward) and the same gradients."""
+    cfg, batch = setup
+    results = []
+    for switch in (False, True):
+        module = PretrainModule(cfg.model, replace(cfg.train, activation_checkpointing=switch))
+        module.configure_model()
+        out = module(batch["input_ids"])
+        loss = next_token_loss(out.logits, batch["labels"]) + global_batch_balance_loss(
+            out.router_logits, cfg.model.num_experts_per_tok)
+        loss.backward()
+        results.append((loss.item(), {name: param.grad for name, param in module.named_parameters()}))
+    (plain_loss, plain_grads), (loss, grads) = results
+    print(f"loss {plain_loss} vs {loss}; max |grad difference| = {_max_difference(plain_grads, grads):.2e}")
+    assert loss == plain_loss
+    assert _max_difference(plain_grads, grads) <= 1e-7
 
 
 def test_switches_keep_module_names_and_state_dict_keys(setup):
