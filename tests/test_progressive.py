@@ -81,7 +81,8 @@ def test_a_later_stage_continues_the_batch_stream(tiny_config):
     def batches(offset: int, steps: int) -> list[list[int]]:
         data = CorpusDataModule(cfg.data, batch_size=4, seed=0, step_offset=offset)
         data.setup("fit")
-        data.trainer = SimpleNamespace(max_steps=steps, global_step=0, global_rank=0, world_size=1)
+        data.trainer = SimpleNamespace(max_steps=steps, global_step=0, global_rank=0, world_size=1,
+                                       accumulate_grad_batches=1)
         return [batch["input_ids"][:, 0].tolist() for batch in data.train_dataloader()]
 
     whole = batches(0, 5)
