@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from harness.config.load import load_config
-from harness.config.schema import SlimConfig
+from harness.config.schema import SlimConfig, TrainConfig
 from harness.data.datamodule import CorpusDataModule
+from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.io import save_pretrained
 from harness.training.distill_module import DistillModule
 from harness.training.layer_switches import decoder_blocks
 from harness.training.lm_module import PretrainModule, next_token_loss
 from harness.training.load_balance import global_batch_balance_loss
+from harness.training.run import validate_train_config
 from tests.conftest import TINY_OVERRIDES
 
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, one MTP depth.
@@ -131,3 +133,13 @@ def test_compiled_checkpointed_layers_give_the_eager_loss_and_gradients(setup):
     print(f"loss {plain_loss} vs {loss}; max |grad difference| = {difference:.2e}")
     assert loss == pytest.approx(plain_loss, rel=1e-5)
     assert difference < 1e-5
+
+
+def test_compile_without_a_compiler_is_refused_before_work(monkeypatch: pytest.MonkeyPatch):
+    """train.compile where inductor finds no C++ compiler fails in one line naming the field."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    with pytest.raises(UserError, match=r"^train.compile: torch.compile needs a C\+\+ compiler"):
+        validate_train_config(TrainConfig(warmup_steps=1, compile=True))
+    validate_train_config(TrainConfig(warmup_steps=1, compile=False))

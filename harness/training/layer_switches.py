@@ -40,6 +40,19 @@ def checkpoint_activations(blocks: list[nn.Module]) -> None:
         block._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
 
 
+def check_compiler() -> None:
+    """Refuse `train.compile` before any work when inductor finds no C++ compiler (it builds CPU kernels and
+    Triton's launchers with one); imported here, as loading inductor costs seconds."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as error:
+        raise UserError("train.compile: torch.compile needs a C++ compiler ($CXX or g++) and none was found; "
+                        "install one or set train.compile=false") from error
+
+
 def prepare_layers(model: PreTrainedModel, mtp: MTPModule | None, cfg: TrainConfig, frozen: bool = False) -> None:
     """Apply the switches `cfg` turns on to `model` and `mtp` in place; a `frozen` model (a teacher, run without
     gradients) is only compiled. Call before sharding."""

@@ -20,6 +20,7 @@ from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
 from harness.errors import UserError
 from harness.outputs import check_work_dir
+from harness.training.layer_switches import check_compiler
 from harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
 
 
@@ -45,6 +46,8 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
     if cfg.micro_batch_size < 0 or (cfg.micro_batch_size and per_process % cfg.micro_batch_size):
         raise UserError(f"train.micro_batch_size ({cfg.micro_batch_size}) must be 0 or divide each process's slice "
                         f"of the batch (train.batch_size / processes = {per_process})")
+    if cfg.compile:
+        check_compiler()
 
 
 def _comparable(yaml_text: str) -> dict:
