@@ -3,6 +3,11 @@
 A progressive plan (`compress.plan`) repeats compress -> distill per stage (harness.progressive). A rerun
 of a killed run skips finished stages, reuses a stage's compressed student when its recipe is unchanged
 and resumes the interrupted distillation from its last checkpoint.
+
+Under torchrun or srun (one process per device, checked against train.devices x train.num_nodes) every rank runs
+this function: they join one process group first, calibrate their share of the batches together, wait while
+rank 0 alone compresses, re-initializes the scratch twin and writes summaries, and read the student from disk
+for distillation, which Lightning runs on that same group.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from harness.atomic import write_text_atomic
 from harness.compression.compress import REPORT_NAME, compress
 from harness.compression.recipe import validate_recipe
 from harness.compression.scratch import write_scratch_student
 from harness.config.schema import SlimConfig
+from harness.distributed import check_launch, init_distributed, on_rank_zero, uses_cuda
 from harness.errors import UserError
 from harness.models.io import read_model_config
 from harness.outputs import check_output_dir, weights_bytes
@@ -31,14 +38,19 @@ def _json(value: object) -> object:
     return json.loads(json.dumps(value))
 
 
-def _compressed(cfg: SlimConfig) -> dict:
-    """The stage's compression report: reused when its student directory was written by the same recipe."""
+def _reusable_report(cfg: SlimConfig) -> dict | None:
+    """The stage's compression report when its student directory was written by the same recipe (and resuming)."""
     report_file = Path(cfg.compress.output) / REPORT_NAME
     if cfg.train.resume and report_file.is_file():
         report = json.loads(report_file.read_text())
         if report["recipe"] == _json(asdict(cfg.compress)):
             return report
-    return compress(cfg)
+    return None
+
+
+def _compressed(cfg: SlimConfig) -> dict:
+    """The stage's compression report: reused (rank 0 decides for all) or from compressing now."""
+    return on_rank_zero(lambda: _reusable_report(cfg)) or compress(cfg)
 
 
 def _finished(stage: StagePlan) -> dict | None:
@@ -76,8 +88,9 @@ def _run_stage(cfg: SlimConfig, stage_cfg: SlimConfig, stage: StagePlan, callbac
     """Compress (or reuse) and distill one stage; a stage already distilled for its budget is skipped."""
     report = _compressed(stage_cfg)
     if cfg.distill.init == "scratch":
-        write_scratch_student(stage.recipe.output, stage_cfg.distill.student, cfg.train.seed)
-    summary = (_finished(stage) if cfg.train.resume else None) or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, callbacks))
+        on_rank_zero(lambda: write_scratch_student(stage.recipe.output, stage_cfg.distill.student, cfg.train.seed))
+    finished = on_rank_zero(lambda: _finished(stage)) if cfg.train.resume else None
+    summary = finished or asdict(distill(stage_cfg, stage.step_offset, cfg.train.max_steps, callbacks))
     return {"stage": stage.index, "shape": asdict(stage.shape), "steps": stage.steps, "step_offset": stage.step_offset,
             "params": report["params"], "distill": summary}
 
@@ -87,6 +100,7 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
     same way) ends in `distill.output`. Returns and writes `<run_dir>/run_summary.json`. `callbacks` join every
     stage's trainer (e.g. search pruning)."""
     validate_distill_config(cfg)
+    check_launch(cfg.train.devices, cfg.train.num_nodes)
     teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
     validate_recipe(cfg.compress, teacher)
     stages = plan_stages(cfg, teacher)
@@ -97,6 +111,7 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
     stage_cfgs = [_stage_config(cfg, stage) for stage in stages]
     for stage_cfg in stage_cfgs:
         _check_stage(stage_cfg, weights_bytes(cfg.compress.teacher))
+    init_distributed(cuda=uses_cuda(cfg.train.accelerator))
     records = [_run_stage(cfg, stage_cfg, stage, callbacks)
                for stage_cfg, stage in zip(stage_cfgs, stages, strict=True)]
     summary = {
@@ -106,6 +121,5 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
         "stages": records,
         "distill": records[-1]["distill"],
     }
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.run_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    on_rank_zero(lambda: write_text_atomic(Path(cfg.run_dir) / "run_summary.json", json.dumps(summary, indent=2)))
     return summary

@@ -42,6 +42,7 @@ from harness.models.build import build_model
 from harness.models.mtp import construct_mtp
 from harness.models.params import ParamCount, count_parameters
 from harness.models.view import MoEView, moe_view, view
+from harness.training.run import check_batch_split
 from methods.losses import loss_mixes
 
 GIB = 2**30
@@ -146,14 +147,7 @@ def validate_plan_config(cfg: SlimConfig) -> None:
                         f"got {plan.reserve_gib}")
     if train.precision not in COMPUTE_BYTES:
         raise UserError(f"train.precision: unknown {train.precision!r}; valid: {', '.join(COMPUTE_BYTES)}")
-    world = plan.gpus * plan.nodes
-    if train.batch_size % world:
-        raise UserError(f"train.batch_size ({train.batch_size}) must be divisible by plan.gpus x plan.nodes "
-                        f"({world}): each GPU takes an equal slice of the global batch")
-    per_gpu = train.batch_size // world
-    if train.micro_batch_size < 0 or (train.micro_batch_size and per_gpu % train.micro_batch_size):
-        raise UserError(f"train.micro_batch_size ({train.micro_batch_size}) must be 0 or divide each GPU's slice "
-                        f"of the batch (train.batch_size / (plan.gpus x plan.nodes) = {per_gpu})")
+    check_batch_split(train, plan.gpus * plan.nodes, "plan.gpus x plan.nodes")
     loss_mixes.validate(cfg.distill.loss, "distill.loss")
 
 

@@ -15,9 +15,11 @@ from harness.calibration.collect import calibrate, check_calibration_config
 from harness.calibration.fingerprint import calibration_data, tokenizer_sha256
 from harness.calibration.io import save_stats
 from harness.calibration.layerwise import calibrate_layerwise, placed_on
+from harness.calibration.reduce import all_reduce_stats, rank_share
 from harness.calibration.stats import CalibrationStats
 from harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
 from harness.data.packing import PackedDataset, build_corpus_data
+from harness.distributed import init_distributed, on_rank_zero
 from harness.errors import UserError
 from harness.models.io import has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
 from harness.outputs import check_output_file
@@ -55,29 +57,33 @@ def run_calibration(model: PreTrainedModel, data_cfg: DataConfig, calib_cfg: Cal
     model was loaded from) adds the check that the data tokenizer is the model's own.
 
     layerwise: one decoder block at a time on `calibration.device`; otherwise the whole model moves there.
+    Under a multi-process launch every rank calls this with the same model: each calibrates its share of the
+    batches and all get the statistics of all of them (harness.calibration.reduce).
     """
     check_calibration_config(calib_cfg)
     check_vocab_size(data_cfg, model.config, model_dir)
     corpus = build_corpus_data(data_cfg)
     if model_dir is not None:
         _check_tokenizer(corpus.tokenizer, data_cfg, model_dir)
-    batches = calibration_batches(corpus.calibration, calib_cfg)
+    batches, share_cfg = rank_share(calibration_batches(corpus.calibration, calib_cfg), calib_cfg)
     if calib_cfg.layerwise:
-        stats = calibrate_layerwise(model, batches, calib_cfg)
+        stats = calibrate_layerwise(model, batches, share_cfg)
     else:
         with placed_on(model, torch.device(calib_cfg.device)):
-            stats = calibrate(model, batches, calib_cfg)
-    return dataclasses.replace(stats, tokenizer_fingerprint=tokenizer_sha256(corpus.tokenizer),
+            stats = calibrate(model, batches, share_cfg)
+    return dataclasses.replace(all_reduce_stats(stats), tokenizer_fingerprint=tokenizer_sha256(corpus.tokenizer),
                                data_fingerprint=calibration_data(data_cfg, calib_cfg))
 
 
 def calibrate_teacher(cfg: SlimConfig) -> CalibrationStats:
-    """`slim calibrate`: calibrate compress.teacher and write calibration.output, every field checked first."""
+    """`slim calibrate`: calibrate compress.teacher and write calibration.output, every field checked first; under
+    torchrun or srun every rank calibrates its share and rank 0 writes."""
     teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
     check_calibration_config(cfg.calibration)
     check_vocab_size(cfg.data, teacher, cfg.compress.teacher)
     check_output_file(cfg.calibration.output, "calibration.output")
+    init_distributed(cuda=torch.device(cfg.calibration.device).type == "cuda")
     model, _ = load_pretrained(cfg.compress.teacher)
     stats = run_calibration(model, cfg.data, cfg.calibration, cfg.compress.teacher)
-    save_stats(stats, cfg.calibration.output)
+    on_rank_zero(lambda: save_stats(stats, cfg.calibration.output))
     return stats

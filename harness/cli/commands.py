@@ -23,6 +23,14 @@ def _config(args: argparse.Namespace) -> SlimConfig:
     return load_config(overrides, files=files)
 
 
+def _say(text: str) -> None:
+    """Print the result once: on rank 0 alone under torchrun or srun, whose ranks all run the command."""
+    from harness.distributed import rank
+
+    if rank() == 0:
+        print(text)
+
+
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain the teacher on the shipped corpus; writes <run_dir>/model as a Hugging Face directory."""
     from harness.training.pretrain import pretrain as run_pretrain
@@ -38,7 +46,7 @@ def calibrate(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     stats = calibrate_teacher(cfg)
-    print(f"wrote {cfg.calibration.output} (fingerprint {stats.fingerprint[:12]}, {len(stats.moe)} MoE layers)")
+    _say(f"wrote {cfg.calibration.output} (fingerprint {stats.fingerprint[:12]}, {len(stats.moe)} MoE layers)")
     return 0
 
 
@@ -49,8 +57,8 @@ def compress(args: argparse.Namespace) -> int:
 
     report = run_compress(_config(args))
     before, after = report["params"]["teacher"], report["params"]["student"]
-    print(f"teacher {format_count(before['total'])} total / {format_count(before['active'])} active -> "
-          f"student {format_count(after['total'])} total / {format_count(after['active'])} active")
+    _say(f"teacher {format_count(before['total'])} total / {format_count(before['active'])} active -> "
+         f"student {format_count(after['total'])} total / {format_count(after['active'])} active")
     return 0
 
 
@@ -79,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from harness.evaluation.evaluate import evaluate as run_evaluate
 
     summary = run_evaluate(_config(args))
-    print(json.dumps(summary, indent=2))
+    _say(json.dumps(summary, indent=2))
     return 0
 
 
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.pipeline import run_recipe
 
     summary = run_recipe(_config(args))
-    print(json.dumps(summary["distill"], indent=2))
+    _say(json.dumps(summary["distill"], indent=2))
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from harness.calibration.fingerprint import model_fingerprint
 from harness.calibration.io import check_fingerprint, check_stats_data, load_stats
@@ -28,6 +28,7 @@ from harness.compression.mtp import reduce_mtp_experts
 from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
 from harness.compression.width import sync_width_attributes
 from harness.config.schema import CompressConfig, SlimConfig
+from harness.distributed import init_distributed, on_rank_zero, rank
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
 from harness.models.mtp import mtp_hidden_params
 from harness.models.mtp_io import find_mtp, save_mtp
@@ -89,13 +90,6 @@ def _stored_stats(cfg: SlimConfig, teacher_cfg: PretrainedConfig) -> Calibration
     return stats
 
 
-def _stats_for(cfg: SlimConfig, stored: CalibrationStats | None, teacher) -> CalibrationStats:
-    if stored is None:
-        return run_calibration(teacher, cfg.data, cfg.calibration, cfg.compress.teacher)
-    check_fingerprint(stored, teacher, cfg.compress.stats)
-    return stored
-
-
 def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats, top_k) -> dict:
     return {
         "teacher": cfg.compress.teacher,
@@ -123,16 +117,31 @@ def source_lineage(recipe: CompressConfig, model_view: ModelView) -> Lineage:
 
 
 def compress(cfg: SlimConfig) -> dict:
-    """Compress `cfg.compress.teacher` by the recipe and write the student to `cfg.compress.output`."""
+    """Compress `cfg.compress.teacher` by the recipe and write the student to `cfg.compress.output`; returns the
+    compression report. Under torchrun or srun every rank calibrates its share of the batches (when compress.stats
+    is empty), then rank 0 alone cuts and writes the student while the others wait for its report."""
     recipe = cfg.compress
     teacher_cfg = read_model_config(recipe.teacher, "compress.teacher")
     validate_recipe(recipe, teacher_cfg)
     check_output_dir(recipe.output, "compress.output", weights_bytes(recipe.teacher))
     stored = _stored_stats(cfg, teacher_cfg)
-    model, tokenizer = load_pretrained(recipe.teacher)
+    init_distributed(cuda=torch.device(cfg.calibration.device).type == "cuda")
+    teacher = load_pretrained(recipe.teacher) if stored is None or rank() == 0 else None
+    stats = run_calibration(teacher[0], cfg.data, cfg.calibration, recipe.teacher) if stored is None else stored
+    if rank() != 0:
+        teacher = None  # only rank 0 cuts: the others drop their copy before waiting
+    return on_rank_zero(lambda: _cut(cfg, teacher_cfg, *teacher, stats, from_file=stored is not None))
+
+
+def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
+         tokenizer: PreTrainedTokenizerBase | None, stats: CalibrationStats, from_file: bool) -> dict:
+    """Select on `stats`, cut the loaded teacher `model` into the student and write it with its report; stats
+    read from compress.stats (`from_file`) are first checked against the teacher's fingerprint."""
+    recipe = cfg.compress
+    if from_file:
+        check_fingerprint(stats, model, recipe.stats)
     # A teacher pretrained without an MTP module has none to compress; the distiller then builds a fresh one.
     mtp = find_mtp(model, recipe.teacher)
-    stats = _stats_for(cfg, stored, model)
     before = count_parameters(model)
     model_view = view(model)
     layers, hidden = teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size

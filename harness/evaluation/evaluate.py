@@ -8,6 +8,7 @@ from dataclasses import asdict
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -17,6 +18,7 @@ from harness.atomic import write_text_atomic
 from harness.config.schema import EvalConfig, SlimConfig
 from harness.data.corpus import read_chapters, split_corpus
 from harness.data.packing import PackedDataset, pack_texts
+from harness.distributed import init_distributed, local_rank, on_rank_zero
 from harness.errors import UserError
 from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
 from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
@@ -27,6 +29,9 @@ from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, 
 from harness.models.mtp import mtp_depth
 from harness.models.mtp_io import find_mtp
 from harness.outputs import check_work_dir
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 SUMMARY_NAME = "eval_summary.json"
 POSITIVE_FIELDS = ("batch_size", "mtp.num_prompts", "mtp.prompt_len", "mtp.new_tokens", "efficiency.batch_size",
@@ -65,9 +70,10 @@ def validate_eval_config(cfg: EvalConfig) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is the first CUDA device when there is one, else the CPU."""
+    """"auto" is this process's own CUDA device (cuda:LOCAL_RANK under torchrun or srun) when there is one, else
+    the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"eval.device: {name!r} asked for, but no CUDA device is available")
     return torch.device(name)
@@ -140,7 +146,9 @@ def disable_cache_without_attention(model: PreTrainedModel) -> str | None:
 
 
 def evaluate(cfg: SlimConfig) -> dict:
-    """Evaluate eval.model; returns the summary and writes it to `<run_dir>/eval_summary.json`."""
+    """Evaluate eval.model; returns the summary and writes it to `<run_dir>/eval_summary.json`. Under torchrun or
+    srun every rank checks the config, then rank 0 alone evaluates (on its own device) while the others wait for
+    its summary: lm-eval, perplexity and the speed runs are not split across ranks."""
     validate_eval_config(cfg.eval)
     check_work_dir(cfg.run_dir, "run_dir")
     if cfg.eval.offline:
@@ -148,6 +156,12 @@ def evaluate(cfg: SlimConfig) -> dict:
     manager = task_manager() if cfg.eval.tasks else None
     if manager is not None:
         check_tasks(cfg.eval.tasks, manager)
+    init_distributed(cuda=False)  # the others only wait on rank 0: host-side, gloo
+    return on_rank_zero(lambda: _evaluate(cfg, manager))
+
+
+def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
+    """The evaluation itself, in this process."""
     device = resolve_device(cfg.eval.device)
     texts = validation_texts(cfg)
     model, tokenizer = load_pretrained(cfg.eval.model, device=str(device))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.distributed import rank
 from harness.grid.expand import Cell
 from harness.grid.kinds import CellKind, cell_kinds
 from harness.grid.store import ResultsStore
@@ -43,11 +44,6 @@ def code_version() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def _rank() -> int:
-    """Global rank inside a multi-task (multi-node) job; only rank 0 writes the store."""
-    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
-
-
 def _worker() -> str:
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     return f"{socket.gethostname()}:{os.getpid()}" + (f":job{job}" if job else "")
@@ -56,7 +52,7 @@ def _worker() -> str:
 def execute_cell(store_path: str, cell: Cell, kind: CellKind) -> str:
     """Run one cell and record it; returns its final status. `kind` travels with the call so jobs in other
     processes need no registry lookup (a kind registered outside harness/grid/cells works too)."""
-    if _rank() != 0:
+    if rank() != 0:  # a cell of a multi-task job: every task runs it, rank 0 alone records it
         kind.execute(cell.config)
         return "done"
     with ResultsStore(store_path) as store:

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
+from harness.atomic import write_text_atomic
 from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
 from harness.errors import UserError
@@ -38,14 +39,7 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
         raise UserError(f"train.log_every: must be >= 1, got {cfg.log_every}")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"train.precision: unknown {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
-    processes = cfg.devices * cfg.num_nodes
-    if cfg.batch_size % processes:
-        raise UserError(f"train.batch_size ({cfg.batch_size}) must be divisible by the number of processes "
-                        f"(train.devices x train.num_nodes = {processes}): each takes an equal slice of the batch")
-    per_process = cfg.batch_size // processes
-    if cfg.micro_batch_size < 0 or (cfg.micro_batch_size and per_process % cfg.micro_batch_size):
-        raise UserError(f"train.micro_batch_size ({cfg.micro_batch_size}) must be 0 or divide each process's slice "
-                        f"of the batch (train.batch_size / processes = {per_process})")
+    check_batch_split(cfg, cfg.devices * cfg.num_nodes, "train.devices x train.num_nodes")
     if cfg.compile:
         check_compiler()
 
@@ -75,7 +69,7 @@ def prepare_run(cfg: SlimConfig) -> Path:
     check_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))  # ranks of a launch all write it; readers see a whole one
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)

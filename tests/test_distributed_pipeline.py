@@ -1,0 +1,159 @@
+"""Rank-aware stages with 2 CPU processes (gloo), launched as srun's tasks or by torchrun, against one process:
+`slim calibrate` gives the same statistics, `slim run` under FSDP the same compressed and distilled student."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.calibration.io import DEPTH_COUNTS, DEPTH_SUMS, MOE_COUNTS, MOE_SUMS, load_stats
+from harness.calibration.run import calibrate_teacher
+from harness.calibration.stats import CalibrationStats
+from harness.config.load import load_config
+from harness.data.packing import build_corpus_data
+from harness.models.build import build_model
+from harness.models.io import load_pretrained, save_pretrained
+from harness.models.mtp import build_mtp
+from harness.models.mtp_io import save_mtp
+from harness.pipeline import run_recipe
+from tests.conftest import TINY_OVERRIDES
+from tests.test_distributed import LAUNCH_VARIABLES
+from tests.test_fsdp import LOGITS_TOL, RUN, TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+# 10 samples in batches of 4, 4, 2: rank 0 calibrates the first batch, rank 1 the other two, and the probe set
+# of expert_outputs (the first 200 tokens) spans both shares (128 + 72 tokens).
+CALIBRATION = ["calibration.num_samples=10", "calibration.batch_size=4", "calibration.probe_tokens=200"]
+# Every kind of statistic decides something: depth (block influence), width (eq 5), experts (reap importance,
+# expert-output similarity, importance-weighted merges).
+RECIPE = ["compress.depth.num_drop=1", "compress.depth.selector=block_influence", "compress.width.hidden_size=48",
+          "compress.experts.num_experts=4", "compress.experts.reducer=partial_preserve",
+          "compress.experts.criterion=reap", "compress.experts.similarity=expert_outputs"]
+# Floating sums of 2 ranks add in another order than one process's: relative to the largest |value| of a sum.
+SUM_TOL = 1e-12
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, list[str]]:
+    """(teacher dir, base overrides): a random-init 2-layer teacher with an MTP module and the corpus tokenizer."""
+    root = tmp_path_factory.mktemp("distributed")
+    base = [*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer_dir={tokenizer_dir}", *CALIBRATION]
+    cfg = load_config(base)
+    model = build_model(cfg.model, seed=0)
+    mtp = build_mtp(model)
+    teacher_dir = save_pretrained(model, root / "teacher", build_corpus_data(cfg.data).tokenizer,
+                                  extras=lambda directory: save_mtp(mtp, directory))
+    return teacher_dir, [*base, f"compress.teacher={teacher_dir}"]
+
+
+def _environment() -> dict[str, str]:
+    """This process's environment without any launcher's variables, one thread per process, no W&B."""
+    clean = {name: value for name, value in os.environ.items() if name not in LAUNCH_VARIABLES}
+    return {**clean, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def srun_slim(command: str, *args: str, tasks: int = 2) -> list[str]:
+    """`slim <command>` as `srun --ntasks-per-node <tasks>` starts it: one process per task, told its place by
+    SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. Returns each task's output."""
+    port = str(_free_port())
+    processes = []
+    for task in range(tasks):
+        env = {**_environment(), "SLURM_NTASKS": str(tasks), "SLURM_NTASKS_PER_NODE": str(tasks),
+               "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task), "SLURM_NODEID": "0",
+               "SLURM_JOB_NAME": "slim-test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        processes.append(subprocess.Popen([sys.executable, "-m", "harness.cli.main", command, *args], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [process.communicate(timeout=900)[0] for process in processes]
+    for task, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        assert process.returncode == 0, f"task {task}:\n{output[-3000:]}"
+    return outputs
+
+
+def torchrun_slim(command: str, *args: str, processes: int = 2) -> None:
+    """`torchrun --standalone --nproc_per_node <processes> -m harness.cli.main <command> ...`."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", "-m", "harness.cli.main", command, *args],
+                          cwd=REPO, env=_environment(), capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
+def _sums_and_counts(stats: CalibrationStats) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Every sum and count of `stats` by name."""
+    sums = {f"moe.{index}.{name}": getattr(layer, name) for index, layer in stats.moe.items() for name in MOE_SUMS}
+    counts = {f"moe.{index}.{name}": getattr(layer, name) for index, layer in stats.moe.items() for name in MOE_COUNTS}
+    sums.update({f"norm.{name}": value for name, value in stats.norm_abs_sum.items()})
+    counts.update({f"norm_tokens.{name}": value for name, value in stats.norm_tokens.items()})
+    sums.update({f"depth.{name}": getattr(stats.depth, name) for name in DEPTH_SUMS})
+    counts.update({f"depth.{name}": getattr(stats.depth, name) for name in DEPTH_COUNTS})
+    return sums, counts
+
+
+def test_two_process_calibration_equals_one_process(teacher, tmp_path):
+    """srun with 2 tasks: each calibrates its share, the sums are all-reduced and rank 0 alone writes stats equal to one
+    process's (floats within SUM_TOL of each sum's scale, token / sequence / probe counts exactly)."""
+    _, base = teacher
+    one = calibrate_teacher(load_config([*base, f"calibration.output={tmp_path / 'one.safetensors'}"]))
+    outputs = srun_slim("calibrate", *base, f"calibration.output={tmp_path / 'two.safetensors'}")
+    assert ["wrote" in output for output in outputs] == [True, False]  # two ranks, and rank 0 wrote the stats
+    two = load_stats(tmp_path / "two.safetensors")
+    (one_sums, one_counts), (two_sums, two_counts) = _sums_and_counts(one), _sums_and_counts(two)
+    assert two_counts == one_counts
+    assert {one_counts[f"moe.{index}.probe_tokens"] for index in one.moe} == {200}
+    assert one_counts["depth.num_tokens"] == 320
+    assert sorted(two_sums) == sorted(one_sums)
+    worst = max(((two_sums[key] - value).abs().max() / value.abs().max().clamp_min(1e-300)).item()
+                for key, value in one_sums.items())
+    print(f"max over sums of max|2 processes - 1 process| / max|1 process| = {worst:.1e}")
+    assert worst < SUM_TOL
+    assert (two.fingerprint, two.tokenizer_fingerprint, two.data_fingerprint) == (
+        one.fingerprint, one.tokenizer_fingerprint, one.data_fingerprint)
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in the directory's safetensors files (the model's and the MTP module's)."""
+    return {f"{path.name}:{key}": tensor for path in sorted(directory.glob("*.safetensors"))
+            for key, tensor in load_file(path).items()}
+
+
+@pytest.mark.slow
+def test_torchrun_slim_run_writes_the_one_process_student(teacher, tmp_path):
+    """torchrun with 2 FSDP processes: calibrated together, compressed by rank 0, the student is the one-process
+    student bit for bit, and the distilled student gives the one-process logits within test_fsdp's tolerance."""
+    _, base = teacher
+
+    def run_args(name: str) -> list[str]:
+        return [*base, *RECIPE, *RUN, "train.max_steps=3", f"compress.output={tmp_path / name / 'student'}",
+                f"distill.output={tmp_path / name / 'distilled'}", f"run_dir={tmp_path / name / 'run'}"]
+
+    run_recipe(load_config(run_args("one")))
+    torchrun_slim("run", *run_args("two"), "train.strategy=fsdp", "train.devices=2")
+    one, two = tmp_path / "one", tmp_path / "two"
+    one_weights, two_weights = _weights(one / "student"), _weights(two / "student")
+    assert sorted(two_weights) == sorted(one_weights)
+    assert all(torch.equal(two_weights[key], value) for key, value in one_weights.items())
+    reports = [json.loads((root / "student" / "compression_report.json").read_text()) for root in (one, two)]
+    selections = [{key: report[key] for key in ("kept_layers", "kept_dims", "experts")} for report in reports]
+    assert selections[0] == selections[1]
+    models = [load_pretrained(root / "distilled")[0] for root in (one, two)]
+    input_ids = torch.arange(32).remainder(models[0].config.vocab_size).reshape(2, 16)
+    with torch.no_grad():
+        diff = (models[0](input_ids=input_ids, use_cache=False).logits
+                - models[1](input_ids=input_ids, use_cache=False).logits).abs().max().item()
+    print(f"max |logits 1 process - logits 2 torchrun FSDP processes| = {diff:.2e}")
+    assert diff < LOGITS_TOL
+    summary = json.loads((two / "run" / "run_summary.json").read_text())
+    assert summary["distill"]["steps"] == 3
