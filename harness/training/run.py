@@ -25,6 +25,18 @@ from harness.training.layer_switches import check_compiler
 from harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
 
 
+def check_batch_split(cfg: TrainConfig, processes: int, processes_field: str) -> None:
+    """The global batch splits into equal per-process slices, and each slice into equal micro-batches;
+    `processes_field` names where the process count comes from."""
+    if cfg.batch_size % processes:
+        raise UserError(f"train.batch_size ({cfg.batch_size}) must be divisible by the number of processes "
+                        f"({processes_field} = {processes}): each takes an equal slice of the batch")
+    per_process = cfg.batch_size // processes
+    if cfg.micro_batch_size < 0 or (cfg.micro_batch_size and per_process % cfg.micro_batch_size):
+        raise UserError(f"train.micro_batch_size ({cfg.micro_batch_size}) must be 0 or divide each process's slice "
+                        f"of the batch (train.batch_size / ({processes_field}) = {per_process})")
+
+
 def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> None:
     """Refuse step counts that cannot make a run, naming the `train.` field. `total_steps` is the whole
     budget when this run is one stage of a progressive plan (warmup happens once, in the first stage)."""
