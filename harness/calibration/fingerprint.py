@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -36,12 +37,15 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def model_fingerprint(model: PreTrainedModel) -> str:
-    """sha256 hex digest over the canonical config and every parameter's name, dtype, shape and bytes."""
+def model_fingerprint(model: PreTrainedModel, weights: Mapping[str, torch.Tensor] | None = None) -> str:
+    """sha256 hex digest over the canonical config and every parameter's name, dtype, shape and bytes. `weights`
+    (parameter name -> tensor, e.g. a checkpoint read for a sharded or meta-device model) supply the dtypes and
+    bytes in place of the parameters' own."""
     digest = hashlib.sha256(config_json(model).encode())
     for name, parameter in sorted(model.named_parameters()):
-        digest.update(f"{name}:{parameter.dtype}:{tuple(parameter.shape)}".encode())
-        digest.update(tensor_bytes(parameter))
+        value = parameter if weights is None else weights[name]
+        digest.update(f"{name}:{value.dtype}:{tuple(parameter.shape)}".encode())
+        digest.update(tensor_bytes(value))
     return digest.hexdigest()
 
 

@@ -8,10 +8,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -136,20 +136,20 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
             tensor.data = tensor.data.clone()
 
 
-def _model_class(path: Path) -> type[AutoModelForCausalLM] | type[PreTrainedModel]:
-    """AutoModelForCausalLM, or for a config with non-HF structure a same-named subclass of the family's class
-    that installs it right after construction, before transformers loads and converts the weights:
+def _model_class(path: Path) -> type[PreTrainedModel]:
+    """The family's causal-LM class, or for a config with non-HF structure a same-named subclass of it
+    that installs that structure right after construction, before transformers loads and converts the weights:
     `num_experts_per_layer` (a student whose MoE layers keep different expert counts, see
     harness.compression.experts) and `num_zero_experts` (zero-output experts, see harness.models.zero_experts)."""
     config = AutoConfig.from_pretrained(path)
     per_layer = getattr(config, "num_experts_per_layer", None)
     num_zero_experts = getattr(config, ZERO_EXPERTS_FIELD, None)
+    base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     if per_layer is None and num_zero_experts is None:
-        return AutoModelForCausalLM
+        return base
     if per_layer is not None and len(per_layer) != config.num_hidden_layers:
         raise ValueError(f"config.json num_experts_per_layer has {len(per_layer)} entries "
                          f"for {config.num_hidden_layers} layers")
-    base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
 
     def __init__(self: PreTrainedModel, config: AutoConfig, *args: object, **kwargs: object) -> None:
         base.__init__(self, config, *args, **kwargs)
@@ -160,6 +160,21 @@ def _model_class(path: Path) -> type[AutoModelForCausalLM] | type[PreTrainedMode
             install_zero_experts(self, num_zero_experts)
 
     return type(base.__name__, (base,), {"__init__": __init__, "__qualname__": base.__qualname__})
+
+
+def empty_model(path: str | Path) -> PreTrainedModel:
+    """The model of directory `path` built from its config.json alone on the meta device (no memory; the
+    weights are neither read nor initialized), with the class and dtype `load_pretrained` gives it: the
+    skeleton that sharded loading (harness.training.sharded_load) shards and then fills."""
+    path = Path(path)
+    check_checkpoint(path)
+    install_device_dispatch()
+    try:
+        model_class = _model_class(path)
+    except ValueError as error:
+        raise UserError(f"checkpoint {path}: cannot build ({error})") from error
+    with torch.device("meta"):
+        return model_class._from_config(AutoConfig.from_pretrained(path))
 
 
 def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:

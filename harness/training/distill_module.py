@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -36,7 +37,9 @@ from harness.training.layer_switches import prepare_layers
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.loss_terms import lm_loss
 from harness.training.optim import configure_adamw
+from harness.training.precision import cast_parameters, frozen_dtype, master_dtype, mixed_precision_policy
 from harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
+from harness.training.sharded_load import empty_with_mtp, fill_pretrained
 from harness.training.teacher_cache import TeacherCache, cached_kd_term
 from kernels.kd_loss import kd_implementations
 from kernels.kd_loss.cached_reference import cached_kd_implementations
@@ -60,14 +63,32 @@ class FrozenTeacher:
                 self.mtp.to(device)
 
 
-def load_teacher(path: str | Path) -> FrozenTeacher:
-    """The teacher in eval mode without gradients, with its MTP module when the directory holds MTP weights."""
-    model, _ = load_pretrained(path)
-    mtp = find_mtp(model, path)
+def _frozen(model: PreTrainedModel, mtp: MTPModule | None) -> FrozenTeacher:
     for module in (model, mtp):
         if module is not None:
             module.eval().requires_grad_(False)
     return FrozenTeacher(model, mtp)
+
+
+def load_teacher(path: str | Path) -> FrozenTeacher:
+    """The teacher in eval mode without gradients, with its MTP module when the directory holds MTP weights."""
+    model, _ = load_pretrained(path)
+    return _frozen(model, find_mtp(model, path))
+
+
+def teacher_skeleton(path: str | Path) -> FrozenTeacher:
+    """`load_teacher`'s modules built on the meta device, weights unread: FSDP shards them, then fills them."""
+    return _frozen(*empty_with_mtp(path, with_mtp=has_mtp_weights(path)))
+
+
+def _fresh_mtp(path: str | Path, model: PreTrainedModel) -> bool:
+    """Whether the student's MTP module starts from a fresh init (MTP depths in config.json, no weights saved);
+    says so when it does."""
+    fresh = bool(mtp_depth(model)) and not has_mtp_weights(path)
+    if fresh:
+        rank_zero_info(f"{path}: no MTP weights; the student's {mtp_depth(model)}-depth MTP module starts "
+                       "from a fresh init")
+    return fresh
 
 
 def load_student(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
@@ -75,11 +96,14 @@ def load_student(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
     no weights were saved."""
     model, _ = load_pretrained(path)
     model.train()
-    if mtp_depth(model) and not has_mtp_weights(path):
-        rank_zero_info(f"{path}: no MTP weights; the student's {mtp_depth(model)}-depth MTP module starts "
-                       "from a fresh init")
-        return model, build_mtp(model)
-    return model, load_mtp(model, path)
+    return model, build_mtp(model) if _fresh_mtp(path, model) else load_mtp(model, path)
+
+
+def student_skeleton(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
+    """`load_student`'s modules built on the meta device, weights unread: FSDP shards them, then fills them."""
+    model, mtp = empty_with_mtp(path, with_mtp=True)
+    _fresh_mtp(path, model)
+    return model.train(), mtp
 
 
 @dataclass
@@ -120,24 +144,40 @@ class DistillModule(pl.LightningModule):
         self.step_mean = StepMean()  # logged losses: means over each step's micro-batches
 
     def configure_model(self) -> None:
+        """Load the models (under FSDP: build them on the meta device, shard, then fill them from rank 0), in the
+        dtypes of `train.precision` (harness.training.precision)."""
         if self.student is not None:
             return
-        self.student, self.student_mtp = load_student(self.distill_cfg.student)
-        self.teacher = load_teacher(self.distill_cfg.teacher)
+        sharded = self.device_mesh is not None  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
+        self.student, self.student_mtp = (student_skeleton if sharded else load_student)(self.distill_cfg.student)
+        self.teacher = (teacher_skeleton if sharded else load_teacher)(self.distill_cfg.teacher)
         if self.distill_cfg.teacher_cache:  # kd targets from `slim cache-teacher`; the teacher still serves validation
             self.teacher_cache = TeacherCache(self.distill_cfg.teacher_cache)
-            self.teacher_cache.check_teacher(self.teacher.model, self.distill_cfg.teacher)
+            if not sharded:  # sharded: rank 0 checks the weights it reads (_shard_and_fill)
+                self.teacher_cache.check_teacher(self.teacher.model, self.distill_cfg.teacher)
         if self.teacher.mtp is not None and mtp_depth(self.teacher.model) < mtp_depth(self.student):
             rank_zero_info("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
             self.teacher.mtp = None
         if self.distill_cfg.router_kd_weight > 0:
             lineage = student_lineage(self.distill_cfg.student, self.distill_cfg.teacher)
             self.router_map = build_router_map(lineage, self.student, self.teacher.model)
+        cast_parameters((self.student, self.student_mtp), master_dtype(self.train_cfg.precision))
+        cast_parameters((self.teacher.model, self.teacher.mtp), frozen_dtype(self.train_cfg.precision))
         prepare_layers(self.student, self.student_mtp, self.train_cfg)
         prepare_layers(self.teacher.model, self.teacher.mtp, self.train_cfg, frozen=True)
-        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
-            shard_with_mtp(self.student, self.student_mtp, self.device_mesh)
-            shard_with_mtp(self.teacher.model, self.teacher.mtp, self.device_mesh)
+        if sharded:
+            self._shard_and_fill()
+
+    def _shard_and_fill(self) -> None:
+        """FSDP2 on the meta-device models (the student under the precision's policy), then each filled from
+        the weights rank 0 reads (harness.training.sharded_load), the teacher's checked against its cache."""
+        cfg, mesh = self.distill_cfg, self.device_mesh
+        shard_with_mtp(self.student, self.student_mtp, mesh, mixed_precision_policy(self.train_cfg.precision))
+        shard_with_mtp(self.teacher.model, self.teacher.mtp, mesh)
+        fill_pretrained(self.student, self.student_mtp, cfg.student, mesh)
+        check = (None if self.teacher_cache is None
+                 else partial(self.teacher_cache.check_teacher, self.teacher.model, cfg.teacher))
+        fill_pretrained(self.teacher.model, self.teacher.mtp, cfg.teacher, mesh, check)
 
     def loss_weights(self) -> tuple[float, float]:
         """(λ, β) at the current step, as a fraction of the whole budget `total_steps`."""

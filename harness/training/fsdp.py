@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
@@ -26,6 +26,7 @@ from harness.models.mtp import MTPModule
 from harness.models.view import view
 
 DATA_PARALLEL = "data_parallel"  # ModelParallelStrategy's name for the mesh dimension FSDP shards over
+NO_POLICY = MixedPrecisionPolicy()  # compute in the parameters' own dtype
 
 Modules = TypeVar("Modules", bound=Sequence[nn.Module | None])
 
@@ -46,30 +47,32 @@ def _adopted(parent: nn.Module, name: str, child: nn.Module) -> Iterator[None]:
         del parent._modules[name]
 
 
-def shard_causal_lm(model: PreTrainedModel, mesh: DeviceMesh) -> None:
-    """Shard each decoder layer, then the backbone with the LM head as the root unit (in place)."""
+def shard_causal_lm(model: PreTrainedModel, mesh: DeviceMesh, policy: MixedPrecisionPolicy = NO_POLICY) -> None:
+    """Shard each decoder layer, then the backbone with the LM head as the root unit (in place); every unit
+    computes under `policy` (harness.training.precision)."""
     mesh = data_parallel_mesh(mesh)
     for layer in view(model).layers:
-        fully_shard(layer.module, mesh=mesh)
+        fully_shard(layer.module, mesh=mesh, mp_policy=policy)
     with _adopted(model.model, "lm_head", model.get_output_embeddings()):
-        fully_shard(model.model, mesh=mesh)
+        fully_shard(model.model, mesh=mesh, mp_policy=policy)
 
 
-def shard_mtp(mtp: MTPModule, mesh: DeviceMesh) -> None:
+def shard_mtp(mtp: MTPModule, mesh: DeviceMesh, policy: MixedPrecisionPolicy = NO_POLICY) -> None:
     """Shard each depth's decoder block, then the module as its own root (it runs after the backbone's
     forward, on the backbone's gathered embedding). The depths' norms and projections stay in the root
     unit: MTPModule.forward applies a depth's output norm after that depth's forward has returned."""
     mesh = data_parallel_mesh(mesh)
     for layer in mtp.layers:
-        fully_shard(layer.block, mesh=mesh)
-    fully_shard(mtp, mesh=mesh)
+        fully_shard(layer.block, mesh=mesh, mp_policy=policy)
+    fully_shard(mtp, mesh=mesh, mp_policy=policy)
 
 
-def shard_with_mtp(model: PreTrainedModel, mtp: MTPModule | None, mesh: DeviceMesh) -> None:
+def shard_with_mtp(model: PreTrainedModel, mtp: MTPModule | None, mesh: DeviceMesh,
+                   policy: MixedPrecisionPolicy = NO_POLICY) -> None:
     """`shard_causal_lm` on the model and `shard_mtp` on its MTP module when it has one."""
-    shard_causal_lm(model, mesh)
+    shard_causal_lm(model, mesh, policy)
     if mtp is not None:
-        shard_mtp(mtp, mesh)
+        shard_mtp(mtp, mesh, policy)
 
 
 def is_sharded(module: nn.Module) -> bool:

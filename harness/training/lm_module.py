@@ -10,10 +10,13 @@ from torchmetrics import MeanMetric
 from harness.config.schema import ModelConfig, TrainConfig
 from harness.models.build import build_model
 from harness.training.accumulation import StepMean
+from harness.training.distill_terms import collect_router_logits
 from harness.training.fsdp import shard_causal_lm
 from harness.training.layer_switches import prepare_layers
 from harness.training.load_balance import global_batch_balance_loss
 from harness.training.optim import configure_adamw
+from harness.training.precision import mixed_precision_policy
+from harness.training.sharded_load import fill_from_rank0
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -33,14 +36,25 @@ class PretrainModule(pl.LightningModule):
         self.step_mean = StepMean()  # logged losses: means over each step's micro-batches
 
     def configure_model(self) -> None:
-        if self.model is None:
-            self.model = build_model(self.model_cfg, seed=self.train_cfg.seed)
-            prepare_layers(self.model, None, self.train_cfg)
-            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
-                shard_causal_lm(self.model, self.device_mesh)
+        """Build the model; under FSDP on the meta device, sharded, then filled with the weights rank 0 draws (the
+        same as one process draws), so no other rank holds the whole model."""
+        if self.model is not None:
+            return
+        mesh = self.device_mesh  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
+        self.model = build_model(self.model_cfg, seed=self.train_cfg.seed, device="cpu" if mesh is None else "meta")
+        prepare_layers(self.model, None, self.train_cfg)
+        if mesh is not None:
+            shard_causal_lm(self.model, mesh, mixed_precision_policy(self.train_cfg.precision))
+            fill_from_rank0(self.model, lambda: build_model(self.model_cfg, seed=self.train_cfg.seed).state_dict(),
+                            mesh, self.model._init_weights)
 
     def forward(self, input_ids: torch.Tensor):
-        return self.model(input_ids=input_ids, output_router_logits=True, use_cache=False)
+        """The causal LM's output, its `router_logits` collected by hooks on the gates: transformers' own output
+        recording looks the model up by class, which FSDP2's `fully_shard` replaces, and would return None."""
+        with collect_router_logits(self.model) as router_logits:
+            out = self.model(input_ids=input_ids, use_cache=False)
+        out.router_logits = tuple(router_logits)
+        return out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self(batch["input_ids"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -154,9 +155,11 @@ class TeacherCache:
                             f"(first: {shard_path(cache_dir, missing[0]).name}); finish it with `slim cache-teacher`")
         self._handles: dict[int, object] = {}
 
-    def check_teacher(self, teacher: PreTrainedModel, teacher_dir: str) -> None:
-        """Refuse a cache written by another model than `teacher` (config and weights fingerprint)."""
-        fingerprint = model_fingerprint(teacher)
+    def check_teacher(self, teacher: PreTrainedModel, teacher_dir: str,
+                      weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Refuse a cache written by another model than `teacher` (config and weights fingerprint; `weights`:
+        see `model_fingerprint`)."""
+        fingerprint = model_fingerprint(teacher, weights)
         if fingerprint != self.manifest.teacher_fingerprint:
             raise UserError(f"{FIELD}: {self.cache_dir} was written by teacher {self.manifest.teacher} (fingerprint "
                             f"{self.manifest.teacher_fingerprint[:12]}), not by distill.teacher {teacher_dir} "

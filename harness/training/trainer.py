@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 from harness.config.schema import TrainConfig
 from harness.training.accumulation import StepMean, micro_batches_per_step
 from harness.training.nonfinite_guard import LAST_CHECKPOINT, GoodCheckpoint, NonFiniteGuard
+from harness.training.precision import trainer_precision
 
 STRATEGIES = ("auto", "fsdp")
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -73,7 +74,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logge
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg),
         use_distributed_sampler=False,  # the data module slices each global batch by rank itself
-        precision=cfg.precision,
+        precision=trainer_precision(cfg),  # under FSDP: FSDP2's MixedPrecisionPolicy, no autocast on top
         gradient_clip_val=cfg.grad_clip,
         accumulate_grad_batches=micro_batches,
         val_check_interval=cfg.val_every * micro_batches,
