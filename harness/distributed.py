@@ -122,7 +122,7 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` summed over ranks (reduced on the CPU, returned on `tensor`'s device); `tensor` itself in one process."""
+    """`tensor` summed over ranks (reduced on the CPU, returned on `tensor`'s device); in one process, `tensor`."""
     group = _group()
     if group is None:
         return tensor

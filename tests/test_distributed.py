@@ -15,7 +15,8 @@ from harness.evaluation.evaluate import resolve_device
 from harness.pipeline import run_recipe
 
 LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE",
-                    "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_JOB_NAME")
+                    "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID",
+                    "SLURM_JOB_NAME")
 
 
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "x", "GROUP_RANK": 0, "LOCAL_WORLD_SIZE": 2}
@@ -37,13 +38,17 @@ def launch(monkeypatch: pytest.MonkeyPatch):
 
 def test_torchrun_and_srun_launches_are_read(launch):
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK and srun's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID give the
-    rank, world size and device index; without either this is one process of rank 0."""
+    rank, world size and device index; without either this is one process of rank 0. A Slurm job without
+    --ntasks-per-node (which Lightning needs) is one line."""
     assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (0, 1, 0)
     launch(**TORCHRUN, RANK=3, WORLD_SIZE=4, LOCAL_RANK=1)
     assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (3, 4, 1)
     launch(SLURM_NTASKS=8, SLURM_NTASKS_PER_NODE=4, SLURM_PROCID=5, SLURM_LOCALID=1, SLURM_NODEID=1,
            SLURM_JOB_NAME="slim")
     assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (5, 8, 1)
+    launch(SLURM_NTASKS=8, SLURM_PROCID=5, SLURM_JOB_NAME="slim")
+    with pytest.raises(UserError, match="srun: You set `--ntasks=8`.*Use `--ntasks-per-node=8` instead"):
+        distributed.rank()
 
 
 def test_one_process_helpers_do_nothing(launch):

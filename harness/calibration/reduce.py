@@ -24,7 +24,8 @@ def rank_share(batches: list[torch.Tensor], cfg: CalibrationConfig) -> tuple[lis
     budget left for its share: the global probe tokens that fall in it."""
     mine = shard(len(batches), rank(), world_size())
     tokens_before = sum(batch.numel() for batch in batches[:mine.start])
-    return batches[mine.start:mine.stop], dataclasses.replace(cfg, probe_tokens=max(0, cfg.probe_tokens - tokens_before))
+    probe_tokens = max(0, cfg.probe_tokens - tokens_before)
+    return batches[mine.start:mine.stop], dataclasses.replace(cfg, probe_tokens=probe_tokens)
 
 
 def _summed(stats: CalibrationStats) -> tuple[Iterator[torch.Tensor], Iterator[int]]:
@@ -46,8 +47,8 @@ def all_reduce_stats(stats: CalibrationStats) -> CalibrationStats:
     if world_size() == 1:
         return stats
     sums, counts = _summed(stats)
-    moe = {index: MoELayerStats(**{name: next(sums) for name in MOE_SUMS}, **{name: next(counts) for name in MOE_COUNTS})
-           for index in stats.moe}
+    moe = {index: MoELayerStats(**{name: next(sums) for name in MOE_SUMS},
+                                **{name: next(counts) for name in MOE_COUNTS}) for index in stats.moe}
     norms = list(stats.norm_abs_sum)
     norm_abs_sum = {name: next(sums) for name in norms}
     norm_tokens = {name: next(counts) for name in norms}
