@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,12 @@ def tiny_config(tmp_path: Path, tokenizer_dir: Path):
                             *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slim_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The harness's shared caches (harness.evaluation.teacher_metrics) in a session temp dir, not in ~/.cache;
+    subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("slim-cache")
+    os.environ["SLIM_CACHE_DIR"] = str(path)
+    return path

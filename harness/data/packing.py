@@ -68,6 +68,11 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def sequences_sha256(dataset: PackedDataset) -> str:
+    """sha256 of a packed split's tokens (as int32): corpus, split, tokenizer and seq_len in one check."""
+    return hashlib.sha256(dataset.sequences.to(torch.int32).numpy().tobytes()).hexdigest()
+
+
 def _cache_key(cfg: DataConfig, corpus_sha256: str) -> dict[str, str]:
     return {"seq_len": str(cfg.seq_len), "heldout_every": str(cfg.heldout_every), "corpus_sha256": corpus_sha256}
 

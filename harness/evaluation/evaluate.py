@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
 from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
-from harness.models.expert_flops import expert_flops_saved
+from harness.models.expert_flops import count_expert_flops
 from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
 from harness.models.mtp import mtp_depth
 from harness.models.mtp_io import find_mtp
@@ -174,9 +173,10 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
                                          cfg.eval.num_fewshot)
     if cfg.eval.perplexity_batches:
         loader = DataLoader(heldout_windows(texts, tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
-        summary["perplexity"] = model_perplexity(model, loader, cfg.eval.perplexity_batches)
-        # Share of routed expert FLOPs skipped (ZEDA's zero experts; 0 for a static MoE), same batches.
-        summary["expert_flops_saved"] = expert_flops_saved(model, islice(loader, cfg.eval.perplexity_batches))
+        # Share of routed expert FLOPs skipped (ZEDA's zero experts; 0 for a static MoE), counted in the same pass.
+        with count_expert_flops(model) as counts:
+            summary["perplexity"] = model_perplexity(model, loader, cfg.eval.perplexity_batches)
+        summary["expert_flops_saved"] = counts.summary()
     summary["mtp_acceptance"] = _mtp_summary(cfg, model, tokenizer, texts, device)
     if cfg.eval.efficiency.enabled:
         speed = cfg.eval.efficiency

@@ -15,6 +15,7 @@ from harness.config.schema import DistillConfig, SlimConfig, TrainConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity
+from harness.evaluation.teacher_metrics import teacher_perplexity
 from harness.models.io import read_model_config, save_pretrained, tokenizer_vocab
 from harness.models.mtp import MTPModule, config_mtp_depth
 from harness.models.mtp_io import save_mtp
@@ -154,8 +155,8 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     summary = DistillSummary(
         output_dir=cfg.distill.output,
         val_perplexity=model_perplexity(module.student, data.val_dataloader(), desc="student validation perplexity"),
-        teacher_val_perplexity=model_perplexity(module.teacher.model, data.val_dataloader(),
-                                                desc="teacher validation perplexity"),
+        teacher_val_perplexity=teacher_perplexity(cfg.distill.teacher, module.teacher.model, data.val_dataloader(),
+                                                  broadcast=trainer.strategy.broadcast),
         steps=trainer.global_step,
         tokens_seen=trainer.global_step * tokens_per_step,
         wall_seconds=round(result.wall_seconds, 1),

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from harness.atomic import save_safetensors_atomic, write_text_atomic
 from harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
 from harness.config.schema import SlimConfig
-from harness.data.packing import PackedDataset, build_corpus_data
+from harness.data.packing import PackedDataset, build_corpus_data, sequences_sha256
 from harness.errors import UserError
 from harness.models.io import load_pretrained, read_model_config
 from harness.training.distill_terms import backbone_hidden
@@ -98,10 +98,6 @@ class CacheSummary:
 
 def shard_path(cache_dir: str | Path, shard: int) -> Path:
     return Path(cache_dir) / f"shard-{shard:05d}.safetensors"
-
-
-def train_sha256(train: PackedDataset) -> str:
-    return hashlib.sha256(train.sequences.to(torch.int32).numpy().tobytes()).hexdigest()
 
 
 def read_manifest(cache_dir: str | Path) -> CacheManifest:
@@ -213,7 +209,7 @@ def check_cache_data(cache_dir: str, train: PackedDataset, tokenizer: PreTrained
                         f"{len(train)}; rewrite it with `slim cache-teacher`")
     if manifest.tokenizer_sha256 != tokenizer_sha256(tokenizer):
         raise UserError(f"{FIELD}: {cache_dir} was written with another tokenizer than data.tokenizer_dir's")
-    if manifest.train_sha256 != train_sha256(train):
+    if manifest.train_sha256 != sequences_sha256(train):
         raise UserError(f"{FIELD}: {cache_dir} was written for other train sequences (corpus or split differ); "
                         "rewrite it with `slim cache-teacher`")
 
@@ -287,7 +283,7 @@ def cache_teacher(cfg: SlimConfig) -> CacheSummary:
     manifest = CacheManifest(
         teacher=cfg.distill.teacher, teacher_fingerprint=model_fingerprint(model), vocab_size=vocab_size,
         top_k=cfg.distill.teacher_cache_top_k, seq_len=cfg.data.seq_len, num_sequences=len(data.train),
-        sequences_per_shard=max(1, TOKENS_PER_SHARD // cfg.data.seq_len), train_sha256=train_sha256(data.train),
+        sequences_per_shard=max(1, TOKENS_PER_SHARD // cfg.data.seq_len), train_sha256=sequences_sha256(data.train),
         tokenizer_sha256=tokenizer_sha256(data.tokenizer))
     start = time.perf_counter()
     written = write_shards(model, data.train, cfg.distill.teacher_cache, manifest, cfg.train.batch_size)

@@ -9,6 +9,7 @@ from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.distributed import on_rank_zero
 from harness.evaluation.perplexity import model_perplexity
+from harness.evaluation.teacher_metrics import teacher_perplexity
 from harness.grid.cells._params import PARAM_METRICS, param_metrics
 from harness.grid.kinds import CellOutput, register_kind
 from harness.models.io import load_pretrained, read_model_config
@@ -19,19 +20,17 @@ def validate_compress(cfg: SlimConfig) -> None:
     validate_recipe(cfg.compress, read_model_config(cfg.compress.teacher, "compress.teacher"))
 
 
-def _perplexity(model_dir: str, data: CorpusDataModule, desc: str) -> float:
-    model, _ = load_pretrained(model_dir)
-    return model_perplexity(model, data.val_dataloader(), desc=desc)
-
-
 def _perplexities(cfg: SlimConfig) -> dict[str, float]:
-    """Student and teacher validation perplexity on the same batches as `run`."""
+    """Student and teacher validation perplexity on the same batches as `run` (the teacher's computed once per
+    teacher, data and batches: harness.evaluation.teacher_metrics), one model loaded at a time."""
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, cfg.train.seed)
     data.setup()
-    return {
-        "val_perplexity": _perplexity(cfg.compress.output, data, "student validation perplexity"),
-        "teacher_val_perplexity": _perplexity(cfg.compress.teacher, data, "teacher validation perplexity"),
-    }
+    student = load_pretrained(cfg.compress.output)[0]
+    metrics = {"val_perplexity": model_perplexity(student, data.val_dataloader(), desc="student validation perplexity")}
+    del student
+    teacher = load_pretrained(cfg.compress.teacher)[0]
+    metrics["teacher_val_perplexity"] = teacher_perplexity(cfg.compress.teacher, teacher, data.val_dataloader())
+    return metrics
 
 
 @register_kind("compress", metrics=("val_perplexity", "teacher_val_perplexity", *PARAM_METRICS),
