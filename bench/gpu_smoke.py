@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from harness.config.load import load_config
+from harness.models import linear_attention_path
 from harness.models.linear_attention_path import PATCHED_MODULES, install_device_dispatch, linear_attention_backend
 from harness.pipeline import run_recipe
 
@@ -97,7 +98,12 @@ def main() -> None:
     for package in ("triton", "transformers", "fla"):
         module = importlib.import_module(package)
         result[package] = getattr(module, "__version__", "?")
-    result["gated_delta_rule_vs_torch"] = gated_delta_rule_check()
+    try:
+        result["gated_delta_rule_vs_torch"] = gated_delta_rule_check()
+    except RuntimeError as error:  # fla refuses its Hopper backward with Triton < 3.7.1 (fla #640)
+        result["gated_delta_rule_vs_torch"] = {"refused": str(error).splitlines()[0]}
+        linear_attention_path.KERNEL_DEVICE_TYPES = frozenset()  # distill below on the torch path instead
+    result["linear_attention_in_runs"] = linear_attention_backend("cuda")
     print(json.dumps(result["gated_delta_rule_vs_torch"]), flush=True)
     with tempfile.TemporaryDirectory() as work:
         runs = {name: distill_run(name, Path(work), args.steps, args.batch_size, extra)
