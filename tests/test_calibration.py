@@ -19,12 +19,14 @@ from harness.calibration.io import check_fingerprint, load_stats, save_stats
 from harness.calibration.layerwise import calibrate_layerwise
 from harness.calibration.run import calibration_batches, run_calibration
 from harness.calibration.stats import CalibrationStats
+from harness.config.load import load_config
 from harness.config.schema import CalibrationConfig, ModelConfig
 from harness.data.packing import PackedDataset
 from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.io import load_pretrained, save_pretrained
 from harness.models.view import MoEView, view
+from kernels.grouped_experts import expert_outputs_grouped, expert_outputs_loop
 
 PROBE_TOKENS = 40  # more than one batch (2 x 16 tokens), so the probe set spans batches
 CALIBRATION = CalibrationConfig(probe_tokens=PROBE_TOKENS, batch_size=2)
@@ -192,6 +194,22 @@ def test_layerwise_pass_equals_full_pass(calibrated) -> None:
     uneven = [*batches, batches[0][:1]]  # a smaller last batch needs its own masks and positions
     assert_stats_close(calibrate_layerwise(model, uneven, CALIBRATION), calibrate(model, uneven, CALIBRATION),
                        rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("model_name", ["tiny preset", "64 experts top-8"])
+def test_grouped_expert_statistics_equal_loop_reference(model_name: str) -> None:
+    """Grouped-GEMM routed experts give the per-expert loop's statistics, over odd batch sizes (7 and 5
+    tokens, probe set across both) where some experts are never hit."""
+    if model_name == "tiny preset":
+        model = build_model(load_config(["model=tiny"]).model, seed=0)
+    else:
+        model = small_model(num_experts=64, num_experts_per_tok=8)
+    generator = torch.Generator().manual_seed(4)
+    batches = [torch.randint(0, model.config.vocab_size, (1, length), generator=generator) for length in (7, 5)]
+    cfg = CalibrationConfig(probe_tokens=9, batch_size=1)
+    expected = calibrate(model, batches, cfg, expert_outputs_loop)
+    assert any((layer.freq == 0).any() for layer in expected.moe.values())
+    assert_stats_close(calibrate(model, batches, cfg, expert_outputs_grouped), expected, rtol=1e-6, atol=1e-9)
 
 
 def test_instrumented_model_keeps_logits_and_is_restored() -> None:

@@ -13,6 +13,7 @@ from harness.calibration.instrument import StatsCollector
 from harness.calibration.stats import CalibrationStats
 from harness.config.schema import CalibrationConfig
 from harness.errors import UserError
+from kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
 
 
 def check_calibration_config(cfg: CalibrationConfig) -> None:
@@ -30,15 +31,17 @@ def check_calibration_config(cfg: CalibrationConfig) -> None:
 
 
 @torch.no_grad()
-def calibrate(model: PreTrainedModel, batches: Iterable[torch.Tensor], cfg: CalibrationConfig) -> CalibrationStats:
+def calibrate(model: PreTrainedModel, batches: Iterable[torch.Tensor], cfg: CalibrationConfig,
+              expert_outputs: ExpertOutputs = expert_outputs_grouped) -> CalibrationStats:
     """Run `model` (where it is) once over each batch of input ids [B, S] and collect every statistic.
 
-    The base model runs without the LM head: no statistic needs logits.
+    The base model runs without the LM head: no statistic needs logits. `expert_outputs` runs the routed
+    experts (`kernels.grouped_experts`: grouped GEMMs, or the per-expert loop reference).
     """
     check_calibration_config(cfg)
     fingerprint = model_fingerprint(model)
     device = model.get_input_embeddings().weight.device
-    collector = StatsCollector(model, cfg.probe_tokens)
+    collector = StatsCollector(model, cfg.probe_tokens, expert_outputs)
     with collector.installed():
         for input_ids in tqdm(batches, desc="calibrate", unit="batch", leave=False):
             model.model(input_ids=input_ids.to(device), use_cache=False)

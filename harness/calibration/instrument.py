@@ -21,6 +21,7 @@ from harness.calibration.moe_stats import MoEStatsForward
 from harness.calibration.stats import CalibrationStats, DepthStats
 from harness.calibration.sums import RunningSums
 from harness.models.view import ModelView, view
+from kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
 
 DEPTH_SUMS = ("token_cos_sum", "pooled_cos_sum")
 
@@ -65,12 +66,15 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 
 class StatsCollector:
-    """Accumulates every `CalibrationStats` sum of `model` while installed."""
+    """Accumulates every `CalibrationStats` sum of `model` while installed; `expert_outputs` runs the routed
+    experts (`kernels.grouped_experts`)."""
 
-    def __init__(self, model: PreTrainedModel, probe_tokens: int) -> None:
+    def __init__(self, model: PreTrainedModel, probe_tokens: int,
+                 expert_outputs: ExpertOutputs = expert_outputs_grouped) -> None:
         self.view = view(model)
         self.num_layers = len(self.view.layers)
-        self.moe = {layer.index: MoEStatsForward(layer.moe, probe_tokens) for layer in self.view.moe_layers()}
+        self.moe = {layer.index: MoEStatsForward(layer.moe, probe_tokens, expert_outputs)
+                    for layer in self.view.moe_layers()}
         self.norms = hidden_norms(self.view)
         hidden_size = self.view.config.hidden_size
         self.norm_sums = RunningSums({name: (hidden_size,) for name, _ in self.norms})
