@@ -128,6 +128,19 @@ def test_moe_statistics_equal_per_token_reference(calibrated) -> None:
         assert got.freq.sum() == 64 * 2
 
 
+def test_more_experts_than_hidden_dims_equal_per_token_reference() -> None:
+    """E = 80 > d = 64, where the logit Gram comes from the input Gram through the router: every sum still
+    equals the per-token loop."""
+    model = small_model(num_experts=80, num_experts_per_tok=8)
+    batches = make_batches()
+    stats = calibrate(model, batches, CALIBRATION)
+    _, moe_inputs = plain_pass(model, batches)
+    for layer in view(model).moe_layers():
+        for name, expected in per_token_moe_reference(layer.moe, moe_inputs[layer.index], PROBE_TOKENS).items():
+            torch.testing.assert_close(getattr(stats.moe[layer.index], name), expected, rtol=1e-5, atol=1e-7,
+                                       msg=name)
+
+
 def test_probe_sums_in_expert_chunks_equal_expert_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """The batched probe, split into chunks of 3 experts, equals summing MoEView.expert_forward per expert."""
     moe = view(small_model()).layers[0].moe

@@ -50,10 +50,13 @@ class MoEStatsForward:
         self.probe_budget = probe_tokens
         self.num_tokens = 0
         self.probe_tokens = 0
+        # logits are linear in x, so sum_x l l^T = W (sum_x x x^T) W^T: the smaller of the two Gram matrices is summed
+        self.gram_of_inputs = hidden_size < num_experts
+        gram_size = min(hidden_size, num_experts)
         per_expert = (num_experts,)
         self.sums = RunningSums({
             "freq": per_expert, "soft": per_expert, "reap": per_expert, "ean": per_expert,
-            "logit_gram": (num_experts, num_experts), "probe_output_sum": (num_experts, hidden_size),
+            "gram": (gram_size, gram_size), "probe_output_sum": (num_experts, hidden_size),
         })
 
     def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,8 @@ class MoEStatsForward:
         sorted_weights = weights.reshape(-1)[order]
         routed = torch.zeros_like(x).index_add_(0, tokens, (outputs * sorted_weights[:, None]).to(x.dtype))
         self._accumulate(logits, ids, order, expert_ids, counts, sorted_weights, outputs.float().norm(dim=-1))
+        gram_rows = (x if self.gram_of_inputs else logits).double()  # [T, min(d, E)]
+        self.sums.add("gram", gram_rows.T @ gram_rows)
         self._probe(x)
         self.num_tokens += x.shape[0]
         return (routed + self.moe.shared_forward(x)).reshape(hidden_states.shape)
@@ -87,8 +92,6 @@ class MoEStatsForward:
         self.sums.add("soft", segment_sums(soft))
         self.sums.add("reap", segment_sums(sorted_weights.float() * output_norms))
         self.sums.add("ean", segment_sums(output_norms))
-        logits64 = logits.double()
-        self.sums.add("logit_gram", logits64.T @ logits64)
 
     def _probe(self, x: torch.Tensor) -> None:
         """Sum every expert's output over the layer's first `probe_budget` tokens (the shared probe set)."""
@@ -100,4 +103,8 @@ class MoEStatsForward:
 
     def stats(self) -> MoELayerStats:
         sums = self.sums.cpu()
-        return MoELayerStats(num_tokens=self.num_tokens, probe_tokens=self.probe_tokens, **sums)
+        gram = sums.pop("gram")
+        if self.gram_of_inputs:
+            router = self.moe.router.detach().double().cpu()  # [E, d]
+            gram = router @ gram @ router.T
+        return MoELayerStats(num_tokens=self.num_tokens, probe_tokens=self.probe_tokens, logit_gram=gram, **sums)
