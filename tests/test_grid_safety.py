@@ -30,7 +30,7 @@ CLI = [sys.executable, "-c",
        "import sys, tests.grid_echo; from harness.cli.main import main; sys.exit(main(sys.argv[1:]))"]
 LR_AXIS = "axes:\n  train.lr: [0.1, 0.2, 0.3]\nmetrics: [value]\n"
 REPORT = "report: {caption: Toy, label: tab:toy, rows: [train.lr], columns: [[value, Value]]"
-BOUND_S = 60.0  # an upper bound for a condition to come true, not a timing measurement
+BOUND_S = 180.0  # an upper bound for a condition to come true, not a timing measurement
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 
 
