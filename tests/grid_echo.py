@@ -14,7 +14,7 @@ from harness.grid import CellOutput, register_kind
 KILL_MARKER = "kill-armed"
 BLOCK_MARKER = "block"  # while this file is in the grid folder, `test_block` cells wait
 PIDS_DIR = "pids"  # `test_block` cells write <grid>/pids/<cell key> = their pid
-BLOCK_BOUND_S = 300.0  # a blocked cell gives up after this, so a failing test leaves no process behind for long
+BLOCK_BOUND_S = 600.0  # a blocked cell gives up after this, so a failing test leaves no process behind for long
 
 
 def write_spec(tmp_path: Path, body: str, name: str = "spec.yaml", kind: str = "test_echo") -> Path:
