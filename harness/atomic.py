@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,3 +46,23 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, 
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return Path(path)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree; nothing when absent."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def swap_in(tmp: Path, path: Path, aside: Path) -> None:
+    """Rename `tmp` over `path`. A directory on either side cannot be renamed over, so the old `path` is moved to
+    `aside` first and removed after: a kill in between leaves it whole at `aside`, never half of it."""
+    if path.exists() and (tmp.is_dir() or path.is_dir()):
+        remove_path(aside)
+        os.replace(path, aside)
+        os.replace(tmp, path)
+        remove_path(aside)
+    else:
+        os.replace(tmp, path)

@@ -19,6 +19,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from harness.atomic import swap_in
 from harness.compression.experts import resize_experts
 from harness.errors import UserError
 from harness.models.families import model_families
@@ -59,19 +60,8 @@ def save_pretrained(
             raise UserError(f"output directory {out_dir}: cannot write the model ({error.strerror or error}); "
                             "nothing was replaced") from error
         raise
-    _swap_in(tmp_dir, out_dir)
+    swap_in(tmp_dir, out_dir, out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}"))
     return out_dir
-
-
-def _swap_in(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename `tmp_dir` to `out_dir`; a harness-made `out_dir` is moved aside first and removed after."""
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        old_dir = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old_dir)
-        tmp_dir.rename(out_dir)
-        shutil.rmtree(old_dir)
-    else:
-        os.replace(tmp_dir, out_dir)  # rename(2) replaces an absent or empty directory
 
 
 def read_model_config(path: str | Path, field: str) -> PretrainedConfig:

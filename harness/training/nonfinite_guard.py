@@ -9,8 +9,6 @@ and under FSDP (every rank takes the same decision).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.distributed.tensor import DTensor
 
+from harness.atomic import remove_path, swap_in
 from harness.errors import UserError
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -87,7 +86,7 @@ class GoodCheckpoint(Callback):
         previous, self.last_good_step = self.last_good_step, trainer.global_step
         tmp = self.path.with_name(f"{LAST_CHECKPOINT}.tmp")
         if trainer.is_global_zero:
-            _remove(tmp)
+            remove_path(tmp)
         trainer.strategy.barrier()
         try:
             trainer.save_checkpoint(tmp)
@@ -96,7 +95,7 @@ class GoodCheckpoint(Callback):
             raise
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            _replace(tmp, self.path)
+            swap_in(tmp, self.path, self.path.with_name(f"{LAST_CHECKPOINT}.old"))
         trainer.strategy.barrier()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,25 +109,6 @@ class GoodCheckpoint(Callback):
         if self.last_good_step is None:
             return "no checkpoint was written, a rerun starts from the beginning"
         return f"the last good checkpoint is {self.path} (step {self.last_good_step}), a rerun resumes from it"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    """Rename `tmp` over `path` (a file, or a directory of shards: the old one is moved aside first)."""
-    if tmp.is_dir() and path.exists():
-        old = path.with_name(f"{path.name}.old")
-        _remove(old)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        _remove(old)
-    else:
-        os.replace(tmp, path)
 
 
 class NonFiniteGuard(Callback):
