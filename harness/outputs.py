@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.models.checkpoint_state import weight_paths
 
 MARKER = ".slim-output"
 
@@ -84,5 +85,5 @@ def check_output_file(path: str | Path, field: str, need_bytes: int = 0) -> None
 
 
 def weights_bytes(model_dir: str | Path) -> int:
-    """Bytes of the safetensors weights in `model_dir`: the rough size of a model written from it."""
-    return sum(file.stat().st_size for file in Path(model_dir).glob("*.safetensors"))
+    """Bytes of the weight files in `model_dir` (0 without any): the rough size of a model written from it."""
+    return sum(file.stat().st_size for file in weight_paths(Path(model_dir)) if file.is_file())

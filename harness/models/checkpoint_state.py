@@ -33,6 +33,15 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
+def weight_paths(directory: Path) -> set[Path]:
+    """The files transformers loads weights from (the index's shards, else model.safetensors), present or not;
+    other safetensors in the directory, such as a packed-data cache, are not weights."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        return {directory / file for file in json.loads(index.read_text())["weight_map"].values()}
+    return {directory / WEIGHTS_FILE}
+
+
 def weight_files(directory: Path) -> dict[str, Path]:
     """Checkpoint tensor name -> the file holding it: the index's weight map of a sharded checkpoint, else the
     names in model.safetensors (the files transformers loads)."""
