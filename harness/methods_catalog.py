@@ -19,6 +19,7 @@ METHOD_PACKAGES: dict[str, str] = {
     "methods.adaptations": "adaptations",
     "kernels.kd_loss": "kd_implementations",
     "kernels.kd_loss.cached_reference": "cached_kd_implementations",
+    "kernels.kd_loss.fused_head": "head_implementations",
     "kernels.grouped_experts": "expert_output_implementations",
     "harness.models.families": "model_families",
 }

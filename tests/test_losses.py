@@ -16,7 +16,7 @@ from harness.training.loss_terms import (
     mtp_lm_loss,
 )
 from kernels.kd_loss.reference import kd_loss_reference
-from methods.losses import TERMS, loss_mixes
+from methods.losses import TERMS, LossMix, loss_mixes
 from methods.schedules import weight_schedules
 
 B, T, V, D = 2, 6, 7, 2
@@ -180,6 +180,24 @@ def test_mix_needs_only_terms_it_uses(name: str) -> None:
     for term in mix.needs:
         assert mix({**terms, term: terms[term] + 1.0}, 0.8, 0.2) != base
     assert mix.needs_mtp == bool(mix.needs & {"mtp_lm", "mtp_kd"})
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MIXES))
+def test_coefficients_reproduce_the_mix(name: str) -> None:
+    """Σ coefficient × term equals the documented formula, the weights the fused head passes use."""
+    mix = loss_mixes.get(name)
+    for lam, beta in [(1.0, 0.3), (0.8, 0.2), (0.75, 0.1)]:
+        weights = mix.coefficients(lam, beta)
+        assert weights.keys() == mix.needs
+        linear = sum(weight * TERM_VALUES[term] for term, weight in weights.items())
+        assert linear == pytest.approx(EXPECTED_MIXES[name](TERM_VALUES, lam, beta))
+
+
+def test_a_nonlinear_mix_is_refused() -> None:
+    """A mix that is not linear in its terms cannot be folded into the fused head passes: said, not guessed."""
+    squared = LossMix(lambda terms, lam, beta: terms["lm"] * terms["kd"], needs=frozenset({"lm", "kd"}))
+    with pytest.raises(ValueError, match="not a linear combination"):
+        squared.coefficients(0.5, 0.1)
 
 
 def test_full_mix_reduces_to_kd_and_lm() -> None:

@@ -26,7 +26,7 @@ from harness.training.fsdp import gather_unsharded
 from harness.training.router_kd import student_lineage
 from harness.training.run import check_run_dir, fit, prepare_run, validate_train_config, write_summary
 from harness.training.teacher_cache import check_cache_config, check_cache_data
-from kernels.kd_loss import kd_implementations
+from kernels.kd_loss.fused_head import head_implementations
 from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
 
@@ -65,7 +65,7 @@ def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> 
     loss_mixes.validate(d.loss, "distill.loss")
     weight_schedules.validate(d.lambda_schedule, "distill.lambda_schedule")
     weight_schedules.validate(d.beta_schedule, "distill.beta_schedule")
-    kd_implementations.validate(d.kd_kernel, "distill.kd_kernel")
+    head_implementations.validate(d.kd_kernel, "distill.kd_kernel")
     for field in ("lambda_start", "lambda_end"):
         _check_range(d, field, 0.0, 1.0)
     for field in ("beta_start", "beta_end"):

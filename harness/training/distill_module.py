@@ -14,7 +14,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
@@ -28,21 +27,19 @@ from harness.training.distill_terms import (
     KD_TERMS,
     backbone_hidden,
     collect_router_logits,
-    compute_terms,
+    head_terms,
     hidden_states,
-    kd_term,
 )
 from harness.training.fsdp import shard_with_mtp
 from harness.training.layer_switches import prepare_layers
 from harness.training.load_balance import global_batch_balance_loss
-from harness.training.loss_terms import lm_loss
 from harness.training.optim import configure_adamw
 from harness.training.precision import cast_parameters, frozen_dtype, master_dtype, mixed_precision_policy
 from harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
 from harness.training.sharded_load import empty_with_mtp, fill_pretrained
 from harness.training.teacher_cache import TeacherCache, cached_kd_term
-from kernels.kd_loss import kd_implementations
 from kernels.kd_loss.cached_reference import cached_kd_implementations
+from kernels.kd_loss.fused_head import head_implementations
 from methods.losses import loss_mixes
 from methods.schedules import weight_schedules
 
@@ -127,7 +124,7 @@ class DistillModule(pl.LightningModule):
         self.step_offset = step_offset
         self.total_steps = step_offset + train_cfg.max_steps if total_steps is None else total_steps
         self.mix = loss_mixes.get(distill_cfg.loss, "distill.loss")
-        self.kd = kd_implementations.get(distill_cfg.kd_kernel, "distill.kd_kernel")
+        self.head = head_implementations.get(distill_cfg.kd_kernel, "distill.kd_kernel")
         self.cached_kd = (cached_kd_implementations.get(distill_cfg.kd_kernel, "distill.kd_kernel")
                           if distill_cfg.teacher_cache else None)
         self.lambda_schedule = weight_schedules.get(distill_cfg.lambda_schedule, "distill.lambda_schedule")
@@ -203,19 +200,22 @@ class DistillModule(pl.LightningModule):
         depth = mtp_depth(self.student) if self.mix.needs_mtp else 0
         with collect_router_logits(self.student) as router_logits:
             student = hidden_states(self.student, self.student_mtp, input_ids, depth)
-        needs = self.mix.needs - {"kd"} if self.teacher_cache is not None else self.mix.needs
+        lam, beta = self.loss_weights()
+        weights = self.mix.coefficients(lam, beta)
+        head_weights = {name: weight for name, weight in weights.items()
+                        if not (name == "kd" and self.teacher_cache is not None)}
         teacher = None
-        if needs & KD_TERMS or self.router_map is not None:
+        if head_weights.keys() & KD_TERMS or self.router_map is not None:
             frozen = self._teacher()
             with torch.no_grad(), collect_router_logits(frozen.model) as teacher_router_logits:
                 teacher = hidden_states(frozen.model, frozen.mtp, input_ids, depth if "mtp_kd" in self.mix.needs else 0)
-        terms = compute_terms(needs, student, teacher, labels, self.kd, self.distill_cfg.temperature)
-        if needs != self.mix.needs:
+        total, terms = head_terms(self.head, head_weights, student, teacher, labels, self.distill_cfg.temperature)
+        if head_weights.keys() != weights.keys():  # kd from the teacher cache
             terms["kd"] = cached_kd_term(self.cached_kd, student.backbone, student.head_weight,
                                          self.teacher_cache.lookup(batch["index"]), self.distill_cfg.temperature)
+            total = total + weights["kd"] * terms["kd"]
         terms["balance"], balance_weight = self.balance_loss(router_logits)
-        lam, beta = self.loss_weights()
-        total = self.mix(terms, lam, beta) + balance_weight * terms["balance"]
+        total = total + balance_weight * terms["balance"]
         if self.router_map is not None:
             terms["router_kd"] = router_kd_loss(router_logits, teacher_router_logits, self.router_map)
             total = total + self.distill_cfg.router_kd_weight * terms["router_kd"]
@@ -239,13 +239,14 @@ class DistillModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         input_ids, labels = batch["input_ids"], batch["labels"]
-        hidden = backbone_hidden(self.student, input_ids)
-        head = self.student.get_output_embeddings().weight
         teacher = self._teacher().model
-        kd = kd_term(self.kd, hidden, backbone_hidden(teacher, input_ids), head,
-                     teacher.get_output_embeddings().weight, self.distill_cfg.temperature)
-        self.val_lm.update(lm_loss(F.linear(hidden, head), labels), weight=labels.numel())
-        self.val_kd.update(kd, weight=labels.numel())
+        _, values = self.head(backbone_hidden(self.student, input_ids).flatten(0, 1),
+                              backbone_hidden(teacher, input_ids).flatten(0, 1),
+                              self.student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
+                              labels=labels.flatten(), lm_weight=1.0, kd_weight=1.0,
+                              temperature=self.distill_cfg.temperature)
+        self.val_lm.update(values[0], weight=labels.numel())
+        self.val_kd.update(values[1], weight=labels.numel())
 
     def on_validation_epoch_end(self) -> None:
         loss, kd = self.val_lm.compute(), self.val_kd.compute()

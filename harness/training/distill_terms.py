@@ -1,26 +1,25 @@
 """The loss terms of one distillation batch (SlimQwen eq 12), computed from final-normed hidden states.
 
-KD and MTP-KD go through a `kernels.kd_loss` implementation on flattened hidden states and LM-head
-weights, so the chunked kernel never materializes full [tokens, V] logits for them; only the LM terms
-build logits. Term conventions (shifted labels, per-depth means, KL not cross entropy) are those of
-harness.training.loss_terms.
+Each head's two terms (LM + KD on the backbone, MTP-LM + MTP-KD on each MTP depth) go through one
+`kernels.kd_loss.fused_head` pass on flattened hidden states and LM-head weights at the loss mix's weights,
+so full [tokens, V] logits never exist. Term conventions (shifted labels, per-depth means, KL not cross
+entropy) are those of harness.training.loss_terms, the logit-level reference the tests compare against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
 from harness.models.mtp import MTPModule
 from harness.models.view import view
-from harness.training.loss_terms import lm_loss, main_head_targets, mtp_lm_loss
-from kernels.kd_loss import KDLoss
+from harness.training.loss_terms import main_head_targets
+from kernels.kd_loss.fused_head import HeadLoss
 
 KD_TERMS = frozenset({"kd", "mtp_kd"})
 
@@ -61,31 +60,36 @@ def hidden_states(model: PreTrainedModel, mtp: MTPModule | None, input_ids: torc
     return HiddenStates(hidden, depths, model.get_output_embeddings().weight)
 
 
-def kd_term(kd: KDLoss, student: torch.Tensor, teacher: torch.Tensor, student_head: torch.Tensor,
-            teacher_head: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean KL(teacher || student) over all positions of [B, T', d] / [B, T', d_t] hidden states."""
-    return kd(student.flatten(0, 1), teacher.flatten(0, 1), student_head, teacher_head, temperature)
+def _flat(hidden: torch.Tensor | None) -> torch.Tensor | None:
+    return None if hidden is None else hidden.flatten(0, 1)
 
 
-def compute_terms(needs: frozenset[str], student: HiddenStates, teacher: HiddenStates | None, labels: torch.Tensor,
-                  kd: KDLoss, temperature: float) -> dict[str, torch.Tensor]:
-    """The terms named in `needs` ("lm", "kd", "mtp_lm", "mtp_kd"); `teacher` is required for the KD ones."""
-    assert teacher is not None or not needs & KD_TERMS, "KD terms need the teacher's hidden states"
-    terms = {}
-    if "lm" in needs:
-        terms["lm"] = lm_loss(F.linear(student.backbone, student.head_weight), labels)
-    if "kd" in needs:
-        terms["kd"] = kd_term(kd, student.backbone, teacher.backbone, student.head_weight, teacher.head_weight,
-                              temperature)
-    if "mtp_lm" in needs:
-        terms["mtp_lm"] = mtp_lm_loss([F.linear(depth, student.head_weight) for depth in student.mtp], labels)
-    if "mtp_kd" in needs:
-        per_depth = [
-            kd_term(kd, mine, theirs, student.head_weight, teacher.head_weight, temperature)
-            for mine, theirs in zip(student.mtp, teacher.mtp, strict=True)
-        ]
-        terms["mtp_kd"] = torch.stack(per_depth).mean()
-    return terms
+def head_terms(head: HeadLoss, weights: Mapping[str, float], student: HiddenStates, teacher: HiddenStates | None,
+               labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(Σ weight × term, each term's value) over the terms in `weights` ("lm", "kd", "mtp_lm", "mtp_kd"): one
+    fused pass per head, the backbone's for LM + KD and each MTP depth's for MTP-LM + MTP-KD, so no [tokens, V]
+    logits exist and each head's matmul runs once per chunk. MTP terms are means over depths, so depth k
+    carries weight / D. `teacher` is required for the KD terms."""
+    assert teacher is not None or not weights.keys() & KD_TERMS, "KD terms need the teacher's hidden states"
+    total = student.backbone.new_zeros((), dtype=torch.float32)
+    values: dict[str, torch.Tensor] = {}
+    heads = [("lm", "kd", student.backbone, None if teacher is None else teacher.backbone, labels, 1)]
+    heads += [("mtp_lm", "mtp_kd", mine, None if teacher is None or k > len(teacher.mtp) else teacher.mtp[k - 1],
+               labels[:, k:], len(student.mtp)) for k, mine in enumerate(student.mtp, start=1)]
+    for lm_name, kd_name, hidden, teacher_hidden, head_labels, depths in heads:
+        if lm_name not in weights and kd_name not in weights:
+            continue
+        with_kd = kd_name in weights
+        head_total, head_values = head(
+            _flat(hidden), _flat(teacher_hidden) if with_kd else None, student.head_weight,
+            teacher.head_weight if with_kd else None, labels=head_labels.flatten() if lm_name in weights else None,
+            lm_weight=weights.get(lm_name, 0.0) / depths, kd_weight=weights.get(kd_name, 0.0) / depths,
+            temperature=temperature)
+        total = total + head_total
+        for name, value in zip((lm_name, kd_name), head_values, strict=True):
+            if name in weights:
+                values[name] = values.get(name, 0.0) + value / depths
+    return total, values
 
 
 @contextmanager

@@ -33,7 +33,8 @@ def _shifted_mask(mask: torch.Tensor | None, depth: int) -> torch.Tensor | None:
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_LM: mean cross entropy of logits [B, T, V] against labels [B, T]."""
-    per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # [B, T]
+    # rows of [B*T, V], not the [B, V, T] transpose: the strided class dim made it 3.1x slower fwd+bwd on CPU
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
     return _masked_mean(per_token, mask)
 
 

@@ -24,17 +24,22 @@ from kernels.kd_loss.reference import check_kd_inputs
 # dtype, owned by the step (it may overwrite them); softmax and KL run in fp32.
 ChunkStep = Callable[[torch.Tensor, torch.Tensor, float, float], tuple[torch.Tensor, torch.Tensor]]
 
+MIN_CHUNK_ROWS = 256
+
+
 def default_chunk_size(hidden_size: int) -> int:
-    """Largest power of two <= hidden_size / 4 (at least 1): 512 rows at d = 2048.
+    """Largest power of two <= hidden_size / 4, and at least MIN_CHUNK_ROWS: 512 rows at d = 2048.
 
     Each chunk pays one read-modify-write of the fp32 [V, d] weight-gradient accumulator, which its
     matmuls (~8 * chunk * V * d flops) must amortize, so chunks should not be much smaller; and its
     [chunk, V] buffers (~4 bytes per element with the Triton step, ~20 with the torch one) should stay
     within a small multiple of that [V, d] gradient, so they should not be much larger. Tying the chunk to
     d keeps both, whatever V is. Measured on an H100 (bench/kd_loss.py, N=4096, d=2048, bf16): 512 rows
-    met both targets with the Triton step, 256 was slower and 1024 used more memory.
+    met both targets with the Triton step, 256 was slower and 1024 used more memory. The floor keeps narrow
+    models from being chunk-bound: at d = 96, d / 4 is 16 rows, 128 chunks per call, and a 256-row floor made
+    the tiny distillation step 0.74x as long (issue 15).
     """
-    return 1 << max(0, (hidden_size // 4).bit_length() - 1)
+    return max(MIN_CHUNK_ROWS, 1 << max(0, (hidden_size // 4).bit_length() - 1))
 
 
 def torch_chunk_step(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -77,9 +82,9 @@ RowsStep = Callable[[slice | torch.Tensor, torch.Tensor, float], tuple[torch.Ten
 
 def chunked_forward(ctx, student_hidden: torch.Tensor, student_head_weight: torch.Tensor, mask: torch.Tensor | None,
                     reduction: str, chunk_size: int, rows_step: RowsStep) -> torch.Tensor:
-    """The chunk loop shared by every chunked KD autograd function: student logits per chunk of kept rows, the
-    teacher side supplied by `rows_step`, gradients folded into grad_hidden and an fp32 head accumulator and
-    saved for backward; returns the (mean or sum) loss."""
+    """The chunk loop shared by every chunked head-loss autograd function: student logits per chunk of kept rows,
+    the loss sums and logit gradients supplied by `rows_step` (None when nothing needs a gradient), gradients
+    folded into grad_hidden and an fp32 head accumulator and saved for backward; returns the (mean or sum) loss."""
     num_tokens = student_hidden.shape[0]
     num_kept = num_tokens if mask is None else int(mask.sum())
     scale = 1.0 / max(num_kept, 1) if reduction == "mean" else 1.0
@@ -90,7 +95,9 @@ def chunked_forward(ctx, student_hidden: torch.Tensor, student_head_weight: torc
     for rows in _row_chunks(mask, num_tokens, chunk_size):
         hidden = student_hidden[rows]  # [c, d]
         kl_sum, grad_logits = rows_step(rows, hidden @ student_head_weight.T, scale)  # grad_logits [c, V]
-        kl_total += kl_sum
+        kl_total = kl_total + kl_sum  # a scalar, or one sum per loss term (fused_head.py)
+        if grad_logits is None:  # nothing needs a gradient
+            continue
         if grad_hidden is not None:
             grad_hidden[rows] = grad_logits @ student_head_weight
         if grad_weight is not None:
@@ -115,11 +122,17 @@ class _ChunkedKD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if not torch.equal(grad_output, torch.ones_like(grad_output)):
-            grad_hidden = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
-            grad_weight = None if grad_weight is None else grad_weight * grad_output.to(grad_weight.dtype)
+        grad_hidden, grad_weight = scaled_saved_grads(ctx, grad_output)
         return grad_hidden, None, grad_weight, None, None, None, None, None, None
+
+
+def scaled_saved_grads(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (grad_hidden, grad_head_weight) that `chunked_forward` saved, times the loss's incoming gradient."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    if not torch.equal(grad_output, torch.ones_like(grad_output)):
+        grad_hidden = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight * grad_output.to(grad_weight.dtype)
+    return grad_hidden, grad_weight
 
 
 def chunked_inputs(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, chunk_size: int | None

@@ -60,7 +60,14 @@ def kd_loss_reference(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor
     """Naive full-vocab KL(teacher || student) over [N, V] logits (the correctness and speed baseline)."""
     check_kd_inputs(student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, temperature, mask,
                     reduction)
-    log_p = torch.log_softmax((student_hidden @ student_head_weight.T).float() / temperature, dim=-1)
     with torch.no_grad():
-        log_q = torch.log_softmax((teacher_hidden @ teacher_head_weight.T).float() / temperature, dim=-1)
-    return reduce_per_token((log_q.exp() * (log_q - log_p)).sum(dim=-1), mask, reduction)
+        teacher_logits = teacher_hidden @ teacher_head_weight.T
+    return reduce_per_token(kl_per_token(student_hidden @ student_head_weight.T, teacher_logits, temperature), mask,
+                            reduction)
+
+
+def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(q || p) per token [N] from raw logits [N, V], in fp32; the teacher side carries no gradient."""
+    log_p = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_q = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(dim=-1)

@@ -16,6 +16,7 @@ import torch
 
 from kernels.kd_loss import kd_implementations
 from kernels.kd_loss.chunked import kd_loss_chunked, torch_chunk_step
+from kernels.kd_loss.fused_head import head_loss_chunked, head_implementations
 
 try:
     import triton
@@ -91,3 +92,12 @@ if triton is not None:
         step = triton_chunk_step if kernel_runs_on(student_hidden) else torch_chunk_step
         return kd_loss_chunked(student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, temperature,
                                mask, reduction, chunk_size, step)
+
+    @head_implementations.register("triton")
+    def head_loss_triton(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None,
+                         student_head_weight: torch.Tensor, teacher_head_weight: torch.Tensor | None,
+                         **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM + KD in one chunked head pass, with the fused Triton KD step (CUDA)."""
+        step = triton_chunk_step if kernel_runs_on(student_hidden) else torch_chunk_step
+        return head_loss_chunked(student_hidden, teacher_hidden, student_head_weight, teacher_head_weight,
+                                 kd_step=step, **options)
