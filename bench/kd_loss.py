@@ -1,8 +1,15 @@
 """KD loss: chunked (and Triton, where it runs) vs the naive full-logits reference, forward + backward.
 
     python bench/kd_loss.py [--out bench/results/kd_loss.json] [--device cpu|cuda]
+    python bench/kd_loss.py --case step [--out bench/results/kd_loss_step.json]
 
 The baseline is `kernels.kd_loss.reference`, the implementation the tests check the others against.
+`--case step` times the whole eq-12 head loss of one distillation step instead: LM + KD on the backbone
+and MTP-LM + MTP-KD on one MTP depth, at the `full` mix's weights, forward + backward. "naive" builds each
+term's logits as harness.training.loss_terms does (the pre-fusion step); "fused" / "fused-triton" is
+`harness.training.distill_terms.head_terms` (one chunked pass per head). Hidden STEP_HIDDEN with
+N = 4d tokens on CPU, so the [V, d] weight-gradient floor does not hide the saving. Targets: memory <= 0.2x,
+time <= 1.0x.
 Every (vocab, implementation) pair runs in a fresh child process (this file with --worker), one after the
 other in the same bench run, on identical seeded inputs: the first call is the warm-up and the memory
 measurement, then `--repeats` calls give the median time. MEMORY_METHOD says how peak memory is taken.
@@ -25,8 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.training.distill_terms import HiddenStates, head_terms  # noqa: E402
+from harness.training.loss_terms import kd_loss_from_logits, lm_loss, mtp_kd_loss, mtp_lm_loss  # noqa: E402
 from kernels.kd_loss import kd_implementations  # noqa: E402
 from kernels.kd_loss.chunked import default_chunk_size  # noqa: E402
+from kernels.kd_loss.fused_head import head_implementations  # noqa: E402
 from kernels.kd_loss.reference import kd_loss_reference  # noqa: E402
 
 VOCAB_SIZES = (32000, 151936)
@@ -44,11 +54,15 @@ MEMORY_METHOD = (
 )
 MEMORY_TARGET = 0.2
 TIME_TARGET = 1.2
+STEP_HIDDEN = 256
+STEP_TIME_TARGET = 1.0
+STEP_LAMBDA, STEP_BETA = 0.5, 0.2  # a mid-schedule point of eq 12: every term has a nonzero weight
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/kd_loss.json")
+    parser.add_argument("--case", choices=("kernel", "step"), default="kernel")
+    parser.add_argument("--out", help="default: bench/results/kd_loss.json, or kd_loss_step.json for --case step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--tokens", type=int, help="N for every vocab size (default: 4096 on cuda, smaller on cpu)")
@@ -59,20 +73,51 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_inputs(num_tokens: int, vocab_size: int, dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+def make_inputs(num_tokens: int, vocab_size: int, dtype: torch.dtype, device: str,
+                hidden: int = HIDDEN) -> dict[str, torch.Tensor]:
     """Seeded hidden states and heads with logits of unit scale; student tensors require grad. Filled in
-    place so creating them leaves no transient copies in the memory high-water mark."""
+    place so creating them leaves no transient copies in the memory high-water mark. The step case adds MTP
+    depth-1 hidden states and labels."""
     generator = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=device).normal_(generator=generator).mul_(scale)
 
     return {
-        "student_hidden": randn(num_tokens, HIDDEN).requires_grad_(),
-        "teacher_hidden": randn(num_tokens, HIDDEN),
-        "student_head_weight": randn(vocab_size, HIDDEN, scale=HIDDEN**-0.5).requires_grad_(),
-        "teacher_head_weight": randn(vocab_size, HIDDEN, scale=HIDDEN**-0.5),
+        "student_hidden": randn(num_tokens, hidden).requires_grad_(),
+        "teacher_hidden": randn(num_tokens, hidden),
+        "student_head_weight": randn(vocab_size, hidden, scale=hidden**-0.5).requires_grad_(),
+        "teacher_head_weight": randn(vocab_size, hidden, scale=hidden**-0.5),
+        "student_mtp": randn(num_tokens - 1, hidden).requires_grad_(),
+        "teacher_mtp": randn(num_tokens - 1, hidden),
+        "labels": torch.randint(0, vocab_size, (num_tokens,), generator=generator, device=device),
     }
+
+
+def naive_step(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The eq-12 head loss as four separate terms on full logits (loss_terms), combined at the full mix's weights."""
+    def logits(hidden: str, head: str) -> torch.Tensor:
+        return (inputs[hidden] @ inputs[head].T)[None]
+
+    labels = inputs["labels"][None]
+    with torch.no_grad():
+        teacher, teacher_mtp = logits("teacher_hidden", "teacher_head_weight"), logits("teacher_mtp", "teacher_head_weight")
+    lm = lm_loss(logits("student_hidden", "student_head_weight"), labels)
+    kd = kd_loss_from_logits(logits("student_hidden", "student_head_weight"), teacher)
+    mtp_lm = mtp_lm_loss([logits("student_mtp", "student_head_weight")], labels)
+    mtp_kd = mtp_kd_loss([logits("student_mtp", "student_head_weight")], [teacher_mtp])
+    lam, beta = STEP_LAMBDA, STEP_BETA
+    return (1 - lam) * lm + lam * kd + beta * ((1 - lam) * mtp_lm + lam * mtp_kd)
+
+
+def fused_step(inputs: dict[str, torch.Tensor], kernel: str) -> torch.Tensor:
+    """The same loss through head_terms: one fused chunked pass per head."""
+    lam, beta = STEP_LAMBDA, STEP_BETA
+    weights = {"lm": 1 - lam, "kd": lam, "mtp_lm": beta * (1 - lam), "mtp_kd": beta * lam}
+    student = HiddenStates(inputs["student_hidden"][None], [inputs["student_mtp"][None]], inputs["student_head_weight"])
+    teacher = HiddenStates(inputs["teacher_hidden"][None], [inputs["teacher_mtp"][None]], inputs["teacher_head_weight"])
+    total, _ = head_terms(head_implementations.get(kernel), weights, student, teacher, inputs["labels"][None], 1.0)
+    return total
 
 
 def peak_bytes_since_start(device: str) -> int:
@@ -84,13 +129,22 @@ def peak_bytes_since_start(device: str) -> int:
 
 def worker(args: argparse.Namespace, dtype: torch.dtype, num_tokens: int) -> dict[str, float | list[float]]:
     """Child process: one warm-up call measuring peak memory, then `repeats` timed calls."""
-    inputs = make_inputs(num_tokens, args.vocab, dtype, args.device)
-    loss_fn = kd_loss_reference if args.worker == "reference" else kd_implementations.get(args.worker)
-    options = {} if args.worker == "reference" or args.chunk_size is None else {"chunk_size": args.chunk_size}
+    inputs = make_inputs(num_tokens, args.vocab, dtype, args.device, STEP_HIDDEN if args.case == "step" else HIDDEN)
+    if args.case == "step":
+        def loss() -> torch.Tensor:
+            return naive_step(inputs) if args.worker == "naive" else fused_step(inputs, args.worker.split("-")[-1])
+    else:
+        loss_fn = kd_loss_reference if args.worker == "reference" else kd_implementations.get(args.worker)
+        options = {} if args.worker == "reference" or args.chunk_size is None else {"chunk_size": args.chunk_size}
+        kd_inputs = {key: inputs[key] for key in ("student_hidden", "teacher_hidden", "student_head_weight",
+                                                  "teacher_head_weight")}
+
+        def loss() -> torch.Tensor:
+            return loss_fn(**kd_inputs, **options)
 
     def call() -> None:
-        loss_fn(**inputs, **options).backward()
-        inputs["student_hidden"].grad = inputs["student_head_weight"].grad = None
+        loss().backward()
+        inputs["student_hidden"].grad = inputs["student_head_weight"].grad = inputs["student_mtp"].grad = None
         if args.device == "cuda":
             torch.cuda.synchronize()
 
@@ -109,7 +163,7 @@ def worker(args: argparse.Namespace, dtype: torch.dtype, num_tokens: int) -> dic
 
 def run_child(args: argparse.Namespace, name: str, vocab_size: int, num_tokens: int) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--vocab", str(vocab_size), "--tokens", str(num_tokens),
-               "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats)]
+               "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats), "--case", args.case]
     if args.chunk_size is not None:
         command += ["--chunk-size", str(args.chunk_size)]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
@@ -117,18 +171,28 @@ def run_child(args: argparse.Namespace, name: str, vocab_size: int, num_tokens: 
 
 def compare(args: argparse.Namespace, vocab_size: int, num_tokens: int) -> dict:
     """Reference and every other runnable implementation on one shape, with ratios and verdicts."""
-    names = ["reference", "chunked"] + (["triton"] if args.device == "cuda" and "triton" in kd_implementations.keys()
-                                        else [])
+    triton = args.device == "cuda" and "triton" in kd_implementations.keys()
+    names = (["naive", "fused-chunked"] + (["fused-triton"] if triton else []) if args.case == "step"
+             else ["reference", "chunked"] + (["triton"] if triton else []))
     results = {name: run_child(args, name, vocab_size, num_tokens) for name in names}
-    naive = results["reference"]
+    naive = results[names[0]]
     for name in names[1:]:
         result = results[name]
         result["memory_ratio"] = result["peak_bytes"] / naive["peak_bytes"]
         result["time_ratio"] = result["median_s"] / naive["median_s"]
         result["memory_pass"] = result["memory_ratio"] <= MEMORY_TARGET
-        result["time_pass"] = result["time_ratio"] <= TIME_TARGET
-    return {"vocab_size": vocab_size, "tokens": num_tokens, "hidden": HIDDEN,
-            "weight_grad_accumulator_bytes": vocab_size * HIDDEN * 4, "results": results}
+        result["time_pass"] = result["time_ratio"] <= time_target(args)
+    hidden = hidden_size(args)
+    return {"vocab_size": vocab_size, "tokens": num_tokens, "hidden": hidden,
+            "weight_grad_accumulator_bytes": vocab_size * hidden * 4, "results": results}
+
+
+def hidden_size(args: argparse.Namespace) -> int:
+    return STEP_HIDDEN if args.case == "step" else HIDDEN
+
+
+def time_target(args: argparse.Namespace) -> float:
+    return STEP_TIME_TARGET if args.case == "step" else TIME_TARGET
 
 
 def tokens_for(args: argparse.Namespace, vocab_size: int) -> tuple[int, str]:
@@ -136,6 +200,8 @@ def tokens_for(args: argparse.Namespace, vocab_size: int) -> tuple[int, str]:
         return args.tokens, "set by --tokens"
     if args.device == "cuda":
         return GPU_TOKENS, "spec size"
+    if args.case == "step":
+        return 4 * STEP_HIDDEN, "CPU: N = 4d, so the [V, d] weight-gradient floor does not hide the saving"
     return CPU_TOKENS[vocab_size], (f"CPU: shrunk from {GPU_TOKENS} so the whole bench (4 fwd+bwd calls per side, "
                                     "4 matmuls of 2*N*d*V flops each, ~40 GFLOP/s on 2 shared cores) fits ~5 min")
 
@@ -143,6 +209,7 @@ def tokens_for(args: argparse.Namespace, vocab_size: int) -> tuple[int, str]:
 def main() -> None:
     args = parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    args.out = args.out or f"bench/results/kd_loss{'_step' if args.case == 'step' else ''}.json"
     if args.worker:
         print(json.dumps(worker(args, getattr(torch, args.dtype), args.tokens)))
         return
@@ -153,9 +220,10 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "dtype": args.dtype,
-        "chunk_size": args.chunk_size or default_chunk_size(HIDDEN),
+        "case": args.case,
+        "chunk_size": args.chunk_size or default_chunk_size(hidden_size(args)),
         "repeats": args.repeats,
-        "targets": {"memory_ratio_max": MEMORY_TARGET, "time_ratio_max": TIME_TARGET},
+        "targets": {"memory_ratio_max": MEMORY_TARGET, "time_ratio_max": time_target(args)},
         "memory_method": MEMORY_METHOD,
         "shapes": shapes,
         "torch": torch.__version__,
@@ -164,13 +232,13 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'V':>7} {'N':>5} {'impl':>9} {'time s':>8} {'peak MiB':>9} {'time x':>7} {'mem x':>6}  verdict")
+    print(f"{'V':>7} {'N':>5} {'impl':>13} {'time s':>8} {'peak MiB':>9} {'time x':>7} {'mem x':>6}  verdict")
     for shape in shapes:
         for name, result in shape["results"].items():
             ratios = (f"{result['time_ratio']:7.2f} {result['memory_ratio']:6.3f}  "
                       f"{'ok' if result['time_pass'] and result['memory_pass'] else 'MISSES TARGET'}"
-                      if name != "reference" else f"{'1':>7} {'1':>6}  baseline")
-            print(f"{shape['vocab_size']:>7} {shape['tokens']:>5} {name:>9} {result['median_s']:8.3f} "
+                      if "time_ratio" in result else f"{'1':>7} {'1':>6}  baseline")
+            print(f"{shape['vocab_size']:>7} {shape['tokens']:>5} {name:>13} {result['median_s']:8.3f} "
                   f"{result['peak_bytes'] / 2**20:9.0f} {ratios}")
     print(f"-> {out}")
 
