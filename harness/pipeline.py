@@ -120,6 +120,7 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
         "params": {"teacher": records[0]["params"]["teacher"], "student": records[-1]["params"]["student"]},
         "stages": records,
         "distill": records[-1]["distill"],
+        "experts_implementation": records[-1]["distill"].get("experts_implementation"),
     }
     on_rank_zero(lambda: write_text_atomic(Path(cfg.run_dir) / "run_summary.json", json.dumps(summary, indent=2)))
     return summary

@@ -21,6 +21,7 @@ from harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
 from harness.data.packing import PackedDataset, build_corpus_data
 from harness.distributed import init_distributed, on_rank_zero
 from harness.errors import UserError
+from harness.models.experts_policy import apply_experts_policy
 from harness.models.io import has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
 from harness.outputs import check_output_file
 
@@ -84,6 +85,7 @@ def calibrate_teacher(cfg: SlimConfig) -> CalibrationStats:
     check_output_file(cfg.calibration.output, "calibration.output")
     init_distributed(cuda=torch.device(cfg.calibration.device).type == "cuda")
     model, _ = load_pretrained(cfg.compress.teacher)
+    apply_experts_policy(cfg.model_runtime.experts_implementation, model, device=cfg.calibration.device)
     stats = run_calibration(model, cfg.data, cfg.calibration, cfg.compress.teacher)
     on_rank_zero(lambda: save_stats(stats, cfg.calibration.output))
     return stats

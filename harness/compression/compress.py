@@ -29,6 +29,7 @@ from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidd
 from harness.compression.width import sync_width_attributes
 from harness.config.schema import CompressConfig, SlimConfig
 from harness.distributed import init_distributed, on_rank_zero, rank
+from harness.models.experts_policy import apply_experts_policy
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
 from harness.models.mtp import mtp_hidden_params
 from harness.models.mtp_io import find_mtp, save_mtp
@@ -127,6 +128,8 @@ def compress(cfg: SlimConfig) -> dict:
     stored = _stored_stats(cfg, teacher_cfg)
     init_distributed(cuda=torch.device(cfg.calibration.device).type == "cuda")
     teacher = load_pretrained(recipe.teacher) if stored is None or rank() == 0 else None
+    if teacher is not None:
+        apply_experts_policy(cfg.model_runtime.experts_implementation, teacher[0], device=cfg.calibration.device)
     stats = run_calibration(teacher[0], cfg.data, cfg.calibration, recipe.teacher) if stored is None else stored
     if rank() != 0:
         teacher = None  # only rank 0 cuts: the others drop their copy before waiting

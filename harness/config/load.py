@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from harness.config.schema import SlimConfig
+from harness.config.schema import CHOICES, SlimConfig
 from harness.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -57,6 +57,19 @@ def _merge(base: DictConfig, update: Any, schema: Any, source: str) -> DictConfi
         raise UserError(f"{source}: bad value for {err.full_key!r}: {err.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as err:
         raise UserError(f"{source}: {str(err).splitlines()[0]}") from None
+
+
+def check_choices(cfg: Any, prefix: str = "") -> None:
+    """Every field whose schema metadata lists its allowed values (`CHOICES`) holds one of them; its default
+    always does, so the list is only computed for a changed value."""
+    for spec in fields(cfg):
+        value = getattr(cfg, spec.name)
+        if is_dataclass(value):
+            check_choices(value, f"{prefix}{spec.name}.")
+        elif CHOICES in spec.metadata and value != spec.default:
+            allowed = spec.metadata[CHOICES]()
+            if value not in allowed:
+                raise UserError(f"{prefix}{spec.name}: unknown {value!r}; valid: {', '.join(allowed)}")
 
 
 def _read_yaml(path: Path, what: str) -> DictConfig:
@@ -111,7 +124,9 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | 
         except OmegaConfBaseException as err:
             raise UserError(f"bad override {item!r}: {str(err).splitlines()[0]}") from None
         cfg = _merge(cfg, update, defaults, item)
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    resolved = OmegaConf.to_object(cfg)
+    check_choices(resolved)
+    return resolved  # type: ignore[return-value]
 
 
 def to_yaml(cfg: Any) -> str:

@@ -10,6 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MODEL_FAMILIES = ("qwen3_next", "qwen3_moe", "olmoe")
+# Field metadata key: a function returning the field's allowed values, checked when a config is loaded.
+CHOICES = "choices"
+
+
+def experts_implementation_choices() -> tuple[str, ...]:
+    """"auto" and every experts implementation transformers registers: "eager" and its ExpertsInterface entries."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    return ("auto", "eager", *sorted(ALL_EXPERTS_FUNCTIONS))
 
 
 @dataclass
@@ -46,6 +55,16 @@ class ModelConfig:
     # `mtp_num_hidden_layers`, the released Qwen3-Next key.
     mtp_num_layers: int = 1
     initializer_range: float = 0.02
+
+
+@dataclass
+class ModelRuntimeConfig:
+    """How every model a command loads computes: training (student, MTP, teacher), calibration, compression,
+    teacher caching, eval and ZEDA all apply it (harness/models/experts_policy.py)."""
+
+    # MoE experts implementation: "auto" = grouped_mm where torch runs the grouped GEMM natively on the device and
+    # dtype, else eager; or one transformers registers (eager, grouped_mm, batched_mm, ...). Recorded in summaries.
+    experts_implementation: str = field(default="auto", metadata={CHOICES: experts_implementation_choices})
 
 
 @dataclass
@@ -275,3 +294,4 @@ class SlimConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     zeda: ZedaConfig = field(default_factory=ZedaConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    model_runtime: ModelRuntimeConfig = field(default_factory=ModelRuntimeConfig)

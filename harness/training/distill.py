@@ -24,7 +24,14 @@ from harness.tracking.wandb_logger import validate_tracking_config, wandb_logger
 from harness.training.distill_module import DistillModule, load_student
 from harness.training.fsdp import gather_unsharded
 from harness.training.router_kd import student_lineage
-from harness.training.run import check_run_dir, fit, prepare_run, validate_train_config, write_summary
+from harness.training.run import (
+    ExpertsPolicy,
+    check_run_dir,
+    fit,
+    prepare_run,
+    validate_train_config,
+    write_summary,
+)
 from harness.training.teacher_cache import check_cache_config, check_cache_data
 from kernels.kd_loss.fused_head import head_implementations
 from methods.losses import loss_mixes
@@ -50,6 +57,7 @@ class DistillSummary:
     tokens_per_second: float  # tokens trained by this process / its wall_seconds (a resume's earlier steps excluded)
     final_lambda: float
     final_beta: float
+    experts_implementation: str  # model_runtime.experts_implementation as resolved for the training device
 
 
 def _check_range(cfg: object, field: str, low: float, high: float | None = None) -> None:
@@ -142,7 +150,9 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         check_cache_data(cfg.distill.teacher_cache, data.data.train, data.tokenizer)
     run_dir = prepare_run(cfg)
     module = module_factory(cfg.distill, cfg.train, step_offset, total_steps)
-    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=callbacks)
+    experts = ExpertsPolicy(cfg.model_runtime.experts_implementation,
+                            frozen=lambda trained: (trained.teacher.model, trained.teacher.mtp))
+    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=[*callbacks, experts])
     trainer = result.trainer
 
     gathered = gather_unsharded((module.student, module.student_mtp), lambda: load_student(cfg.distill.student))
@@ -163,6 +173,7 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         tokens_per_second=result.tokens_per_second(tokens_per_step),
         final_lambda=final_lambda,
         final_beta=final_beta,
+        experts_implementation=experts.implementation,
     )
     if trainer.is_global_zero:
         write_summary(run_dir, "distill_summary", summary)

@@ -16,7 +16,14 @@ from harness.outputs import check_output_dir
 from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
 from harness.training.fsdp import gather_unsharded
 from harness.training.lm_module import PretrainModule
-from harness.training.run import check_run_dir, fit, prepare_run, validate_train_config, write_summary
+from harness.training.run import (
+    ExpertsPolicy,
+    check_run_dir,
+    fit,
+    prepare_run,
+    validate_train_config,
+    write_summary,
+)
 
 
 @dataclass
@@ -30,6 +37,7 @@ class PretrainSummary:
     tokens_seen: int  # over the whole run, resumed steps included
     wall_seconds: float  # of this process's training
     tokens_per_second: float  # tokens trained by this process / its wall_seconds (a resume's earlier steps excluded)
+    experts_implementation: str  # model_runtime.experts_implementation as resolved for the training device
 
 
 def validate_pretrain_config(cfg: SlimConfig) -> None:
@@ -62,7 +70,8 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
     data.setup("fit")
     run_dir = prepare_run(cfg)
     module = PretrainModule(cfg.model, cfg.train)
-    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg))
+    experts = ExpertsPolicy(cfg.model_runtime.experts_implementation)
+    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=[experts])
     trainer = result.trainer
 
     model = module.model
@@ -80,6 +89,7 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
         tokens_seen=trainer.global_step * tokens_per_step,
         wall_seconds=round(result.wall_seconds, 1),
         tokens_per_second=result.tokens_per_second(tokens_per_step),
+        experts_implementation=experts.implementation,
     )
     if trainer.is_global_zero:
         write_summary(run_dir, "pretrain_summary", summary)

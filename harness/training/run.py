@@ -4,7 +4,7 @@ directory (refusing one that holds another run), fit with resume from `last.ckpt
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from time import perf_counter
@@ -20,6 +20,7 @@ from harness.atomic import write_text_atomic
 from harness.config.load import to_yaml
 from harness.config.schema import SlimConfig, TrainConfig
 from harness.errors import UserError
+from harness.models.experts_policy import apply_experts_policy
 from harness.outputs import check_work_dir
 from harness.training.layer_switches import check_compiler
 from harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
@@ -57,10 +58,12 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
 
 
 def _comparable(yaml_text: str) -> dict:
-    """A run config without the fields a rerun may change: its step budget (to extend it) and train.resume."""
+    """A run config without the fields a rerun may change: its step budget (to extend it), train.resume and how
+    the models compute (model_runtime: the same model either way)."""
     config = OmegaConf.to_container(OmegaConf.create(yaml_text))
     config["train"].pop("max_steps")
     config["train"].pop("resume")
+    config.pop("model_runtime", None)
     return config
 
 
@@ -95,6 +98,22 @@ class _StartStep(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.step = trainer.global_step
+
+
+class ExpertsPolicy(Callback):
+    """Applies `model_runtime.experts_implementation`, resolved for the device training runs on, to every experts
+    module of the Lightning module and of `frozen(pl_module)` (models kept outside its module tree, e.g. a frozen
+    teacher) once they are built and placed, before any forward; `implementation` is what ran."""
+
+    def __init__(self, requested: str,
+                 frozen: Callable[[pl.LightningModule], Iterable[torch.nn.Module | None]] = lambda _: ()) -> None:
+        self.requested = requested
+        self.frozen = frozen
+        self.implementation = ""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.implementation = apply_experts_policy(self.requested, pl_module, *self.frozen(pl_module),
+                                                   device=pl_module.device)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
 from harness.config.schema import SlimConfig
 from harness.data.packing import PackedDataset, build_corpus_data, sequences_sha256
 from harness.errors import UserError
+from harness.models.experts_policy import apply_experts_policy
 from harness.models.io import load_pretrained, read_model_config
 from harness.training.distill_terms import backbone_hidden
 from kernels.kd_loss import KDLoss
@@ -276,6 +277,7 @@ def cache_teacher(cfg: SlimConfig) -> CacheSummary:
     data = build_corpus_data(cfg.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_pretrained(cfg.distill.teacher, device=device)
+    apply_experts_policy(cfg.model_runtime.experts_implementation, model)
     if tokenizer is None or tokenizer.get_vocab() != data.tokenizer.get_vocab():
         raise UserError(f"data.tokenizer_dir: the tokenizer at {cfg.data.tokenizer_dir} differs from the teacher's "
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")

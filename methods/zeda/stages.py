@@ -19,6 +19,7 @@ from harness.config.schema import DistillConfig, SlimConfig, TrainConfig, ZedaCo
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.models.expert_flops import expert_flops_saved
+from harness.models.experts_policy import apply_experts_policy
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
 from harness.models.mtp_io import find_mtp, save_mtp
 from harness.outputs import check_output_dir, check_work_dir, weights_bytes
@@ -144,6 +145,7 @@ def run_zeda(cfg: SlimConfig) -> dict:
     write_injected(cfg.zeda, injected_dir(cfg))
     records = [_run_stage(cfg, stage, stage_cfg) for stage, stage_cfg in zip(stages, stage_cfgs, strict=True)]
     model, _ = load_pretrained(adapted_dir(cfg))
+    apply_experts_policy(cfg.model_runtime.experts_implementation, model)
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
     data.setup("fit")
     flops = expert_flops_saved(model, data.val_dataloader())
@@ -159,6 +161,7 @@ def run_zeda(cfg: SlimConfig) -> dict:
         "expert_flops_saved": flops["overall"],
         "expert_flops_saved_per_layer": flops["per_layer"],
         "steps": sum(record["steps"] for record in records),
+        "experts_implementation": final.get("experts_implementation"),
         "wall_seconds": round(sum(record["distill"]["wall_seconds"] for record in records), 1),
         "stages": records,
     }

@@ -12,6 +12,7 @@ from harness.evaluation.perplexity import model_perplexity
 from harness.evaluation.teacher_metrics import teacher_perplexity
 from harness.grid.cells._params import PARAM_METRICS, param_metrics
 from harness.grid.kinds import CellOutput, register_kind
+from harness.models.experts_policy import apply_experts_policy
 from harness.models.io import load_pretrained, read_model_config
 
 
@@ -26,9 +27,11 @@ def _perplexities(cfg: SlimConfig) -> dict[str, float]:
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, cfg.train.seed)
     data.setup()
     student = load_pretrained(cfg.compress.output)[0]
+    apply_experts_policy(cfg.model_runtime.experts_implementation, student)
     metrics = {"val_perplexity": model_perplexity(student, data.val_dataloader(), desc="student validation perplexity")}
     del student
     teacher = load_pretrained(cfg.compress.teacher)[0]
+    apply_experts_policy(cfg.model_runtime.experts_implementation, teacher)
     metrics["teacher_val_perplexity"] = teacher_perplexity(cfg.compress.teacher, teacher, data.val_dataloader())
     return metrics
 
