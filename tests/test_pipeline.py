@@ -10,6 +10,7 @@ import torch
 
 from harness.config.load import load_config
 from harness.errors import UserError
+from harness.models.experts_policy import resolve_experts_implementation
 from harness.models.io import load_pretrained
 from harness.pipeline import run_recipe
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
@@ -33,6 +34,8 @@ def test_one_shot_run_writes_a_distilled_student(teacher, tmp_path):  # noqa: F8
     assert distilled.config.num_hidden_layers == 3 and distilled.config.num_experts == 4
     saved = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     assert saved["params"]["student"]["total"] < saved["params"]["teacher"]["total"]
+    expected = resolve_experts_implementation("auto", "cpu", [torch.float32])  # model_runtime's default
+    assert saved["experts_implementation"] == saved["distill"]["experts_implementation"] == expected
 
 
 def test_scratch_init_keeps_the_shape_and_redraws_every_weight(teacher, tmp_path):  # noqa: F811
