@@ -17,7 +17,6 @@ from harness.config.schema import DataConfig, ModelConfig
 from harness.data.corpus import read_chapters, split_corpus
 from harness.errors import UserError
 from harness.evaluation.efficiency import CPU_MEMORY, measure_efficiency
-from harness.evaluation.evaluate import disable_cache_without_attention
 from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from harness.evaluation.local_tasks import BUILDERS, TASKS_DIR, write_local_tasks
 from harness.evaluation.mtp_acceptance import Drafter, acceptance_rates, greedy_continuation, mtp_drafter
@@ -97,9 +96,9 @@ def test_real_task_without_cached_data_fails_offline(manager, monkeypatch: pytes
         check_tasks(["lambada_openai"], manager)
 
 
-def tiny_model(mtp_layers: int, num_layers: int = 4) -> PreTrainedModel:
+def tiny_model(mtp_layers: int) -> PreTrainedModel:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=32, hidden_size=64, num_hidden_layers=num_layers, num_experts=8,
+    config = ModelConfig(vocab_size=32, hidden_size=64, num_hidden_layers=4, num_experts=8,
                          num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
                          mtp_num_layers=mtp_layers)
     return build_model(config).eval()
@@ -161,18 +160,6 @@ def test_drafter_copying_the_main_head_is_always_accepted() -> None:
     assert acceptance_rates(model, oracle_drafter(model, 4, noise=0.0), prompts, 12, 4) == [1.0] * 4
 
 
-def test_model_without_attention_layer_runs_without_cache() -> None:
-    """A depth-pruned Qwen3-Next with only linear-attention layers (transformers' cache needs an attention layer)
-    still generates, drafts and is timed once eval turns its cache off; models with one keep their cache."""
-    assert disable_cache_without_attention(tiny_model(1)) is None
-    model = tiny_model(1, num_layers=3)
-    assert disable_cache_without_attention(model) is not None
-    prompts = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(0))
-    assert len(acceptance_rates(model, mtp_drafter(model, build_mtp(model).eval(), 2), prompts, 6, 2)) == 2
-    assert measure_efficiency(model, prompts, new_tokens=3, repeats=1, warmup=0).decode_tokens_per_s > 0
-    assert model.generate(prompts, max_new_tokens=2, use_cache=True, pad_token_id=0).shape == (2, 8)  # as HFLM calls it
-
-
 def test_efficiency_counts_weights_on_cpu() -> None:
     """Throughputs are positive and CPU peak memory includes at least the weights."""
     model = tiny_model(0)
@@ -196,6 +183,7 @@ def test_slim_eval_writes_summary(tmp_path: Path) -> None:
     assert len(summary["expert_flops_saved"]["per_layer"]) == 4
     assert summary["mtp_acceptance"]["acc"] is None and "no MTP weights" in summary["mtp_acceptance"]["note"]
     assert set(summary["efficiency"]["student_vs_teacher"]) == {"prefill_speedup", "decode_speedup", "memory_ratio"}
+    assert summary["decode_cache"] == summary["efficiency"]["teacher_decode_cache"] == "transformers"
 
 
 @pytest.mark.parametrize(("override", "message"), [

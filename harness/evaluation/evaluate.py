@@ -24,6 +24,7 @@ from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_ev
 from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.expert_flops import count_expert_flops
+from harness.models.families import prepare_decoding
 from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
 from harness.models.mtp import mtp_depth
 from harness.models.mtp_io import find_mtp
@@ -120,28 +121,15 @@ def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.
     measure = partial(measure_efficiency, prompts=prompts, new_tokens=settings.new_tokens, repeats=settings.repeats,
                       warmup=settings.warmup)
     measured = {"model": measure(model)}
+    summary: dict = {"device": str(prompts.device)}
     if cfg.eval.teacher:
         teacher = load_pretrained(cfg.eval.teacher, device=str(prompts.device))[0]
-        disable_cache_without_attention(teacher)
+        summary["teacher_decode_cache"] = prepare_decoding(teacher)
         measured["teacher"] = measure(teacher)
-    summary: dict = {"device": str(prompts.device), **{name: asdict(value) for name, value in measured.items()}}
+    summary.update((name, asdict(value)) for name, value in measured.items())
     if "teacher" in measured:
         summary["student_vs_teacher"] = efficiency_ratios(measured["model"], measured["teacher"])
     return summary
-
-
-def disable_cache_without_attention(model: PreTrainedModel) -> str | None:
-    """transformers' hybrid cache needs one full-attention layer (its length comes from there), so a depth-pruned
-    Qwen3-Next with only linear-attention layers cannot use it: run such a model without cache (decoding then
-    recomputes the prefix each step) and return a note saying so; None when the cache works. `generate` is
-    wrapped too, because lm-eval's HFLM passes use_cache=True to it explicitly."""
-    layer_types = getattr(model.config, "layer_types", None)
-    if layer_types is None or "full_attention" in layer_types:
-        return None
-    model.config.use_cache = False
-    generate = model.generate
-    model.generate = lambda *args, **kwargs: generate(*args, **{**kwargs, "use_cache": False})
-    return "no full-attention layer: transformers' KV cache needs one, so this model runs without cache"
 
 
 def evaluate(cfg: SlimConfig) -> dict:
@@ -165,8 +153,9 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
     texts = validation_texts(cfg)
     model, tokenizer = load_pretrained(cfg.eval.model, device=str(device))
     model.eval()
+    # Which cache `generate` decodes with: transformers' own, or a model family's (harness.models.families).
     summary: dict = {"model": cfg.eval.model, "teacher": cfg.eval.teacher or None,
-                     "kv_cache_note": disable_cache_without_attention(model)}
+                     "decode_cache": prepare_decoding(model)}
     if manager is not None:
         limit = cfg.eval.limit or None
         summary["lm_eval"] = run_lm_eval(model, tokenizer, cfg.eval.tasks, manager, limit, cfg.eval.batch_size,

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from harness.config.schema import ModelConfig
-from harness.models.families import is_positive_int, model_families, require
+from harness.models.families import is_positive_int, model_families, prepare_decoding, require
 from harness.models.linear_attention_path import install_device_dispatch
 
 POSITIVE_INT_FIELDS = (
@@ -68,10 +68,13 @@ def build_hf_config(cfg: ModelConfig) -> PretrainedConfig:
 def build_model(
     cfg: ModelConfig, device: str = "cpu", seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
-    """A freshly initialized model built directly on `device` ("meta" allocates nothing); seeds the
-    global torch RNG with `seed` so the same config and seed give the same weights."""
+    """A freshly initialized model built directly on `device` ("meta" allocates nothing) that decodes with a
+    cache (`prepare_decoding`); seeds the global torch RNG with `seed` so the same config and seed give the same
+    weights."""
     hf_config = build_hf_config(cfg)
     install_device_dispatch()
     torch.manual_seed(seed)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    prepare_decoding(model)
+    return model

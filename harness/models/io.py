@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from harness.atomic import swap_in
 from harness.compression.experts import resize_experts
 from harness.errors import UserError
-from harness.models.families import model_families
+from harness.models.families import model_families, prepare_decoding
 from harness.models.linear_attention_path import install_device_dispatch
 from harness.models.zero_experts import CONFIG_FIELD as ZERO_EXPERTS_FIELD, install_zero_experts
 from harness.outputs import check_output_dir, mark
@@ -169,7 +169,8 @@ def empty_model(path: str | Path) -> PreTrainedModel:
 
 def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Load a model directory written by `save_pretrained` (or any supported HF checkpoint) onto `device`,
-    with its tokenizer when the directory has one. Missing or mismatched weights are an error, never
+    with its tokenizer when the directory has one, ready to decode with a cache (`prepare_decoding`: a
+    depth-pruned Qwen3-Next without attention layers too). Missing or mismatched weights are an error, never
     silently re-initialized."""
     path = Path(path)
     check_checkpoint(path)
@@ -184,5 +185,6 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     if info["missing_keys"]:
         raise UserError(f"checkpoint {path}: missing_keys {sorted(info['missing_keys'])} (config.json expects them)")
     _own_cpu_memory(model)
+    prepare_decoding(model)
     tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
     return model, tokenizer

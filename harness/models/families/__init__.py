@@ -33,12 +33,25 @@ class ModelFamily:
     # Parameter name (layer index written `*`) -> the dim that is the model width; width pruning slices
     # exactly these. None: the family cannot shrink its width independently of its heads.
     hidden_dims: Mapping[str, int] | None = None
+    # Makes cached decoding (`generate`, forwards with use_cache) work on a model of the family where
+    # transformers' own cache cannot (idempotent) and names the cache path it takes. None: transformers'
+    # cache serves every model of the family.
+    prepare_decoding: Callable[[PreTrainedModel], str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
 model_families: Registry[ModelFamily] = Registry("model family", package="harness.models.families")
+
+TRANSFORMERS_CACHE = "transformers"
+
+
+def prepare_decoding(model: PreTrainedModel) -> str:
+    """Make `model` decode with a cache, O(1) work per new token (build and load call it); returns which cache
+    path decoding takes: TRANSFORMERS_CACHE, or the name of its family's own."""
+    family = model_families.get(model.config.model_type, "model.config.model_type")
+    return family.prepare_decoding(model) if family.prepare_decoding is not None else TRANSFORMERS_CACHE
 
 
 def require(cfg: ModelConfig, field: str, ok: Callable[[Any], bool], allowed: str) -> None:

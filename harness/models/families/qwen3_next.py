@@ -2,18 +2,23 @@
 
 Every `full_attention_interval`-th layer is gated full attention (q_proj emits query and gate), the
 rest Gated DeltaNet (`linear_attn`). Its RMSNorms, except the gated DeltaNet one, are zero-centred:
-output = x̂ · (1 + weight).
+output = x̂ · (1 + weight). A depth-pruned student left with Gated DeltaNet layers only decodes through
+`LinearStateCache`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
-from transformers import PreTrainedModel, Qwen3NextConfig
+from transformers import DynamicCache, PreTrainedModel, Qwen3NextConfig
 from transformers.models.qwen3_next import modeling_qwen3_next as modeling
 
 from harness.config.schema import ModelConfig
 from harness.models.families import (
     BACKBONE_HIDDEN_DIMS,
+    TRANSFORMERS_CACHE,
     ModelFamily,
     common_hf_kwargs,
     is_positive_int,
@@ -101,4 +106,79 @@ def view(model: PreTrainedModel) -> ModelView:
     return decoder_view(model, _layer_view)
 
 
-model_families.register("qwen3_next")(ModelFamily(__doc__, hf_config, view, check, HIDDEN_DIMS))
+LINEAR_STATE_CACHE = "harness-linear-state"
+
+
+class LinearStateCache(DynamicCache):
+    """transformers' DynamicCache for a Qwen3-Next without full-attention layers: it holds each Gated DeltaNet
+    layer's conv and recurrent state, as DynamicCache does, and also counts the tokens it has seen (the
+    decoder's forward hook adds them). transformers reads the cache length (positions, mask sizes) from an
+    attention layer, which this model has none of ("get_seq_length can only be called on Attention layers")."""
+
+    seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return self.seen_tokens + query_length, 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen_tokens = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)  # linear-attention layers only take -n: forget the last n tokens
+        self.seen_tokens += tokens_to_remove
+
+
+def _has_attention(config: Qwen3NextConfig) -> bool:
+    return "full_attention" in config.layer_types
+
+
+def _wants_cache(decoder: nn.Module, kwargs: dict[str, Any]) -> bool:
+    """use_cache as the decoder's forward resolves it (transformers' merge_with_config_defaults)."""
+    use_cache = kwargs.get("use_cache")
+    if use_cache is None:
+        use_cache = decoder.config.use_cache
+    checkpointing = getattr(decoder, "gradient_checkpointing", False) and decoder.training and torch.is_grad_enabled()
+    return bool(use_cache) and not checkpointing
+
+
+def _serve_linear_state_cache(decoder: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+    """Forward pre-hook of the decoder: without a full-attention layer, its cache is a LinearStateCache. The plain
+    DynamicCache that `generate` (or a caller) builds from the config is re-typed in place, so whoever holds it
+    keeps the cache that is filled; it holds no state yet, since a forward through it would have failed."""
+    if _has_attention(decoder.config):
+        return None
+    cache = kwargs.get("cache")
+    if type(cache) is DynamicCache:
+        cache.__class__ = LinearStateCache
+    elif cache is None and _wants_cache(decoder, kwargs):
+        return args, {**kwargs, "cache": LinearStateCache(config=decoder.config)}
+    return None
+
+
+def _count_seen_tokens(decoder: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> None:
+    """Forward hook of the decoder: a LinearStateCache has now seen this forward's tokens too."""
+    cache = kwargs.get("cache")
+    if isinstance(cache, LinearStateCache):
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        cache.seen_tokens += (inputs if inputs is not None else kwargs["inputs_embeds"]).shape[1]
+
+
+def prepare_decoding(model: PreTrainedModel) -> str:
+    """Hook LinearStateCache into the decoder (once; the hooks check the layer types at each call, so a model
+    pruned in memory later is served too) and name the cache path the model takes now."""
+    decoder = model.model
+    if not getattr(decoder, "serves_linear_state_cache", False):
+        decoder.register_forward_pre_hook(_serve_linear_state_cache, with_kwargs=True)
+        decoder.register_forward_hook(_count_seen_tokens, with_kwargs=True)
+        decoder.serves_linear_state_cache = True
+    return TRANSFORMERS_CACHE if _has_attention(model.config) else LINEAR_STATE_CACHE
+
+
+model_families.register("qwen3_next")(ModelFamily(__doc__, hf_config, view, check, HIDDEN_DIMS, prepare_decoding))
