@@ -79,7 +79,7 @@ def distill_run(name: str, work: Path, steps: int, batch_size: int, extra: list[
     run_dir = work / name
     overrides = [f"run_dir={run_dir}", f"compress.output={run_dir}/student", f"distill.output={run_dir}/distilled",
                  f"calibration.output={run_dir}/stats.safetensors", "calibration.device=cuda",
-                 "data.tokenizer_dir=assets/tiny-teacher", "train.accelerator=gpu", f"train.max_steps={steps}",
+                 "data.tokenizer=assets/tiny-teacher", "train.accelerator=gpu", f"train.max_steps={steps}",
                  f"train.batch_size={batch_size}", f"train.val_every={steps}", "tracking.wandb=false", *extra]
     torch.cuda.reset_peak_memory_stats()
     summary = run_recipe(load_config(overrides, files=TINY_RECIPE))["distill"]

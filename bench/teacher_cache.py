@@ -47,7 +47,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     with gzip.open("data/corpus/kjv.txt.gz", "rt") as source:
         (root / "corpus.txt").write_text("".join(next(source) for _ in range(args.lines)))
-    base = [f"data.corpus_path={root / 'corpus.txt'}", f"data.tokenizer_dir={TEACHER}", "train.num_threads=1",
+    base = [f"data.path={root / 'corpus.txt'}", f"data.tokenizer={TEACHER}", "train.num_threads=1",
             f"train.max_steps={args.steps}", "train.batch_size=8", "train.warmup_steps=1",
             f"train.val_every={args.steps}", "train.val_batches=1", "distill.loss=kd", f"distill.teacher={TEACHER}",
             "tracking.wandb=false"]

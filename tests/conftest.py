@@ -37,7 +37,7 @@ def tiny_config(tmp_path: Path, tokenizer_dir: Path):
     """Build a SlimConfig for a tiny run in `tmp_path` with extra overrides."""
 
     def make(*overrides: str) -> SlimConfig:
-        return load_config([*TINY_OVERRIDES, f"data.tokenizer_dir={tokenizer_dir}", f"run_dir={tmp_path / 'run'}",
+        return load_config([*TINY_OVERRIDES, f"data.tokenizer={tokenizer_dir}", f"run_dir={tmp_path / 'run'}",
                             *overrides])
 
     return make

@@ -82,7 +82,7 @@ class _Gradients(Callback):
 def distill_config(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> SlimConfig:
     """A full-mix distillation of a random tiny student from a random tiny teacher, batch 8 of 32 tokens."""
     root = tmp_path_factory.mktemp("accumulation")
-    overrides = [*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer_dir={tokenizer_dir}"]
+    overrides = [*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}"]
     data = CorpusDataModule(load_config(overrides).data, batch_size=8)
     data.setup()
     dirs = [save_pretrained(build_model(load_config(overrides).model, seed=seed), root / name, data.tokenizer)

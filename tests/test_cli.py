@@ -34,7 +34,7 @@ def test_every_subcommand_has_help(name: str):
     [
         (["config", "train.max_step=3"], "unknown config key 'train.max_step'"),
         (["config", "model=nope"], "unknown preset 'nope'"),
-        (["pretrain", "data.corpus_path=/nonexistent.txt", "run_dir=/tmp/slim-cli-test"], "data.corpus_path"),
+        (["pretrain", "data.path=/nonexistent.txt", "run_dir=/tmp/slim-cli-test"], "data.path"),
         (["config", "--config", "/nonexistent.yaml"], "file not found"),
     ],
 )

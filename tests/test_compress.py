@@ -32,7 +32,7 @@ CALIBRATION = ["calibration.num_samples=16", "calibration.batch_size=8", "calibr
 def teacher(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, Path, list[str]]:
     """A random-init tiny teacher with an MTP module, saved with the corpus tokenizer, plus its calibration stats."""
     root = tmp_path_factory.mktemp("compress")
-    base = [*TINY_OVERRIDES, *TEACHER_SHAPE, *CALIBRATION, f"data.tokenizer_dir={tokenizer_dir}"]
+    base = [*TINY_OVERRIDES, *TEACHER_SHAPE, *CALIBRATION, f"data.tokenizer={tokenizer_dir}"]
     cfg = load_config(base)
     tokenizer = build_corpus_data(cfg.data).tokenizer
     model = build_model(cfg.model, seed=0)

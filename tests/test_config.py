@@ -116,3 +116,14 @@ def test_paper_recipe_budgets(variant: str, batch: int, tokens: float):
     step_tokens = train.batch_size * cfg.data.seq_len
     assert 0 <= train.max_steps * step_tokens - tokens < step_tokens
     validate_distill_config(cfg)
+
+
+@pytest.mark.parametrize(("old", "new"), [("data.corpus_path", "data.path"), ("data.tokenizer_dir", "data.tokenizer")])
+def test_renamed_keys_name_the_new_key(old: str, new: str, tmp_path: Path):
+    """An old key, as an override or in a YAML file, is one line naming the key that replaced it."""
+    with pytest.raises(UserError, match=rf"^config key '{old}' was renamed to '{new}'$"):
+        load_config([f"{old}=x"])
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(f"data:\n  {old.split('.')[1]}: x\n")
+    with pytest.raises(UserError, match=rf"^config key '{old}' was renamed to '{new}'$"):
+        load_config(files=[str(recipe)])

@@ -25,7 +25,7 @@ HELDOUT_EVERY = 20
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
     tokenizer_dir = tmp_path_factory.mktemp("artifacts") / "tokenizer"
-    return DataConfig(corpus_path=CORPUS, tokenizer_dir=str(tokenizer_dir), vocab_size=1024, seq_len=64)
+    return DataConfig(path=CORPUS, tokenizer=str(tokenizer_dir), vocab_size=1024, seq_len=64)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_every_split_is_packed(data: CorpusData):
 
 def test_second_build_hits_cache(cfg: DataConfig, data: CorpusData, monkeypatch: pytest.MonkeyPatch):
     """A second build returns identical tensors without retraining the tokenizer or re-packing."""
-    tokenizer_file = os.path.join(cfg.tokenizer_dir, "tokenizer.json")
+    tokenizer_file = os.path.join(cfg.tokenizer, "tokenizer.json")
     mtime = os.stat(tokenizer_file).st_mtime_ns
 
     def fail(*args, **kwargs):
@@ -126,8 +126,8 @@ def test_second_build_hits_cache(cfg: DataConfig, data: CorpusData, monkeypatch:
     for name in packing.SPLITS:
         assert torch.equal(getattr(again, name).sequences, getattr(data, name).sequences)
     assert os.stat(tokenizer_file).st_mtime_ns == mtime
-    assert not [p for p in os.listdir(os.path.dirname(cfg.tokenizer_dir)) if ".tmp-" in p]
-    assert not [p for p in os.listdir(cfg.tokenizer_dir) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(os.path.dirname(cfg.tokenizer)) if ".tmp-" in p]
+    assert not [p for p in os.listdir(cfg.tokenizer) if p.endswith(".tmp")]
 
 
 def test_datamodule_order_depends_only_on_seed(cfg: DataConfig, data: CorpusData):
@@ -150,18 +150,18 @@ def test_datamodule_order_depends_only_on_seed(cfg: DataConfig, data: CorpusData
 
 
 def test_missing_corpus_names_field(tmp_path: Path):
-    """A missing corpus file fails with one error naming data.corpus_path."""
-    cfg = DataConfig(corpus_path=str(tmp_path / "nope.txt.gz"), tokenizer_dir=str(tmp_path / "tok"))
-    with pytest.raises(UserError, match="data.corpus_path: file not found"):
+    """A missing corpus file fails with one error naming data.path."""
+    cfg = DataConfig(path=str(tmp_path / "nope.txt.gz"), tokenizer=str(tmp_path / "tok"))
+    with pytest.raises(UserError, match="data.path: file not found"):
         build_corpus_data(cfg)
 
 
 @pytest.mark.parametrize("content", ["", "Ge1:1 In the beginning\nnot a verse line\n"])
 def test_malformed_corpus_names_field(tmp_path: Path, content: str):
-    """An empty corpus or a line without a verse reference fails naming data.corpus_path."""
+    """An empty corpus or a line without a verse reference fails naming data.path."""
     path = tmp_path / "corpus.txt"
     path.write_text(content)
-    with pytest.raises(UserError, match="data.corpus_path"):
+    with pytest.raises(UserError, match="data.path"):
         read_chapters(str(path))
 
 
@@ -176,23 +176,23 @@ def test_damaged_gzip_corpus_is_one_line(tmp_path: Path, damage: str):
     else:
         middle = len(packed) // 2
         path.write_bytes(packed[:middle] + bytes(b ^ 0xFF for b in packed[middle:middle + 64]) + packed[middle + 64:])
-    with pytest.raises(UserError, match=rf"^data.corpus_path: cannot read {path} as UTF-8 text"):
+    with pytest.raises(UserError, match=rf"^data.path: cannot read {path} as UTF-8 text"):
         read_chapters(str(path))
 
 
 def test_corrupt_tokenizer_dir_names_field(cfg: DataConfig, tmp_path: Path):
-    """A non-empty tokenizer directory that does not load fails naming data.tokenizer_dir."""
+    """A non-empty tokenizer directory that does not load fails naming data.tokenizer."""
     corrupt = tmp_path / "tokenizer"
     corrupt.mkdir()
     (corrupt / "tokenizer.json").write_text("{ not json")
     (corrupt / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
-    with pytest.raises(UserError, match="data.tokenizer_dir"):
-        build_corpus_data(dataclasses.replace(cfg, tokenizer_dir=str(corrupt)))
+    with pytest.raises(UserError, match="data.tokenizer"):
+        build_corpus_data(dataclasses.replace(cfg, tokenizer=str(corrupt)))
 
 
 def test_tokenizer_vocab_mismatch_names_field(cfg: DataConfig, data: CorpusData):
     """A saved tokenizer whose size differs from data.vocab_size is rejected, not silently used."""
-    with pytest.raises(UserError, match="data.tokenizer_dir: .* 1024 tokens but data.vocab_size is 4096"):
+    with pytest.raises(UserError, match="data.tokenizer: .* 1024 tokens but data.vocab_size is 4096"):
         load_or_train_tokenizer(dataclasses.replace(cfg, vocab_size=4096), data.split.train)
 
 
@@ -202,7 +202,7 @@ def test_tokenizer_vocab_mismatch_names_field(cfg: DataConfig, data: CorpusData)
 )
 def test_bad_config_values_name_field(tmp_path: Path, override: dict, field: str):
     """Out-of-range data settings fail before any tokenizer is trained, naming the field."""
-    cfg = DataConfig(corpus_path=CORPUS, tokenizer_dir=str(tmp_path / "tok"), **override)
+    cfg = DataConfig(path=CORPUS, tokenizer=str(tmp_path / "tok"), **override)
     with pytest.raises(UserError, match=field):
         build_corpus_data(cfg)
     assert not (tmp_path / "tok").exists()

@@ -38,7 +38,7 @@ SHORT = ["train.batch_size=4", "train.warmup_steps=1", "train.val_every=2", "tra
 
 
 def _config(run_dir: Path, tokenizer_dir: Path, *overrides: str) -> SlimConfig:
-    return load_config([*TINY_OVERRIDES, f"data.tokenizer_dir={tokenizer_dir}", f"run_dir={run_dir}", *overrides])
+    return load_config([*TINY_OVERRIDES, f"data.tokenizer={tokenizer_dir}", f"run_dir={run_dir}", *overrides])
 
 
 @pytest.fixture(scope="session")

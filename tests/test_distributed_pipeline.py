@@ -45,7 +45,7 @@ SUM_TOL = 1e-12
 def teacher(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, list[str]]:
     """(teacher dir, base overrides): a random-init 2-layer teacher with an MTP module and the corpus tokenizer."""
     root = tmp_path_factory.mktemp("distributed")
-    base = [*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer_dir={tokenizer_dir}", *CALIBRATION]
+    base = [*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}", *CALIBRATION]
     cfg = load_config(base)
     model = build_model(cfg.model, seed=0)
     mtp = build_mtp(model)

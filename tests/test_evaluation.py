@@ -57,7 +57,7 @@ def test_shipped_task_files_rebuild_identically(tmp_path: Path) -> None:
 
 def test_local_tasks_use_heldout_text_only() -> None:
     """Every item is built from validation verses; no verse it shows also occurs in the train split."""
-    split = split_corpus(read_chapters(DataConfig().corpus_path), DataConfig().heldout_every)
+    split = split_corpus(read_chapters(DataConfig().path), DataConfig().heldout_every)
     validation = "\n".join(split.validation)
     train_verses = {verse for chapter in split.train for verse in chapter.split("\n")}
     for name in LOCAL:

@@ -46,7 +46,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(teacher, student, tokenizer dir): a random-init tiny teacher with an MTP module, saved with the corpus
     tokenizer, and its 1-layer student."""
     root = tmp_path_factory.mktemp("fsdp")
-    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer_dir={root / 'tok'}"])
+    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={root / 'tok'}"])
     data = CorpusDataModule(cfg.data, batch_size=4)
     data.setup()
     teacher = build_model(cfg.model, seed=0)
@@ -64,7 +64,7 @@ def slim_distill(run_dir: Path, pair: tuple[Path, Path, Path], *overrides: str, 
     before that step (tests/killed_distill.py); returns the output directory."""
     teacher, student, tokenizer_dir = pair
     output = run_dir.parent / f"{run_dir.name}-student"
-    args = [*TINY_OVERRIDES, *RUN, f"data.tokenizer_dir={tokenizer_dir}", f"run_dir={run_dir}",
+    args = [*TINY_OVERRIDES, *RUN, f"data.tokenizer={tokenizer_dir}", f"run_dir={run_dir}",
             f"distill.teacher={teacher}", f"distill.student={student}", f"distill.output={output}", *overrides]
     command = (["-m", "harness.cli.main", "distill"] if not kill_at
                else [str(REPO / "tests/killed_distill.py"), str(kill_at)])

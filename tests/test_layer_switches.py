@@ -33,12 +33,12 @@ TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_a
 def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[SlimConfig, dict[str, torch.Tensor]]:
     """(config distilling a random tiny student from a random tiny teacher, on the full mix; one batch of 4)."""
     root = tmp_path_factory.mktemp("switches")
-    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer_dir={tokenizer_dir}"])
+    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}"])
     data = CorpusDataModule(cfg.data, batch_size=4)
     data.setup()
     dirs = [save_pretrained(build_model(cfg.model, seed=seed), root / name, data.tokenizer)
             for seed, name in ((0, "teacher"), (1, "student"))]
-    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer_dir={tokenizer_dir}",
+    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}",
                        "distill.loss=full", f"distill.teacher={dirs[0]}", f"distill.student={dirs[1]}"])
     return cfg, next(iter(data.val_dataloader()))
 

@@ -49,7 +49,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> t
     """A sharded tiny Qwen3-Next checkpoint in the released layout: its last shard also holds the mtp.* tensors,
     the index lists them, config.json says mtp_num_hidden_layers=1. Returns the directory and those tensors."""
     directory = tmp_path_factory.mktemp("released") / "Qwen3-Next-tiny"
-    cfg = load_config([*TINY_OVERRIDES, *SHAPE, f"data.tokenizer_dir={tokenizer_dir}"])
+    cfg = load_config([*TINY_OVERRIDES, *SHAPE, f"data.tokenizer={tokenizer_dir}"])
     build_corpus_data(cfg.data).tokenizer.save_pretrained(directory)
     build_model(cfg.model, seed=0).save_pretrained(directory, max_shard_size="200KB")
     index = json.loads((directory / INDEX_FILE).read_text())
@@ -176,7 +176,7 @@ def test_compress_and_distill_round_trip_in_the_released_layout(released, tokeni
     """`slim compress` then `slim distill` (loss=full, no longer refused) from the released teacher: each student
     directory holds its MTP in the released layout (names, mtp_num_hidden_layers) at the student's shape."""
     directory, file = released
-    common = [*TINY_OVERRIDES, f"data.tokenizer_dir={tokenizer_dir}", f"run_dir={tmp_path / 'run'}"]
+    common = [*TINY_OVERRIDES, f"data.tokenizer={tokenizer_dir}", f"run_dir={tmp_path / 'run'}"]
     student, distilled = tmp_path / "student", tmp_path / "distilled"
     assert main(["compress", *common, f"compress.teacher={directory}", f"compress.output={student}",
                  "compress.depth.num_drop=1", "compress.width.hidden_size=48", "compress.experts.num_experts=4",

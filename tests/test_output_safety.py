@@ -146,7 +146,7 @@ def test_no_room_for_the_student_is_refused_before_compressing(tmp_path, monkeyp
 # 2. Silent wrong statistics
 
 def test_calibrate_refuses_a_tokenizer_of_another_vocabulary(tmp_path, monkeypatch):
-    """data.tokenizer_dir=T1024 data.vocab_size=1024 on the 4096-token teacher is refused before loading it."""
+    """data.tokenizer=T1024 data.vocab_size=1024 on the 4096-token teacher is refused before loading it."""
     monkeypatch.setattr("harness.calibration.run.load_pretrained", _no_work)
     cfg = load_config([*TINY_OVERRIDES, f"compress.teacher={TEACHER}",
                        f"calibration.output={tmp_path / 'stats.safetensors'}"])
@@ -165,7 +165,7 @@ def test_calibrate_refuses_a_same_size_tokenizer_that_is_not_the_teachers(teache
     vocab[first], vocab[second] = vocab[second], vocab[first]  # same tokens, two ids swapped
     tokenizer_file.write_text(json.dumps(tokenizer))
     cfg = load_config([*base, f"compress.teacher={other}", f"calibration.output={tmp_path / 'stats.safetensors'}"])
-    with pytest.raises(UserError, match=r"^data.tokenizer_dir: the tokenizer at .* differs from the model's"):
+    with pytest.raises(UserError, match=r"^data.tokenizer: the tokenizer at .* differs from the model's"):
         calibrate_teacher(cfg)
     assert not (tmp_path / "stats.safetensors").exists()
 

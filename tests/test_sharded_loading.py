@@ -113,7 +113,7 @@ def test_sharded_model_equals_the_normal_load(sharded_run, precision):
 
 def slim_pretrain(run_dir: Path, tokenizer_dir: Path, *overrides: str) -> dict[int, float]:
     """Run a 3-step `slim pretrain` of a tiny model in a subprocess; step -> global-batch loss."""
-    args = [*TINY_OVERRIDES, "data.seq_len=32", f"data.tokenizer_dir={tokenizer_dir}", f"run_dir={run_dir}",
+    args = [*TINY_OVERRIDES, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}", f"run_dir={run_dir}",
             "train.max_steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=3",
             "train.val_batches=1", "train.log_every=1", "train.accelerator=cpu", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}

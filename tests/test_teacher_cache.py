@@ -136,7 +136,7 @@ def small_config(tiny_config, small_corpus: Path, teacher_dir: Path, student_dir
     """tiny_config on the small corpus, distilling the pruned student from the test teacher."""
 
     def make(*overrides: str):
-        return tiny_config(*SHORT, f"data.corpus_path={small_corpus}", f"distill.teacher={teacher_dir}",
+        return tiny_config(*SHORT, f"data.path={small_corpus}", f"distill.teacher={teacher_dir}",
                            f"distill.student={student_dir}", f"distill.output={tmp_path / 'distilled'}",
                            f"distill.teacher_cache={tmp_path / 'cache'}", "distill.loss=kd", *overrides)
 
@@ -232,7 +232,7 @@ def test_distill_from_cache_lowers_kd(small_config, teacher_dir: Path, student_d
     """`slim cache-teacher` writes the whole train split (a rerun writes nothing); 12 KD steps from the cache
     lower the cached-support KD term of the student on train batches."""
     cfg = small_config("distill.teacher_cache_top_k=32", "train.max_steps=12", "train.val_every=12")
-    overrides = [f"data.tokenizer_dir={cfg.data.tokenizer_dir}", f"data.corpus_path={cfg.data.corpus_path}",
+    overrides = [f"data.tokenizer={cfg.data.tokenizer}", f"data.path={cfg.data.path}",
                  f"distill.teacher={teacher_dir}", f"distill.teacher_cache={cfg.distill.teacher_cache}",
                  "distill.teacher_cache_top_k=32", "data.vocab_size=1024", "data.seq_len=64"]
     assert slim(["cache-teacher", *overrides]) == 0

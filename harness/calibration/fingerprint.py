@@ -56,7 +56,7 @@ def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def calibration_data(data_cfg: DataConfig, calib_cfg: CalibrationConfig) -> dict[str, str | int]:
     """What calibration text a pass reads: the corpus bytes, its split, the sequence length and sample counts."""
-    if not Path(data_cfg.corpus_path).is_file():
-        raise UserError(f"data.corpus_path: no such file {data_cfg.corpus_path}")
-    return {"corpus_sha256": file_sha256(data_cfg.corpus_path), "heldout_every": data_cfg.heldout_every,
+    if not Path(data_cfg.path).is_file():
+        raise UserError(f"data.path: no such file {data_cfg.path}")
+    return {"corpus_sha256": file_sha256(data_cfg.path), "heldout_every": data_cfg.heldout_every,
             "seq_len": data_cfg.seq_len, "num_samples": calib_cfg.num_samples, "probe_tokens": calib_cfg.probe_tokens}

@@ -111,7 +111,7 @@ def check_fingerprint(stats: CalibrationStats, model: PreTrainedModel, path: str
 
 def check_stats_data(stats: CalibrationStats, cfg: SlimConfig, path: str | Path) -> None:
     """One-line UserError unless `stats` were collected on the calibration text `cfg` describes (corpus, split,
-    seq_len, samples), tokenized by the tokenizer at data.tokenizer_dir: what compressing with this config
+    seq_len, samples), tokenized by the tokenizer at data.tokenizer: what compressing with this config
     would calibrate on. Cheap (no model), so it runs before the teacher is loaded."""
     expected = calibration_data(cfg.data, cfg.calibration)
     if stats.data_fingerprint != expected:
@@ -119,8 +119,8 @@ def check_stats_data(stats: CalibrationStats, cfg: SlimConfig, path: str | Path)
                      for key, value in expected.items() if stats.data_fingerprint.get(key) != value]
         raise UserError(f"compress.stats: {path} was calibrated on other data than this config "
                         f"({'; '.join(differing)}); recalibrate with `slim calibrate` and this config")
-    tokenizer = tokenizer_sha256(load_tokenizer(cfg.data.tokenizer_dir, cfg.data.vocab_size))
+    tokenizer = tokenizer_sha256(load_tokenizer(cfg.data.tokenizer, cfg.data.vocab_size))
     if stats.tokenizer_fingerprint != tokenizer:
         raise UserError(f"compress.stats: {path} was calibrated with another tokenizer "
-                        f"({stats.tokenizer_fingerprint[:12] or 'unrecorded'}) than data.tokenizer_dir "
-                        f"{cfg.data.tokenizer_dir} ({tokenizer[:12]}); recalibrate with `slim calibrate`")
+                        f"({stats.tokenizer_fingerprint[:12] or 'unrecorded'}) than data.tokenizer "
+                        f"{cfg.data.tokenizer} ({tokenizer[:12]}); recalibrate with `slim calibrate`")

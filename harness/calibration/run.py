@@ -48,7 +48,7 @@ def check_vocab_size(data_cfg: DataConfig, model_config: PretrainedConfig, model
 def _check_tokenizer(tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, model_dir: str | Path) -> None:
     """Refuse a data tokenizer whose vocabulary differs from the one saved beside the model (when it has one)."""
     if has_tokenizer(model_dir) and tokenizer.get_vocab() != tokenizer_vocab(model_dir, "compress.teacher"):
-        raise UserError(f"data.tokenizer_dir: the tokenizer at {data_cfg.tokenizer_dir} differs from the model's "
+        raise UserError(f"data.tokenizer: the tokenizer at {data_cfg.tokenizer} differs from the model's "
                         f"({model_dir}); calibrate with the tokenizer the model was trained with")
 
 

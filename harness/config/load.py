@@ -21,6 +21,8 @@ from harness.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BASE_KEY = "base"  # a YAML file's parent recipe
+# Keys that were renamed: old dotted key -> new one, so an old config fails naming the key to use instead.
+RENAMED_KEYS = {"data.corpus_path": "data.path", "data.tokenizer_dir": "data.tokenizer"}
 T = TypeVar("T")
 
 
@@ -41,6 +43,8 @@ def _valid_keys(schema: Any, dotted: str) -> list[str]:
 
 
 def _key_error(schema: Any, dotted: str) -> UserError:
+    if dotted in RENAMED_KEYS:
+        return UserError(f"config key {dotted!r} was renamed to {RENAMED_KEYS[dotted]!r}")
     valid = _valid_keys(schema, dotted)
     leaf = dotted.split(".")[-1]
     close = difflib.get_close_matches(leaf, valid, n=1)

@@ -69,16 +69,27 @@ class ModelRuntimeConfig:
 
 @dataclass
 class DataConfig:
-    """Shipped corpus, its deterministic split, the BPE tokenizer and packed sequences."""
+    """Where documents come from (a registered source, harness/data/sources), their deterministic split, the
+    tokenizer and the packed sequences (in memory for the shipped corpus, or memory-mapped shards written by
+    `slim prepare-data` under `output`)."""
 
-    corpus_path: str = "data/corpus/kjv.txt.gz"
-    # Tokenizer directory: trained on the train split when missing.
-    tokenizer_dir: str = "artifacts/tokenizer"
-    vocab_size: int = 4096
+    source: str = "kjv"  # data source key (harness/data/sources): kjv, text, jsonl, parquet, hf_disk
+    path: str = "data/corpus/kjv.txt.gz"  # the source's file or directory
+    # Any Hugging Face tokenizer directory (a teacher checkpoint works); the kjv source trains a BPE there when missing.
+    tokenizer: str = "artifacts/tokenizer"
+    output: str = ""  # prepared shards (`slim prepare-data`); "" = none: only the kjv source packs in memory
+    vocab_size: int = 4096  # size of the BPE the kjv source trains; a loaded tokenizer keeps its own
     seq_len: int = 256
-    # Every `heldout_every`-th chapter goes to validation, the next one to calibration.
+    # The kjv source sends every `heldout_every`-th chapter to validation and the one before to calibration; other
+    # sources send a document whose id hashes to heldout_every - 1 (mod heldout_every) to validation, - 2 to calibration.
     heldout_every: int = 20
     seed: int = 0
+    text_field: str = "text"  # jsonl field / parquet or hf_disk column holding a document's text
+    text_documents: str = "file"  # text source: "file" (one document per file) or "block" (per blank-line block)
+    skip_bad_documents: bool = False  # skip (and count) undecodable documents instead of refusing the corpus
+    num_proc: int = 1  # `slim prepare-data` tokenizer processes
+    shard_tokens: int = 1 << 24  # `slim prepare-data`: a shard closes at the first document end past this many tokens
+    num_workers: int = 0  # DataLoader worker processes of training and evaluation
 
 
 @dataclass

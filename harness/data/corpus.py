@@ -37,13 +37,13 @@ class CorpusSplit:
 
 def _read_lines(path: str) -> list[str]:
     if not os.path.isfile(path):
-        raise UserError(f"data.corpus_path: file not found: {path}")
+        raise UserError(f"data.path: file not found: {path}")
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             return f.read().splitlines()
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # EOFError/zlib.error: truncated/corrupt .gz
-        raise UserError(f"data.corpus_path: cannot read {path} as UTF-8 text ({e})") from e
+        raise UserError(f"data.path: cannot read {path} as UTF-8 text ({e})") from e
 
 
 def read_chapters(path: str) -> list[Chapter]:
@@ -57,7 +57,7 @@ def read_chapters(path: str) -> list[Chapter]:
         match = VERSE_LINE.fullmatch(line)
         if match is None:
             raise UserError(
-                f"data.corpus_path: {path}:{lineno}: expected '<Book><chapter>:<verse> <text>', got {line[:60]!r}"
+                f"data.path: {path}:{lineno}: expected '<Book><chapter>:<verse> <text>', got {line[:60]!r}"
             )
         line_key = (match["book"], int(match["chapter"]))
         if line_key != key:
@@ -66,7 +66,7 @@ def read_chapters(path: str) -> list[Chapter]:
             key, verses = line_key, []
         verses.append(match["text"])
     if key is None:
-        raise UserError(f"data.corpus_path: no verses in {path}")
+        raise UserError(f"data.path: no verses in {path}")
     chapters.append(Chapter(key[0], key[1], "\n".join(verses)))
     return chapters
 

@@ -79,7 +79,7 @@ def _cache_key(cfg: DataConfig, corpus_sha256: str) -> dict[str, str]:
 
 def _cache_path(cfg: DataConfig, corpus_sha256: str) -> str:
     name = f"packed-seq{cfg.seq_len}-every{cfg.heldout_every}-{corpus_sha256[:16]}.safetensors"
-    return os.path.join(cfg.tokenizer_dir, name)
+    return os.path.join(cfg.tokenizer, name)
 
 
 def _load_cache(path: str, key: dict[str, str]) -> dict[str, torch.Tensor] | None:
@@ -114,9 +114,9 @@ def build_corpus_data(cfg: DataConfig) -> CorpusData:
     """Read and split the corpus, load or train the tokenizer, and pack every split (cached on disk)."""
     if not isinstance(cfg.seq_len, int) or cfg.seq_len < MIN_SEQ_LEN:
         raise UserError(f"data.seq_len: must be an integer >= {MIN_SEQ_LEN}, got {cfg.seq_len!r}")
-    split = split_corpus(read_chapters(cfg.corpus_path), cfg.heldout_every)
+    split = split_corpus(read_chapters(cfg.path), cfg.heldout_every)
     tokenizer = load_or_train_tokenizer(cfg, split.train)
-    key = _cache_key(cfg, file_sha256(cfg.corpus_path))
+    key = _cache_key(cfg, file_sha256(cfg.path))
     cache_path = _cache_path(cfg, key["corpus_sha256"])
     packed = _load_cache(cache_path, key)
     if packed is None:

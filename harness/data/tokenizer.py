@@ -54,13 +54,13 @@ def load_tokenizer(tokenizer_dir: str, vocab_size: int) -> PreTrainedTokenizerFa
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except Exception as e:  # any failure of the HF loader means the directory is not a usable tokenizer
-        raise UserError(f"data.tokenizer_dir: cannot load a tokenizer from {tokenizer_dir} ({type(e).__name__}: {e})") from e
+        raise UserError(f"data.tokenizer: cannot load a tokenizer from {tokenizer_dir} ({type(e).__name__}: {e})") from e
     if tokenizer.eos_token_id is None:
-        raise UserError(f"data.tokenizer_dir: tokenizer in {tokenizer_dir} has no eos token")
+        raise UserError(f"data.tokenizer: tokenizer in {tokenizer_dir} has no eos token")
     if len(tokenizer) != vocab_size:
         raise UserError(
-            f"data.tokenizer_dir: tokenizer in {tokenizer_dir} has {len(tokenizer)} tokens but data.vocab_size is "
-            f"{vocab_size}; delete the directory or point data.tokenizer_dir elsewhere to retrain"
+            f"data.tokenizer: tokenizer in {tokenizer_dir} has {len(tokenizer)} tokens but data.vocab_size is "
+            f"{vocab_size}; delete the directory or point data.tokenizer elsewhere to retrain"
         )
     return tokenizer
 
@@ -80,14 +80,14 @@ def _save_atomically(tokenizer: PreTrainedTokenizerFast, tokenizer_dir: str) -> 
 
 
 def load_or_train_tokenizer(cfg: DataConfig, train_texts: list[str]) -> PreTrainedTokenizerFast:
-    """Load the tokenizer in `cfg.tokenizer_dir`, or train it on `train_texts` and save it there first.
+    """Load the tokenizer in `cfg.tokenizer`, or train it on `train_texts` and save it there first.
 
     A missing or empty directory means "train"; a non-empty one must hold a loadable tokenizer of
     `cfg.vocab_size` tokens. The returned tokenizer is always the one read back from disk, so every
     process of a distributed run uses identical files.
     """
-    if os.path.exists(cfg.tokenizer_dir) and not os.path.isdir(cfg.tokenizer_dir):
-        raise UserError(f"data.tokenizer_dir: {cfg.tokenizer_dir} exists and is not a directory")
-    if not os.path.isdir(cfg.tokenizer_dir) or not os.listdir(cfg.tokenizer_dir):
-        _save_atomically(train_tokenizer(train_texts, cfg.vocab_size), cfg.tokenizer_dir)
-    return load_tokenizer(cfg.tokenizer_dir, cfg.vocab_size)
+    if os.path.exists(cfg.tokenizer) and not os.path.isdir(cfg.tokenizer):
+        raise UserError(f"data.tokenizer: {cfg.tokenizer} exists and is not a directory")
+    if not os.path.isdir(cfg.tokenizer) or not os.listdir(cfg.tokenizer):
+        _save_atomically(train_tokenizer(train_texts, cfg.vocab_size), cfg.tokenizer)
+    return load_tokenizer(cfg.tokenizer, cfg.vocab_size)

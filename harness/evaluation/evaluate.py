@@ -81,7 +81,7 @@ def resolve_device(name: str) -> torch.device:
 
 def validation_texts(cfg: SlimConfig) -> list[str]:
     """Validation chapters of the corpus split: text the evaluated models never trained on."""
-    return split_corpus(read_chapters(cfg.data.corpus_path), cfg.data.heldout_every).validation
+    return split_corpus(read_chapters(cfg.data.path), cfg.data.heldout_every).validation
 
 
 def heldout_windows(texts: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> PackedDataset:

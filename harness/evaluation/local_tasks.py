@@ -44,7 +44,7 @@ class HeldOut:
 
 def heldout(data: DataConfig) -> HeldOut:
     """The held-out text of the corpus split that `data` describes (the split the teacher never trained on)."""
-    split = split_corpus(read_chapters(data.corpus_path), data.heldout_every)
+    split = split_corpus(read_chapters(data.path), data.heldout_every)
     train_verses = {verse for chapter in split.train for verse in chapter.split("\n")}
     return HeldOut([chapter.split("\n") for chapter in split.validation], train_verses)
 

@@ -110,7 +110,7 @@ def _check_student_mtp(cfg: SlimConfig, student: PretrainedConfig) -> None:
 
 def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:
     if data.tokenizer.get_vocab() != tokenizer_vocab(cfg.distill.teacher, "distill.teacher"):
-        raise UserError(f"data.tokenizer_dir: the tokenizer at {cfg.data.tokenizer_dir} differs from the teacher's "
+        raise UserError(f"data.tokenizer: the tokenizer at {cfg.data.tokenizer} differs from the teacher's "
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
 
 

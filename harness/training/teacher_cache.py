@@ -209,7 +209,7 @@ def check_cache_data(cache_dir: str, train: PackedDataset, tokenizer: PreTrained
         raise UserError(f"{FIELD}: {cache_dir} caches {manifest.num_sequences} train sequences, the data has "
                         f"{len(train)}; rewrite it with `slim cache-teacher`")
     if manifest.tokenizer_sha256 != tokenizer_sha256(tokenizer):
-        raise UserError(f"{FIELD}: {cache_dir} was written with another tokenizer than data.tokenizer_dir's")
+        raise UserError(f"{FIELD}: {cache_dir} was written with another tokenizer than data.tokenizer's")
     if manifest.train_sha256 != sequences_sha256(train):
         raise UserError(f"{FIELD}: {cache_dir} was written for other train sequences (corpus or split differ); "
                         "rewrite it with `slim cache-teacher`")
@@ -279,7 +279,7 @@ def cache_teacher(cfg: SlimConfig) -> CacheSummary:
     model, tokenizer = load_pretrained(cfg.distill.teacher, device=device)
     apply_experts_policy(cfg.model_runtime.experts_implementation, model)
     if tokenizer is None or tokenizer.get_vocab() != data.tokenizer.get_vocab():
-        raise UserError(f"data.tokenizer_dir: the tokenizer at {cfg.data.tokenizer_dir} differs from the teacher's "
+        raise UserError(f"data.tokenizer: the tokenizer at {cfg.data.tokenizer} differs from the teacher's "
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
     model.eval()
     manifest = CacheManifest(
