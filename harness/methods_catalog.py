@@ -22,6 +22,7 @@ METHOD_PACKAGES: dict[str, str] = {
     "kernels.kd_loss.fused_head": "head_implementations",
     "kernels.grouped_experts": "expert_output_implementations",
     "harness.models.families": "model_families",
+    "harness.data.sources": "sources",
 }
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from harness.config.schema import CalibrationConfig, DataConfig
-from harness.data.packing import file_sha256
-from harness.errors import UserError
+from harness.data.packing import corpus_sha256
+from harness.data.tokenizer import tokenizer_sha256  # noqa: F401 - re-exported: stats and caches stamp it
 
 # Config fields that change on save/reload or with the runtime, not with the model itself.
 VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")
@@ -49,14 +48,8 @@ def model_fingerprint(model: PreTrainedModel, weights: Mapping[str, torch.Tensor
     return digest.hexdigest()
 
 
-def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 hex digest of the tokenizer's vocabulary (token -> id): equal vocabularies tokenize alike."""
-    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-
-
 def calibration_data(data_cfg: DataConfig, calib_cfg: CalibrationConfig) -> dict[str, str | int]:
-    """What calibration text a pass reads: the corpus bytes, its split, the sequence length and sample counts."""
-    if not Path(data_cfg.path).is_file():
-        raise UserError(f"data.path: no such file {data_cfg.path}")
-    return {"corpus_sha256": file_sha256(data_cfg.path), "heldout_every": data_cfg.heldout_every,
+    """What calibration text a pass reads: the corpus (its bytes, or the prepared shards' digest), its split, the
+    sequence length and sample counts."""
+    return {"corpus_sha256": corpus_sha256(data_cfg), "heldout_every": data_cfg.heldout_every,
             "seq_len": data_cfg.seq_len, "num_samples": calib_cfg.num_samples, "probe_tokens": calib_cfg.probe_tokens}

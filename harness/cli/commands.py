@@ -40,6 +40,17 @@ def pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_data(args: argparse.Namespace) -> int:
+    """Tokenize data.source (kjv, text, jsonl, parquet, hf_disk) at data.path with data.tokenizer into token shards
+    under data.output (data.num_proc processes; a rerun writes only missing or damaged shards); later commands given
+    the same overrides read them."""
+    from harness.data.prepare import prepare_data as run_prepare_data
+
+    summary = run_prepare_data(_config(args))
+    print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
 def calibrate(args: argparse.Namespace) -> int:
     """One calibration pass over the teacher (compress.teacher); writes calibration.output (safetensors)."""
     from harness.calibration.run import calibrate_teacher

@@ -15,6 +15,7 @@ from harness.cli import commands
 from harness.errors import UserError
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "prepare-data": commands.prepare_data,
     "pretrain": commands.pretrain,
     "calibrate": commands.calibrate,
     "compress": commands.compress,

@@ -1,4 +1,6 @@
-"""Packed next-token sequences for every split, cached beside the tokenizer that produced them.
+"""Packed next-token sequences for every split: memory-mapped from the shards `slim prepare-data` wrote to
+`data.output`, or, for a source that may pack in memory (the shipped corpus), tokenized here and cached beside the
+tokenizer that produced them.
 
 Each split is one token stream (every text's ids, then eos) cut into disjoint windows of
 seq_len + 1 tokens: inputs are a window's first seq_len tokens, labels its last seq_len.
@@ -17,11 +19,12 @@ from transformers import PreTrainedTokenizerFast
 
 from harness.atomic import save_safetensors_atomic
 from harness.config.schema import DataConfig
-from harness.data.corpus import CorpusSplit, read_chapters, split_corpus
-from harness.data.tokenizer import load_or_train_tokenizer
+from harness.data.corpus import CorpusSplit
+from harness.data.documents import split_texts
+from harness.data.shards import PreparedDataset, complete_index, index_digest, load_prepared
+from harness.data.sources import SPLITS, Source, get_source
+from harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer
 from harness.errors import UserError
-
-SPLITS = ("train", "validation", "calibration")
 MIN_SEQ_LEN = 8
 
 
@@ -50,16 +53,24 @@ class PackedDataset(Dataset):
         row = self.sequences[index]
         return {"input_ids": row[:-1], "labels": row[1:], "index": index}
 
+    def fingerprint(self) -> str:
+        """sha256 of the packed tokens (as int32): corpus, split, tokenizer and seq_len in one check."""
+        return hashlib.sha256(self.sequences.to(torch.int32).numpy().tobytes()).hexdigest()
+
+
+WindowDataset = PackedDataset | PreparedDataset
+
 
 @dataclass
 class CorpusData:
-    """Everything the trainers and the calibration pass read from the corpus."""
+    """Everything the trainers and the calibration pass read from the corpus; `split` holds the texts when they
+    were packed in memory (None for prepared shards)."""
 
     tokenizer: PreTrainedTokenizerFast
-    train: PackedDataset
-    validation: PackedDataset
-    calibration: PackedDataset
-    split: CorpusSplit
+    train: WindowDataset
+    validation: WindowDataset
+    calibration: WindowDataset
+    split: CorpusSplit | None = None
 
 
 def file_sha256(path: str) -> str:
@@ -68,9 +79,33 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def sequences_sha256(dataset: PackedDataset) -> str:
-    """sha256 of a packed split's tokens (as int32): corpus, split, tokenizer and seq_len in one check."""
-    return hashlib.sha256(dataset.sequences.to(torch.int32).numpy().tobytes()).hexdigest()
+def sequences_sha256(dataset: WindowDataset) -> str:
+    """What identifies a split's windows: the packed tokens' sha256 in memory, the shard checksums and seq_len when
+    prepared (cheap either way)."""
+    return dataset.fingerprint()
+
+
+def window_rows(dataset: WindowDataset, start: int, stop: int) -> torch.Tensor:
+    """Windows [start, stop) as one [n, seq_len + 1] tensor."""
+    if isinstance(dataset, PackedDataset):
+        return dataset.sequences[start:stop]
+    window = dataset.window
+    return torch.from_numpy(dataset.stream.read(start * window, stop * window)).view(stop - start, window)
+
+
+def files_sha256(paths: list) -> str:
+    """sha256 of one file's bytes, or of the per-file digests of several."""
+    if len(paths) == 1:
+        return file_sha256(str(paths[0]))
+    return hashlib.sha256("".join(file_sha256(str(path)) for path in paths).encode()).hexdigest()
+
+
+def corpus_sha256(cfg: DataConfig) -> str:
+    """What the corpus and its split are, cheaply: the prepared index's digest (identity and shard checksums), or
+    the source files' bytes for a source packed in memory."""
+    if cfg.output:
+        return index_digest(complete_index(cfg))
+    return files_sha256(get_source(cfg).files(cfg))
 
 
 def _cache_key(cfg: DataConfig, corpus_sha256: str) -> dict[str, str]:
@@ -104,28 +139,45 @@ def _save_cache(path: str, packed: dict[str, torch.Tensor], key: dict[str, str])
 
 def _pack_splits(split: CorpusSplit, tokenizer: PreTrainedTokenizerFast, seq_len: int) -> dict[str, torch.Tensor]:
     packed = {name: pack_texts(getattr(split, name), tokenizer, seq_len) for name in SPLITS}
-    for name, sequences in packed.items():
-        if sequences.shape[0] == 0:
-            raise UserError(f"data.seq_len: the {name} split holds fewer than seq_len + 1 = {seq_len + 1} tokens")
+    _check_windows({name: PackedDataset(sequences) for name, sequences in packed.items()}, seq_len)
     return packed
 
 
-def build_corpus_data(cfg: DataConfig) -> CorpusData:
-    """Read and split the corpus, load or train the tokenizer, and pack every split (cached on disk)."""
+def check_seq_len(cfg: DataConfig) -> None:
     if not isinstance(cfg.seq_len, int) or cfg.seq_len < MIN_SEQ_LEN:
         raise UserError(f"data.seq_len: must be an integer >= {MIN_SEQ_LEN}, got {cfg.seq_len!r}")
-    split = split_corpus(read_chapters(cfg.path), cfg.heldout_every)
-    tokenizer = load_or_train_tokenizer(cfg, split.train)
-    key = _cache_key(cfg, file_sha256(cfg.path))
+
+
+def _check_windows(datasets: dict[str, WindowDataset], seq_len: int) -> None:
+    for name, dataset in datasets.items():
+        if len(dataset) == 0:
+            raise UserError(f"data.seq_len: the {name} split holds fewer than seq_len + 1 = {seq_len + 1} tokens")
+
+
+def _in_memory(cfg: DataConfig, source: Source) -> CorpusData:
+    """Split and tokenize the source here (training its tokenizer when missing), packed splits cached on disk."""
+    split = split_texts(cfg, source)
+    tokenizer = load_or_train_tokenizer(cfg, lambda: split.train)
+    key = _cache_key(cfg, files_sha256(source.files(cfg)))
     cache_path = _cache_path(cfg, key["corpus_sha256"])
     packed = _load_cache(cache_path, key)
     if packed is None:
         packed = _pack_splits(split, tokenizer, cfg.seq_len)
         _save_cache(cache_path, packed, key)
-    return CorpusData(
-        tokenizer=tokenizer,
-        train=PackedDataset(packed["train"]),
-        validation=PackedDataset(packed["validation"]),
-        calibration=PackedDataset(packed["calibration"]),
-        split=split,
-    )
+    return CorpusData(tokenizer=tokenizer, split=split, **{name: PackedDataset(packed[name]) for name in SPLITS})
+
+
+def build_corpus_data(cfg: DataConfig) -> CorpusData:
+    """The tokenizer and every split's windows: from the prepared shards in `data.output` when set, else packed in
+    memory for a source that may (others are refused, pointing at `slim prepare-data`)."""
+    check_seq_len(cfg)
+    source = get_source(cfg)
+    if cfg.output:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        datasets = load_prepared(cfg, source, tokenizer)
+        _check_windows(datasets, cfg.seq_len)
+        return CorpusData(tokenizer=tokenizer, **datasets)
+    if source.train_texts is None:
+        raise UserError(f"data.output: empty, and data.source={cfg.source} is read from prepared shards only; run "
+                        "`slim prepare-data` with the same overrides plus data.output=DIR, then pass that data.output")
+    return _in_memory(cfg, source)

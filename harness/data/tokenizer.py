@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer trained on the train split, saved once and reloaded by every later run.
+"""The data tokenizer: any Hugging Face tokenizer directory (`data.tokenizer`, e.g. the teacher's checkpoint), or,
+for a source that ships its corpus, a byte-level BPE trained on its train split once and reloaded by every later run.
 
 Byte-level BPE with no normalizer and no prefix space is lossless: decode(encode(text)) == text for
 any string, newlines included, so perplexities and generated text map back to the corpus exactly.
@@ -6,12 +7,15 @@ any string, newlines included, so perplexities and generated text map back to th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from harness.config.schema import DataConfig
 from harness.errors import UserError
@@ -49,20 +53,31 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
-def load_tokenizer(tokenizer_dir: str, vocab_size: int) -> PreTrainedTokenizerFast:
-    """The tokenizer saved in `tokenizer_dir`; one-line UserError unless it loads, has eos and `vocab_size` tokens."""
+def load_tokenizer(tokenizer_dir: str) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in `tokenizer_dir` (any Hugging Face tokenizer directory, a model checkpoint's too); one-line
+    UserError unless it loads and has an eos token. Its vocabulary is its own: consumers compare it with the model's."""
+    if not os.path.isdir(tokenizer_dir) or not os.listdir(tokenizer_dir):
+        raise UserError(f"data.tokenizer: no tokenizer in {tokenizer_dir}; point it at a Hugging Face tokenizer "
+                        "directory (the teacher's checkpoint directory works)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except Exception as e:  # any failure of the HF loader means the directory is not a usable tokenizer
         raise UserError(f"data.tokenizer: cannot load a tokenizer from {tokenizer_dir} ({type(e).__name__}: {e})") from e
     if tokenizer.eos_token_id is None:
         raise UserError(f"data.tokenizer: tokenizer in {tokenizer_dir} has no eos token")
-    if len(tokenizer) != vocab_size:
-        raise UserError(
-            f"data.tokenizer: tokenizer in {tokenizer_dir} has {len(tokenizer)} tokens but data.vocab_size is "
-            f"{vocab_size}; delete the directory or point data.tokenizer elsewhere to retrain"
-        )
     return tokenizer
+
+
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 hex digest of the tokenizer's vocabulary (token -> id): equal vocabularies tokenize alike."""
+    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+
+def needs_training(cfg: DataConfig) -> bool:
+    """Whether `data.tokenizer` is a missing or empty directory (a source that trains one then does)."""
+    if os.path.exists(cfg.tokenizer) and not os.path.isdir(cfg.tokenizer):
+        raise UserError(f"data.tokenizer: {cfg.tokenizer} exists and is not a directory")
+    return not os.path.isdir(cfg.tokenizer) or not os.listdir(cfg.tokenizer)
 
 
 def _save_atomically(tokenizer: PreTrainedTokenizerFast, tokenizer_dir: str) -> None:
@@ -79,15 +94,15 @@ def _save_atomically(tokenizer: PreTrainedTokenizerFast, tokenizer_dir: str) -> 
             raise
 
 
-def load_or_train_tokenizer(cfg: DataConfig, train_texts: list[str]) -> PreTrainedTokenizerFast:
-    """Load the tokenizer in `cfg.tokenizer`, or train it on `train_texts` and save it there first.
+def load_or_train_tokenizer(cfg: DataConfig, train_texts: Callable[[], list[str]] | None) -> PreTrainedTokenizerFast:
+    """Load the tokenizer in `cfg.tokenizer`; when that directory is missing or empty, train a `cfg.vocab_size` BPE
+    on `train_texts()` and save it there first (sources that ship their own corpus; None: refuse).
 
-    A missing or empty directory means "train"; a non-empty one must hold a loadable tokenizer of
-    `cfg.vocab_size` tokens. The returned tokenizer is always the one read back from disk, so every
-    process of a distributed run uses identical files.
+    The returned tokenizer is always the one read back from disk, so every process of a distributed run uses
+    identical files.
     """
-    if os.path.exists(cfg.tokenizer) and not os.path.isdir(cfg.tokenizer):
-        raise UserError(f"data.tokenizer: {cfg.tokenizer} exists and is not a directory")
-    if not os.path.isdir(cfg.tokenizer) or not os.listdir(cfg.tokenizer):
-        _save_atomically(train_tokenizer(train_texts, cfg.vocab_size), cfg.tokenizer)
-    return load_tokenizer(cfg.tokenizer, cfg.vocab_size)
+    if needs_training(cfg):
+        if train_texts is None:
+            load_tokenizer(cfg.tokenizer)  # its one-line error: no tokenizer there
+        _save_atomically(train_tokenizer(train_texts(), cfg.vocab_size), cfg.tokenizer)
+    return load_tokenizer(cfg.tokenizer)

@@ -1,0 +1,354 @@
+"""`slim prepare-data`: stream a source's documents through `data.num_proc` tokenizer processes into token shards.
+
+Every split is written as its own stream of shards (`<data.output>/<split>/shard-NNNNN.bin`, see harness/data/shards.py
+for the index). A shard closes at the first document end at or past `data.shard_tokens` tokens, and the index records
+its document range, so a rerun knows which documents every recorded shard holds without tokenizing them: it checks
+every recorded shard (size and sha256), re-tokenizes only the documents of a missing or damaged one, and continues
+after the last recorded shard. Each shard is written to a temp file as its tokens arrive, hashed on the way, and
+renamed into place when it closes; the index is rewritten atomically after every shard. Memory stays bounded by the
+batches in flight (a few per process), whatever the corpus size.
+
+Before anything is written, a scan reads every document once (no tokenizing): a bad document, an empty source or an
+empty split is refused in one line, and the per-split counts it finds size the progress bar.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from harness.atomic import atomic_path, write_text_atomic
+from harness.config.schema import DataConfig, SlimConfig
+from harness.data.documents import DocumentStream
+from harness.data.shards import (
+    INDEX_FILE,
+    expected_identity,
+    identity_difference,
+    read_index,
+    shard_name,
+    shard_problem,
+)
+from harness.data.sources import SPLITS, Source, get_source
+from harness.data.tokenize import encode_batch, init_worker
+from harness.data.tokenizer import load_or_train_tokenizer
+from harness.errors import UserError
+from harness.outputs import check_output_dir, mark
+
+BATCH_DOCUMENTS = 256  # documents per tokenizer task
+BATCH_BYTES = 1 << 20  # or fewer when their text reaches this size
+TASKS_PER_PROCESS = 4  # tasks in flight per tokenizer process: enough to keep it busy, few enough to bound memory
+
+
+@dataclass
+class PrepareSummary:
+    """What `slim prepare-data` prints."""
+
+    output: str
+    source: str
+    dtype: str
+    documents: dict[str, int]
+    tokens: dict[str, int]
+    shards: int
+    shards_written: int
+    skipped_documents: int  # bad documents skipped (data.skip_bad_documents)
+    num_proc: int
+    wall_seconds: float
+    tokens_per_second: float  # tokens this run tokenized / its wall time
+    tokens_per_second_per_process: float
+
+
+def check_prepare_config(cfg: DataConfig) -> None:
+    if not cfg.output:
+        raise UserError("data.output: empty; set the directory the shards go to, e.g. data.output=runs/shards")
+    if not isinstance(cfg.num_proc, int) or cfg.num_proc < 1:
+        raise UserError(f"data.num_proc: must be an integer >= 1, got {cfg.num_proc!r}")
+    if not isinstance(cfg.shard_tokens, int) or cfg.shard_tokens < 1:
+        raise UserError(f"data.shard_tokens: must be an integer >= 1, got {cfg.shard_tokens!r}")
+
+
+def scan(cfg: DataConfig, source: Source) -> tuple[dict[str, int], int]:
+    """(documents per split, bad documents skipped), reading every document once; refuses bad documents (unless
+    skipped), an empty source and an empty split."""
+    counts = dict.fromkeys(SPLITS, 0)
+    stream = DocumentStream(cfg, source)
+    for split, _ in tqdm(stream, desc="prepare-data: scan", unit="doc", leave=False):
+        counts[split] += 1
+    total = sum(counts.values())
+    if total == 0:
+        skipped = f" ({stream.skipped} bad documents skipped)" if stream.skipped else ""
+        raise UserError(f"data.path: no documents in {cfg.path} (data.source={cfg.source}){skipped}")
+    for split, count in counts.items():
+        if count == 0:
+            raise UserError(f"data.path: the {split} split got none of the {total} documents (about 1 in "
+                            f"data.heldout_every={cfg.heldout_every} goes to validation and to calibration each); "
+                            "add documents or lower data.heldout_every")
+    return counts, stream.skipped
+
+
+class ShardWriter:
+    """One shard being written: a temp file beside its final path, hashed as tokens arrive, renamed on close."""
+
+    def __init__(self, path: Path, number: int, first_document: int) -> None:
+        self.number = number
+        self.first_document = first_document
+        self.documents = 0
+        self.tokens = 0
+        self._sha = hashlib.sha256()
+        self._stack = ExitStack()
+        self._file = self._stack.enter_context(open(self._stack.enter_context(atomic_path(path)), "wb"))
+
+    def append(self, tokens: np.ndarray) -> None:
+        self._file.write(tokens.data)
+        self._sha.update(tokens.data)
+        self.tokens += len(tokens)
+        self.documents += 1
+
+    def record(self, file: str) -> dict:
+        return {"file": file, "first_document": self.first_document, "documents": self.documents,
+                "tokens": self.tokens, "sha256": self._sha.hexdigest()}
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def abort(self) -> None:
+        """Remove the temp file; the shard's previous file (if any) stays."""
+        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+@dataclass
+class SplitWriter:
+    """The shards of one split: recorded ones kept (or rewritten when damaged), new ones appended."""
+
+    output: Path
+    split: str
+    records: list[dict]
+    damaged: set[int]
+    shard_tokens: int
+    complete: bool
+    on_close: Callable[[], object]  # persists the index
+    written: int = 0
+    current: ShardWriter | None = None
+    _starts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._starts = [record["first_document"] for record in self.records]
+        last = self.records[-1] if self.records else None
+        self.recorded_end = last["first_document"] + last["documents"] if last else 0
+        self.stop_at = max((self._end(number) for number in self.damaged), default=0)
+
+    def _end(self, number: int) -> int:
+        return self.records[number]["first_document"] + self.records[number]["documents"]
+
+    def _recorded(self, ordinal: int) -> int:
+        return bisect.bisect_right(self._starts, ordinal) - 1
+
+    def wanted(self, ordinal: int) -> bool:
+        """Whether document `ordinal` of this split must be tokenized: it belongs to a damaged or a new shard."""
+        if ordinal >= self.recorded_end:
+            return not self.complete
+        return self._recorded(ordinal) in self.damaged
+
+    def done(self, ordinal: int) -> bool:
+        """Whether nothing from document `ordinal` on is needed (a complete index whose damage lies before it)."""
+        return self.complete and ordinal >= self.stop_at
+
+    def add(self, ordinal: int, tokens: np.ndarray) -> None:
+        if self.current is None:
+            number = self._recorded(ordinal) if ordinal < self.recorded_end else len(self.records)
+            self.current = ShardWriter(self.output / shard_name(self.split, number), number, ordinal)
+        self.current.append(tokens)
+        number = self.current.number
+        if (number < len(self.records) and ordinal + 1 == self._end(number)) or (
+                number == len(self.records) and self.current.tokens >= self.shard_tokens):
+            self._close()
+
+    def _close(self) -> None:
+        shard, self.current = self.current, None
+        record = shard.record(shard_name(self.split, shard.number))
+        if shard.number < len(self.records):
+            if record != self.records[shard.number]:
+                shard.abort()
+                raise UserError(f"data.path: {self.output / record['file']} re-tokenized to other tokens than its "
+                                "index records: the source changed under the same fingerprint; prepare into a new "
+                                "data.output")
+            self.damaged.discard(shard.number)
+        else:
+            self.records.append(record)
+            self._starts.append(record["first_document"])
+        shard.close()
+        self.written += 1
+        self.on_close()
+
+    def finish(self) -> None:
+        """Close the last new shard at the end of the stream."""
+        if self.current is not None:
+            if self.current.number < len(self.records):
+                self.current.abort()
+                raise UserError(f"data.path: the source ended inside recorded shard {self.current.number} of the "
+                                f"{self.split} split: it changed under the same fingerprint; prepare into a new "
+                                "data.output")
+            self._close()
+
+    def abort(self) -> None:
+        if self.current is not None:
+            self.current.abort()
+            self.current = None
+
+
+@dataclass
+class Batch:
+    """Documents of one split waiting to be sent to a tokenizer process."""
+
+    ordinals: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, ordinal: int, text: str) -> bool:
+        """Add a document; whether the batch is now full."""
+        self.ordinals.append(ordinal)
+        self.texts.append(text)
+        self.size += len(text)
+        return len(self.texts) >= BATCH_DOCUMENTS or self.size >= BATCH_BYTES
+
+
+def _tokenizer_for(cfg: DataConfig, source: Source) -> PreTrainedTokenizerBase:
+    train_texts = None if source.train_texts is None else (lambda: source.train_texts(cfg))
+    tokenizer = load_or_train_tokenizer(cfg, train_texts)
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise UserError(f"data.tokenizer: {cfg.tokenizer} has no fast tokenizer (tokenizer.json); prepare-data "
+                        "tokenizes with the `tokenizers` backend")
+    return tokenizer
+
+
+def _start_index(cfg: DataConfig, source: Source, identity: dict) -> dict:
+    """The index already in `data.output` when it was prepared the same way, else a new one from a scan. Refuses
+    an output of other data or another tokenizer, and one the harness did not write, before anything is written."""
+    output = Path(cfg.output)
+    index = read_index(output)
+    if index is not None:
+        difference = identity_difference(index["identity"], identity)
+        if not difference and index.get("shard_tokens") != cfg.shard_tokens:
+            difference = f"shard_tokens {index.get('shard_tokens')} vs {cfg.shard_tokens} here"
+        if difference:
+            raise UserError(f"data.output: {output} holds shards prepared from other data, with another tokenizer or "
+                            f"other settings ({difference}); pick another data.output or delete it")
+        return index
+    check_output_dir(output, "data.output")
+    documents, skipped = scan(cfg, source)
+    return {"identity": identity, "shard_tokens": cfg.shard_tokens, "documents": documents,
+            "skipped_documents": skipped, "complete": False, "shards": {split: [] for split in SPLITS}}
+
+
+def _damaged(output: Path, index: dict) -> dict[str, set[int]]:
+    """Recorded shards, per split, that are missing or fail their size or sha256 check."""
+    itemsize = np.dtype(index["identity"]["dtype"]).itemsize
+    return {split: {number for number, record in enumerate(records)
+                    if shard_problem(output, record, itemsize, checksum=True)}
+            for split, records in index["shards"].items()}
+
+
+def _remove_stale_temps(output: Path) -> None:
+    """Temp files a killed run left in its split folders (harness.atomic names them `.<name>.<pid>-<hex>.tmp`)."""
+    for split in SPLITS:
+        for temp in (output / split).glob(".shard-*.tmp"):
+            temp.unlink()
+
+
+def prepare_data(cfg: SlimConfig) -> PrepareSummary:
+    """Write (or finish, or repair) the token shards of `data.source` under `data.output`."""
+    data = cfg.data
+    check_prepare_config(data)
+    source = get_source(data)
+    tokenizer = _tokenizer_for(data, source)
+    identity = expected_identity(data, source, tokenizer)
+    index = _start_index(data, source, identity)
+    output = Path(data.output)
+    output.mkdir(parents=True, exist_ok=True)
+    mark(output)
+    _remove_stale_temps(output)
+    write_index = lambda: write_text_atomic(output / INDEX_FILE, json.dumps(index, indent=1))  # noqa: E731
+    write_index()
+    damaged = _damaged(output, index)
+    writers = {split: SplitWriter(output, split, index["shards"][split], damaged[split], data.shard_tokens,
+                                  index["complete"], write_index) for split in SPLITS}
+    start = time.perf_counter()
+    tokenized = 0
+    if not index["complete"] or any(damaged.values()):
+        tokenized = _write(data, source, tokenizer, index, writers)
+        index["complete"] = True
+        write_index()
+    wall = time.perf_counter() - start
+    return PrepareSummary(
+        output=str(output), source=data.source, dtype=identity["dtype"], documents=index["documents"],
+        tokens={split: sum(r["tokens"] for r in records) for split, records in index["shards"].items()},
+        shards=sum(len(records) for records in index["shards"].values()),
+        shards_written=sum(writer.written for writer in writers.values()),
+        skipped_documents=index["skipped_documents"], num_proc=data.num_proc, wall_seconds=round(wall, 2),
+        tokens_per_second=round(tokenized / max(wall, 1e-9), 1),
+        tokens_per_second_per_process=round(tokenized / max(wall, 1e-9) / data.num_proc, 1))
+
+
+def _write(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase, index: dict,
+           writers: dict[str, SplitWriter]) -> int:
+    """Stream the documents, tokenize the wanted ones in `data.num_proc` processes (tasks taken back in order, at
+    most TASKS_PER_PROCESS per process in flight) and hand them to their split's writer; returns tokens written."""
+    ordinals = dict.fromkeys(SPLITS, 0)
+    pending = {split: Batch() for split in SPLITS}
+    in_flight: deque = deque()
+    tokenized = 0
+    total = sum(index["documents"].values())
+    context = multiprocessing.get_context("spawn")
+    initargs = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, index["identity"]["dtype"])
+    with context.Pool(cfg.num_proc, initializer=init_worker, initargs=initargs) as pool, \
+            tqdm(total=total, desc="prepare-data", unit="doc", smoothing=0.1) as bar:
+        started = time.perf_counter()
+
+        def take_back() -> None:
+            nonlocal tokenized
+            split, batch_ordinals, result = in_flight.popleft()
+            tokens, lengths = result.get()
+            ends = np.cumsum(lengths)
+            for ordinal, begin, end in zip(batch_ordinals, ends - lengths, ends):
+                writers[split].add(ordinal, tokens[begin:end])
+            tokenized += len(tokens)
+            bar.set_postfix_str(f"{tokenized / (time.perf_counter() - started):,.0f} tok/s", refresh=False)
+
+        def submit(split: str) -> None:
+            batch, pending[split] = pending[split], Batch()
+            in_flight.append((split, batch.ordinals, pool.apply_async(encode_batch, (batch.texts,))))
+            while len(in_flight) > TASKS_PER_PROCESS * cfg.num_proc:
+                take_back()
+
+        try:
+            for split, document in DocumentStream(cfg, source):
+                ordinal = ordinals[split]
+                ordinals[split] += 1
+                bar.update()
+                if writers[split].wanted(ordinal) and pending[split].add(ordinal, document.text):
+                    submit(split)
+                if all(writers[name].done(ordinals[name]) for name in SPLITS):
+                    break
+            for split in SPLITS:
+                if pending[split].texts:
+                    submit(split)
+            while in_flight:
+                take_back()
+            for writer in writers.values():
+                writer.finish()
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+    return tokenized

@@ -1,0 +1,196 @@
+"""Prepared token shards (`slim prepare-data`): the index format, and the memory-mapped packed windows every reader
+uses.
+
+`<data.output>/index.json` records what the shards are (`identity`: source and its fingerprint, the source's
+options, the split rule's `heldout_every`, tokenizer fingerprint, eos id, token dtype; nothing depends on seq_len),
+the document count per split, and per split the shards in stream order: file, first document, documents, tokens,
+sha256. `<split>/shard-NNNNN.bin` holds raw uint16 or uint32 tokens, every document followed by eos. A split is the
+concatenation of its shards; its windows of seq_len + 1 tokens are disjoint and may span shard boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from harness.config.schema import DataConfig
+from harness.data.sources import SPLITS, Source, files_fingerprint
+from harness.data.tokenizer import tokenizer_sha256
+from harness.errors import UserError
+
+INDEX_FILE = "index.json"
+FORMAT_VERSION = 1
+OPEN_SHARDS = 64  # memory maps kept open per reader (each holds a file descriptor)
+
+
+def token_dtype(vocab_ids: int) -> str:
+    """uint16 when every id fits, else uint32."""
+    return "uint16" if vocab_ids <= 1 << 16 else "uint32"
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}/shard-{number:05d}.bin"
+
+
+def read_index(output: str | Path) -> dict | None:
+    """The index in `output`, or None when there is none; an unreadable one is a one-line UserError."""
+    path = Path(output) / INDEX_FILE
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+        index["identity"], index["shards"]  # noqa: B018 - both must be there
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"data.output: {path} is not a prepare-data index ({error})") from error
+    return index
+
+
+def identity_difference(recorded: dict, expected: dict) -> str:
+    """'' when equal, else the first differing field with both values."""
+    for key in sorted(set(recorded) | set(expected)):
+        if recorded.get(key) != expected.get(key):
+            return f"{key} {str(recorded.get(key))[:16]} vs {str(expected.get(key))[:16]} here"
+    return ""
+
+
+def shard_problem(output: Path, record: dict, itemsize: int, checksum: bool) -> str:
+    """Why the shard of `record` cannot be read ('' when it can): missing, wrong size, or (with `checksum`) bytes
+    that do not hash to the recorded sha256."""
+    path = output / record["file"]
+    if not path.is_file():
+        return f"{path} is missing"
+    expected = record["tokens"] * itemsize
+    if path.stat().st_size != expected:
+        return f"{path} holds {path.stat().st_size} bytes, the index says {expected}"
+    if checksum:
+        with open(path, "rb") as handle:
+            if hashlib.file_digest(handle, "sha256").hexdigest() != record["sha256"]:
+                return f"{path} does not match its recorded sha256"
+    return ""
+
+
+@dataclass
+class TokenStream:
+    """A split's shards as one token sequence, read through memory maps opened lazily (at most OPEN_SHARDS at a
+    time); picklable, so DataLoader workers each open their own maps."""
+
+    paths: list[str]
+    lengths: list[int]
+    dtype: str
+    _starts: np.ndarray = field(init=False, repr=False)
+    _maps: dict[int, np.memmap] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._starts = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getstate__(self) -> dict:
+        return {"paths": self.paths, "lengths": self.lengths, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def _shard(self, number: int) -> np.memmap:
+        if number not in self._maps:
+            if len(self._maps) >= OPEN_SHARDS:
+                del self._maps[next(iter(self._maps))]
+            self._maps[number] = np.memmap(self.paths[number], dtype=self.dtype, mode="r",
+                                           shape=(self.lengths[number],))
+        return self._maps[number]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) as int64, across shard boundaries."""
+        parts = []
+        number = int(np.searchsorted(self._starts, start, side="right")) - 1
+        while start < stop:
+            offset = start - int(self._starts[number])
+            take = min(stop - start, self.lengths[number] - offset)
+            parts.append(self._shard(number)[offset:offset + take])
+            start += take
+            number += 1
+        return np.concatenate(parts).astype(np.int64)
+
+
+class PreparedDataset(Dataset):
+    """Disjoint windows of seq_len + 1 tokens of a prepared split, as {"input_ids", "labels", "index"} like
+    harness.data.packing.PackedDataset (the partial tail is dropped)."""
+
+    def __init__(self, stream: TokenStream, seq_len: int, digest: str) -> None:
+        self.stream = stream
+        self.window = seq_len + 1
+        self.digest = digest
+
+    def __len__(self) -> int:
+        return len(self.stream) // self.window
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row = torch.from_numpy(self.stream.read(index * self.window, (index + 1) * self.window))
+        return {"input_ids": row[:-1], "labels": row[1:], "index": index}
+
+    def fingerprint(self) -> str:
+        """The split's shard checksums and the window length: equal fingerprints, equal windows."""
+        return self.digest
+
+
+def open_split(output: Path, index: dict, split: str, seq_len: int) -> PreparedDataset:
+    """The split's windows, every shard's size checked (a checksum of every byte is prepare-data's job: a rerun
+    verifies all shards and rewrites damaged ones)."""
+    records = index["shards"][split]
+    itemsize = np.dtype(index["identity"]["dtype"]).itemsize
+    for record in records:
+        problem = shard_problem(output, record, itemsize, checksum=False)
+        if problem:
+            raise UserError(f"data.output: {problem}; rerun `slim prepare-data` with the same overrides to rewrite it")
+    digest = hashlib.sha256(json.dumps([[r["sha256"] for r in records], seq_len]).encode()).hexdigest()
+    stream = TokenStream([str(output / r["file"]) for r in records], [r["tokens"] for r in records],
+                         index["identity"]["dtype"])
+    return PreparedDataset(stream, seq_len, digest)
+
+
+def index_digest(index: dict) -> str:
+    """sha256 of what a prepared directory holds (identity and every shard checksum)."""
+    shards = {split: [r["sha256"] for r in records] for split, records in index["shards"].items()}
+    return hashlib.sha256(json.dumps([index["identity"], shards], sort_keys=True).encode()).hexdigest()
+
+
+def expected_identity(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """What shards prepared under `cfg` with `tokenizer` record as their identity (nothing depends on seq_len)."""
+    return {"format": FORMAT_VERSION, "source": cfg.source, "source_fingerprint": files_fingerprint(cfg, source.files(cfg)),
+            "options": {name: getattr(cfg, name) for name in source.options}, "heldout_every": cfg.heldout_every,
+            "skip_bad_documents": cfg.skip_bad_documents, "tokenizer_fingerprint": tokenizer_sha256(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "dtype": token_dtype(max(tokenizer.get_vocab().values()) + 1)}
+
+
+def complete_index(cfg: DataConfig) -> dict:
+    """The finished index in `data.output`; one line telling to run `slim prepare-data` when there is none."""
+    index = read_index(cfg.output)
+    if index is None:
+        raise UserError(f"data.output: no prepared shards in {cfg.output}; run `slim prepare-data` with the same "
+                        "overrides first")
+    if not index.get("complete"):
+        raise UserError(f"data.output: {cfg.output} is incomplete (prepare-data was interrupted); rerun "
+                        "`slim prepare-data` with the same overrides")
+    return index
+
+
+def load_prepared(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase) -> dict[str, PreparedDataset]:
+    """Every split of the shards in `data.output` as windows of seq_len + 1, refused unless they were prepared from
+    this source and options with this tokenizer and every shard has its recorded size."""
+    index = complete_index(cfg)
+    difference = identity_difference(index["identity"], expected_identity(cfg, source, tokenizer))
+    if difference:
+        raise UserError(f"data.output: {cfg.output} holds shards prepared from other data or with another tokenizer "
+                        f"({difference}); run `slim prepare-data` with these overrides into another data.output")
+    return {split: open_split(Path(cfg.output), index, split, cfg.seq_len) for split in SPLITS}

@@ -1,0 +1,142 @@
+"""Data sources: where documents come from, one registered entry per format (one file each in this package).
+
+A source yields documents in a stable order, each with a stable id (the file's path relative to `data.path` plus a
+line or row number) and its text, or a `BadDocument` the engine refuses or skips (`data.skip_bad_documents`). The
+engine (harness/data/documents.py, harness/data/prepare.py) never names a source: each entry brings its own option
+check, input files (for the fingerprint) and, where it differs from the default, its split rule.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config.schema import DataConfig
+from harness.errors import UserError
+from harness.registry import Registry
+
+SPLITS = ("train", "validation", "calibration")
+FINGERPRINT_BYTES = 1 << 20  # hashed at each end of every input file
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: `id` is stable across reruns (never depends on shard or process counts)."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class BadDocument:
+    """A document that cannot be read (e.g. not UTF-8); `where` names the file and line or row."""
+
+    id: str
+    where: str
+    reason: str
+
+
+def hash_split(doc_id: str, position: int, heldout_every: int) -> str:
+    """sha256(id) mod heldout_every: heldout_every - 1 -> validation, heldout_every - 2 -> calibration, else train.
+    Depends on the id alone, so reruns, shard counts and process counts never move a document."""
+    bucket = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") % heldout_every
+    if bucket == heldout_every - 1:
+        return "validation"
+    return "calibration" if bucket == heldout_every - 2 else "train"
+
+
+def _no_check(cfg: DataConfig) -> None:
+    """No options beyond data.path."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registered source. `documents(cfg)` streams Document | BadDocument in a stable order; `files(cfg)` lists
+    the input files (refusing a missing or empty `data.path`); `check(cfg)` refuses bad options before any work;
+    `options` are the DataConfig fields it reads (recorded with prepared shards and compared when they are read);
+    `split(id, position, heldout_every)` assigns a document to a split. `train_texts(cfg)`, when set, gives the
+    texts a BPE tokenizer is trained on when `data.tokenizer` is missing, and lets the source pack in memory
+    without `slim prepare-data`."""
+
+    doc: str
+    documents: Callable[[DataConfig], Iterator[Document | BadDocument]]
+    files: Callable[[DataConfig], list[Path]]
+    check: Callable[[DataConfig], None] = _no_check
+    options: tuple[str, ...] = ()
+    split: Callable[[str, int, int], str] = hash_split
+    train_texts: Callable[[DataConfig], list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
+
+
+sources: Registry[Source] = Registry("data source", package="harness.data.sources")
+
+
+def get_source(cfg: DataConfig) -> Source:
+    """The source `data.source` names, its options checked (one-line UserError naming the field)."""
+    if not isinstance(cfg.heldout_every, int) or cfg.heldout_every < 3:
+        raise UserError(f"data.heldout_every: must be an integer >= 3, got {cfg.heldout_every!r}")
+    source = sources.get(cfg.source, "data.source")
+    source.check(cfg)
+    return source
+
+
+def input_files(cfg: DataConfig, suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """`data.path` itself when it is a file, else every file under it whose name ends in one of `suffixes`, in
+    sorted relative-path order; a missing path or a directory without such files is refused."""
+    root = Path(cfg.path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise UserError(f"data.path: {root} not found (data.source={cfg.source} reads {what})")
+    files = sorted((p for p in root.rglob("*") if p.is_file() and p.name.endswith(suffixes)),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise UserError(f"data.path: no {what} ({', '.join(suffixes)}) under {root}")
+    return files
+
+
+def relative_name(cfg: DataConfig, file: Path) -> str:
+    """`file` relative to `data.path` (its own name when `data.path` is that file): the stem of document ids."""
+    root = Path(cfg.path)
+    return file.name if root.is_file() else file.relative_to(root).as_posix()
+
+
+def read_lines(file: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without its newline) of a plain or .gz file; a damaged .gz is one line."""
+    opener = gzip.open if file.name.endswith(".gz") else open
+    try:
+        with opener(file, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line.rstrip(b"\n").rstrip(b"\r")
+    except (OSError, EOFError, zlib.error) as error:  # EOFError / zlib.error: a truncated or corrupt .gz
+        raise UserError(f"data.path: cannot read {file} ({error})") from error
+
+
+def decode(raw: bytes, where: str, doc_id: str) -> str | BadDocument:
+    """`raw` as UTF-8, or a BadDocument naming `where`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return BadDocument(doc_id, where, f"not UTF-8 ({error.reason} at byte {error.start})")
+
+
+def files_fingerprint(cfg: DataConfig, files: list[Path]) -> str:
+    """sha256 over each input file's relative name, size and first and last FINGERPRINT_BYTES: cheap enough to
+    check whenever prepared shards are read, and changed by any append, truncation or edit near either end."""
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(json.dumps([relative_name(cfg, file), size]).encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(FINGERPRINT_BYTES))
+            if size > FINGERPRINT_BYTES:
+                handle.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+                digest.update(handle.read())
+    return digest.hexdigest()
