@@ -24,6 +24,7 @@ from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_ev
 from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
 from harness.models.expert_flops import count_expert_flops
+from harness.models.experts_policy import apply_experts_policy
 from harness.models.families import prepare_decoding
 from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
 from harness.models.mtp import mtp_depth
@@ -107,6 +108,7 @@ def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     mtp = find_mtp(model, cfg.eval.model)
     if mtp is None:
         return {"acc": None, "note": f"no MTP weights in {cfg.eval.model}: the model has no trained MTP module"}
+    apply_experts_policy(cfg.model_runtime.experts_implementation, mtp)
     mtp.eval()
     settings = cfg.eval.mtp
     num_draft = settings.num_draft_tokens or mtp_depth(model)
@@ -124,6 +126,7 @@ def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.
     summary: dict = {"device": str(prompts.device)}
     if cfg.eval.teacher:
         teacher = load_pretrained(cfg.eval.teacher, device=str(prompts.device))[0]
+        apply_experts_policy(cfg.model_runtime.experts_implementation, teacher)
         summary["teacher_decode_cache"] = prepare_decoding(teacher)
         measured["teacher"] = measure(teacher)
     summary.update((name, asdict(value)) for name, value in measured.items())
@@ -155,7 +158,8 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
     model.eval()
     # Which cache `generate` decodes with: transformers' own, or a model family's (harness.models.families).
     summary: dict = {"model": cfg.eval.model, "teacher": cfg.eval.teacher or None,
-                     "decode_cache": prepare_decoding(model)}
+                     "decode_cache": prepare_decoding(model),
+                     "experts_implementation": apply_experts_policy(cfg.model_runtime.experts_implementation, model)}
     if manager is not None:
         limit = cfg.eval.limit or None
         summary["lm_eval"] = run_lm_eval(model, tokenizer, cfg.eval.tasks, manager, limit, cfg.eval.batch_size,
