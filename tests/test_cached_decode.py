@@ -58,13 +58,15 @@ def test_cached_generate_equals_recompute(num_layers: int, cache_path: str) -> N
 @pytest.mark.parametrize("prompt_len", [8, 64])
 def test_cached_decode_feeds_one_token_per_step(prompt_len: int) -> None:
     """The linear-only student's prefill embeds the P prompt tokens, then each decode step embeds 1 token,
-    whatever P; the cache has counted every token fed."""
+    whatever P; the cache has counted every token fed (and forgets them on reset)."""
     model = tiny_model(3)
     fed: list[int] = []
     model.model.embed_tokens.register_forward_hook(lambda module, args, out: fed.append(out.shape[1]))
     cache = greedy(model, prompts(prompt_len), use_cache=True).cache
     assert fed == [prompt_len] + [1] * (NEW_TOKENS - 1)
     assert cache.get_seq_length() == prompt_len + NEW_TOKENS - 1
+    cache.reset()
+    assert cache.get_seq_length() == 0
 
 
 def test_forward_with_cache_continues_like_full_forward() -> None:

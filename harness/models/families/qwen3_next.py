@@ -115,7 +115,7 @@ class LinearStateCache(DynamicCache):
     decoder's forward hook adds them). transformers reads the cache length (positions, mask sizes) from an
     attention layer, which this model has none of ("get_seq_length can only be called on Attention layers")."""
 
-    seen_tokens = 0
+    seen_tokens = 0  # a class attribute: a DynamicCache re-typed in place starts from it too
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -129,10 +129,6 @@ class LinearStateCache(DynamicCache):
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
-
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)  # linear-attention layers only take -n: forget the last n tokens
-        self.seen_tokens += tokens_to_remove
 
 
 def _has_attention(config: Qwen3NextConfig) -> bool:
