@@ -46,13 +46,15 @@ def _run(name: str, inputs: dict, **options) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.mark.parametrize("name", IMPLEMENTATIONS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_total_values_and_gradients_equal_the_logit_reference(name: str, masked: bool) -> None:
-    """0.3 L_LM + 0.7 L_KD at T = 2, chunked over 5 rows: the total, both terms and both gradients."""
+@pytest.mark.parametrize("temperature", [1.0, 2.0])  # 1.0 takes the shared log-softmax step
+def test_total_values_and_gradients_equal_the_logit_reference(name: str, masked: bool, temperature: float) -> None:
+    """0.3 L_LM + 0.7 L_KD, chunked over 5 rows: the total, both terms and both gradients."""
     inputs = _inputs()
     mask = (torch.arange(N) % 3 != 0) if masked else None
     chunk = {} if name == "reference" else {"chunk_size": 5}
-    total, values, grads = _run(name, inputs, lm_weight=0.3, kd_weight=0.7, temperature=2.0, mask=mask, **chunk)
-    expected_total, expected_values, expected_grads = _expected(inputs, 0.3, 0.7, 2.0, mask)
+    total, values, grads = _run(name, inputs, lm_weight=0.3, kd_weight=0.7, temperature=temperature, mask=mask,
+                                **chunk)
+    expected_total, expected_values, expected_grads = _expected(inputs, 0.3, 0.7, temperature, mask)
     # softmax and logs run in fp32 (the kernels' convention) on fp64 inputs: fp32 agreement
     torch.testing.assert_close(total, expected_total.to(total.dtype), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(values, expected_values.float(), rtol=1e-6, atol=1e-7)

@@ -92,6 +92,26 @@ def cross_entropy_chunk_step(student_logits: torch.Tensor, labels: torch.Tensor,
     return ce_sum, grad.mul_(grad_scale)
 
 
+def lm_kd_chunk_step(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                     lm_scale: float, kd_scale: float, with_grad: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(CE sum, KL sum, gradient) of a chunk at temperature 1 from one student log-softmax, in place on three
+    fp32 [chunk, V] buffers: gradient = (lm_scale + kd_scale) p - kd_scale q - lm_scale one_hot."""
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    log_p = student_logits.float()
+    log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
+    ce_sum = -log_p[rows, labels].sum()
+    log_q = teacher_logits.float()
+    log_q.sub_(torch.logsumexp(log_q, dim=-1, keepdim=True))
+    q = log_q.exp()
+    kl_sum = torch.dot(q.view(-1), log_q.sub_(log_p).view(-1))
+    if not with_grad:
+        return ce_sum, kl_sum, None
+    grad = log_p.exp_().mul_(lm_scale + kd_scale).sub_(q.mul_(kd_scale))
+    grad[rows, labels] -= lm_scale
+    return ce_sum, kl_sum, grad
+
+
 class _FusedHead(torch.autograd.Function):
     """Forward: both terms chunk by chunk, their weighted gradients folded in; backward scales them."""
 
@@ -105,6 +125,10 @@ class _FusedHead(torch.autograd.Function):
 
         def rows_step(rows, student_logits, scale):
             sums = torch.zeros(2, dtype=torch.float32, device=student_logits.device)
+            if labels is not None and teacher_hidden is not None and temperature == 1.0 and kd_step is torch_chunk_step:
+                sums[0], sums[1], grad = lm_kd_chunk_step(student_logits, teacher_hidden[rows] @ teacher_head_weight.T,
+                                                          labels[rows], lm_weight * scale, kd_weight * scale, with_grad)
+                return sums, None if grad is None else grad.to(student_logits.dtype)
             grad = None
             if labels is not None:  # before the KD step, which may overwrite the logits
                 sums[0], grad = cross_entropy_chunk_step(student_logits, labels[rows], lm_weight * scale, with_grad)
