@@ -95,6 +95,7 @@ def one_and_two(pair, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     return runs
 
 
+@pytest.mark.slow
 def test_two_fsdp_processes_follow_the_one_process_curve(one_and_two):
     """Each FSDP rank takes half of every global batch: the global-batch loss per step matches 1 process."""
     one, two = (step_losses(one_and_two[name][0]) for name in ("one", "two"))
@@ -145,11 +146,13 @@ def _resume_matches_uninterrupted(pair, tmp_path: Path, *overrides: str) -> None
         assert abs(resumed[step] - uninterrupted[step]) < LOSS_TOL, (step, resumed[step], uninterrupted[step])
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_same_curve(pair, tmp_path):
     """Killed after step 2 and resumed from last.ckpt, steps 3-4 have the uninterrupted run's losses."""
     _resume_matches_uninterrupted(pair, tmp_path)
 
 
+@pytest.mark.slow
 def test_fsdp_resumes_from_its_sharded_checkpoint_directory(pair, tmp_path):
     """Under FSDP last.ckpt is a directory of shards; resuming from it continues the same curve."""
     _resume_matches_uninterrupted(pair, tmp_path, *FSDP)

@@ -110,6 +110,7 @@ def test_second_grid_on_one_folder_is_refused_naming_the_holder(tmp_path, capsys
         first.wait()
 
 
+@pytest.mark.slow
 @linux_only
 def test_workers_die_with_a_killed_grid(tmp_path):
     """kill -9 on `slim grid --workers 2` takes the two worker processes running its cells with it."""

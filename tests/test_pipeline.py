@@ -59,6 +59,7 @@ def test_unknown_init_is_refused_before_compressing(teacher, tmp_path):  # noqa:
     assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.slow
 def test_rerun_with_another_recipe_in_the_same_run_dir_is_refused(teacher, tmp_path):  # noqa: F811
     """A finished run_dir is not silently reused for a different student: the rerun names the run_dir instead of
     returning the old summary (or resuming the old checkpoints); train.resume=false starts over there."""

@@ -31,6 +31,7 @@ def test_short_run_lowers_validation_loss_and_saves_hf_dir(tiny_config):
     assert saved["val_perplexity"] == pytest.approx(summary.val_perplexity)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(tiny_config):
     """A second call with a larger step budget resumes at the saved step instead of restarting."""
     first = pretrain(tiny_config(*SHORT[1:], "train.max_steps=20"))
@@ -50,6 +51,7 @@ def test_inconsistent_vocab_is_refused_before_work(tiny_config):
     assert not Path(cfg.run_dir).exists()
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
     """A run that crashes after its step-6 checkpoint and is resumed ends with the uninterrupted run's weights.
 

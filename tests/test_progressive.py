@@ -43,6 +43,7 @@ def test_stage_steps_give_the_last_stage_the_remainder():
         stage_steps([0.05, 0.05, 0.9], 5)
 
 
+@pytest.mark.slow
 def test_joint_run_distills_each_stage_from_the_original_teacher_and_resumes(teacher, tmp_path):  # noqa: F811
     """Two stages run, stage 2 continues at global step 2 against the ORIGINAL teacher, the final student has
     the target shape, and a rerun skips both finished stages."""

@@ -45,6 +45,7 @@ def write_spec(tmp_path: Path, **fields) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(teacher, tmp_path):  # noqa: F811
     """2 worker processes finish 4 trials on the default journal file; the 1e-7-LR trials, started after a 0.03-LR
     trial finished, are pruned by the Lightning callback; the best recipe reloads with the best LR."""
@@ -82,6 +83,7 @@ def race_spec(tmp_path: Path, **fields) -> SearchSpec:
                       output_dir=str(tmp_path / "search"), **fields)
 
 
+@pytest.mark.slow
 def test_workers_on_the_default_storage_run_each_queued_trial_exactly_once(tmp_path):
     """3 spawned workers popping 12 queued trials from the default journal file: each queued param set is evaluated
     once, by one worker, and every trial completes (on SQLite two workers can pop one trial, and the second to

@@ -38,6 +38,7 @@ def perplexity_calls(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
     return calls
 
 
+@pytest.mark.slow
 def test_a_grid_of_distills_computes_the_teacher_perplexity_once(tiny_config, teacher_dir: Path,  # noqa: F811
                                                                   student_dir: Path, cache: Path,  # noqa: F811
                                                                   perplexity_calls: list, tmp_path: Path) -> None:
