@@ -5,14 +5,7 @@
 # here with `pip download --no-deps --only-binary=:all: --python-version 3.12 ...` (see bench/README or the device
 # tool's notes). Results go to $OUT (the device tool's folder) or bench/results.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-bench/results}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_env.sh"
 status=0
 python3 bench/gpu_smoke.py --out "$out/gpu_smoke.json" 2>&1 | tee "$out/gpu_smoke.log" || status=1
 python3 bench/moe_block.py --device cuda --out "$out/moe_block_cuda.json" 2>&1 | tee "$out/moe_block.log" || status=1
