@@ -146,9 +146,10 @@ def test_no_room_for_the_student_is_refused_before_compressing(tmp_path, monkeyp
 # 2. Silent wrong statistics
 
 def test_calibrate_refuses_a_tokenizer_of_another_vocabulary(tmp_path, monkeypatch):
-    """data.tokenizer=T1024 data.vocab_size=1024 on the 4096-token teacher is refused before loading it."""
+    """A tokenizer still to be trained at data.vocab_size=1024, for the 4096-token teacher, is refused before loading
+    it (and before training it)."""
     monkeypatch.setattr("harness.calibration.run.load_pretrained", _no_work)
-    cfg = load_config([*TINY_OVERRIDES, f"compress.teacher={TEACHER}",
+    cfg = load_config([*TINY_OVERRIDES, f"compress.teacher={TEACHER}", f"data.tokenizer={tmp_path / 'tok'}",
                        f"calibration.output={tmp_path / 'stats.safetensors'}"])
     with pytest.raises(UserError, match=rf"^data.vocab_size: 1024, but the model at {TEACHER} has vocab_size 4096"):
         calibrate_teacher(cfg)
@@ -239,7 +240,7 @@ def test_run_pretrain_and_zeda_refuse_another_run_before_any_work(entry, tmp_pat
     if entry == "run":
         cfg, call = _run_config(tmp_path), run_recipe
     elif entry == "pretrain":
-        cfg, call = load_config([*TINY_OVERRIDES, f"run_dir={run_dir}"]), pretrain
+        cfg, call = load_config([*TINY_OVERRIDES, f"data.tokenizer={tmp_path / 'tok'}", f"run_dir={run_dir}"]), pretrain
     else:
         cfg, call = load_config(["tracking.wandb=false", f"zeda.teacher={TEACHER}", f"run_dir={run_dir}"]), run_zeda
         run_dir = run_dir / "stage-router"
@@ -261,7 +262,8 @@ def test_run_dir_naming_a_file_is_one_line_before_work(entry, tmp_path, monkeypa
     run_file.write_text("not a directory")
     calls = {
         "distill": lambda: distill(_distill_config(tmp_path)),
-        "pretrain": lambda: pretrain(load_config([*TINY_OVERRIDES, f"run_dir={run_file}"])),
+        "pretrain": lambda: pretrain(load_config([*TINY_OVERRIDES, f"data.tokenizer={tmp_path / 'tok'}",
+                                                  f"run_dir={run_file}"])),
         "eval": lambda: evaluate(load_config(["eval.tasks=[]", "eval.perplexity_batches=1", f"run_dir={run_file}"])),
     }
     with pytest.raises(UserError, match=rf"^run_dir: {run_file} is a file"):

@@ -119,7 +119,7 @@ def check_stats_data(stats: CalibrationStats, cfg: SlimConfig, path: str | Path)
                      for key, value in expected.items() if stats.data_fingerprint.get(key) != value]
         raise UserError(f"compress.stats: {path} was calibrated on other data than this config "
                         f"({'; '.join(differing)}); recalibrate with `slim calibrate` and this config")
-    tokenizer = tokenizer_sha256(load_tokenizer(cfg.data.tokenizer, cfg.data.vocab_size))
+    tokenizer = tokenizer_sha256(load_tokenizer(cfg.data.tokenizer))
     if stats.tokenizer_fingerprint != tokenizer:
         raise UserError(f"compress.stats: {path} was calibrated with another tokenizer "
                         f"({stats.tokenizer_fingerprint[:12] or 'unrecorded'}) than data.tokenizer "

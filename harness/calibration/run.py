@@ -18,7 +18,9 @@ from harness.calibration.layerwise import calibrate_layerwise, placed_on
 from harness.calibration.reduce import all_reduce_stats, rank_share
 from harness.calibration.stats import CalibrationStats
 from harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
-from harness.data.packing import PackedDataset, build_corpus_data
+from harness.data.packing import WindowDataset, build_corpus_data
+from harness.data.sources import get_source
+from harness.data.tokenizer import load_tokenizer, needs_training
 from harness.distributed import init_distributed, on_rank_zero
 from harness.errors import UserError
 from harness.models.experts_policy import apply_experts_policy
@@ -28,7 +30,7 @@ from harness.outputs import check_output_file
 logger = logging.getLogger(__name__)
 
 
-def calibration_batches(dataset: PackedDataset, cfg: CalibrationConfig) -> list[torch.Tensor]:
+def calibration_batches(dataset: WindowDataset, cfg: CalibrationConfig) -> list[torch.Tensor]:
     """Input ids [B, S] of the first `cfg.num_samples` sequences (all, with a warning, if there are fewer)."""
     if len(dataset) < cfg.num_samples:
         logger.warning("calibration.num_samples: %d requested, but the calibration split holds %d sequences; "
@@ -38,11 +40,24 @@ def calibration_batches(dataset: PackedDataset, cfg: CalibrationConfig) -> list[
 
 
 def check_vocab_size(data_cfg: DataConfig, model_config: PretrainedConfig, model_dir: str | Path | None) -> None:
-    """Refuse calibration text tokenized for another vocabulary size than the model's (config only, no weights)."""
-    if data_cfg.vocab_size != model_config.vocab_size:
-        where = f" at {model_dir}" if model_dir else ""
-        raise UserError(f"data.vocab_size: {data_cfg.vocab_size}, but the model{where} has vocab_size "
-                        f"{model_config.vocab_size}; calibrate with the tokenizer the model was trained with")
+    """Refuse calibration text tokenized for another vocabulary than the model's, from config and tokenizer files
+    only (no weights): the data tokenizer's ids must fit the model's vocab_size, and with `model_dir` it must be the
+    tokenizer saved there. A tokenizer still to be trained (a source that ships its corpus) will have
+    data.vocab_size tokens, which must then be the model's vocab_size."""
+    where = f" at {model_dir}" if model_dir else ""
+    if needs_training(data_cfg) and get_source(data_cfg).train_texts is not None:
+        if data_cfg.vocab_size != model_config.vocab_size:
+            raise UserError(f"data.vocab_size: {data_cfg.vocab_size}, but the model{where} has vocab_size "
+                            f"{model_config.vocab_size}; calibrate with the tokenizer the model was trained with")
+        return
+    tokenizer = load_tokenizer(data_cfg.tokenizer)
+    ids = max(tokenizer.get_vocab().values()) + 1
+    if ids > model_config.vocab_size:
+        raise UserError(f"data.tokenizer: the tokenizer at {data_cfg.tokenizer} has {ids} token ids, but the model"
+                        f"{where} has vocab_size {model_config.vocab_size}; calibrate with the tokenizer the model was "
+                        "trained with")
+    if model_dir is not None:
+        _check_tokenizer(tokenizer, data_cfg, model_dir)
 
 
 def _check_tokenizer(tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, model_dir: str | Path) -> None:

@@ -82,7 +82,7 @@ def plan_experts(recipe: CompressConfig, stats: CalibrationStats, model_view: Mo
 
 def _stored_stats(cfg: SlimConfig, teacher_cfg: PretrainedConfig) -> CalibrationStats | None:
     """compress.stats read and checked against this config's calibration data (before the teacher is loaded),
-    or None when they are computed on the fly (then data.vocab_size is checked against the teacher's)."""
+    or None when they are computed on the fly (then the data tokenizer is checked against the teacher's vocabulary)."""
     if not cfg.compress.stats:
         check_vocab_size(cfg.data, teacher_cfg, cfg.compress.teacher)
         return None

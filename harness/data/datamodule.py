@@ -1,4 +1,5 @@
-"""Lightning data module over the packed corpus: seeded shuffling, plus a calibration loader."""
+"""Lightning data module over the packed corpus (in memory or prepared shards): seeded shuffling, plus a calibration
+loader; `data.num_workers` DataLoader workers fetch the windows (the batch order stays the sampler's)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerFast
 
 from harness.config.schema import DataConfig
-from harness.data.packing import CorpusData, PackedDataset, build_corpus_data
+from harness.data.packing import CorpusData, WindowDataset, build_corpus_data
 from harness.data.sampler import ResumableBatchSampler
 from harness.errors import UserError
 
@@ -21,6 +22,8 @@ class CorpusDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise UserError(f"train.batch_size: must be >= 1, got {batch_size}")
+        if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+            raise UserError(f"data.num_workers: must be an integer >= 0, got {cfg.num_workers!r}")
         self.cfg = cfg
         self.batch_size = batch_size
         self.seed = seed
@@ -58,7 +61,7 @@ class CorpusDataModule(pl.LightningDataModule):
         rank, world_size = self._process()
         sampler = ResumableBatchSampler(len(train), self.batch_size, self.seed, steps_done, end, rank, world_size,
                                         self._micro_batches())
-        return DataLoader(train, batch_sampler=sampler, num_workers=0)
+        return DataLoader(train, batch_sampler=sampler, num_workers=self.cfg.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require_data().validation)
@@ -66,7 +69,7 @@ class CorpusDataModule(pl.LightningDataModule):
     def calibration_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require_data().calibration)
 
-    def _eval_loader(self, dataset: PackedDataset) -> DataLoader:
+    def _eval_loader(self, dataset: WindowDataset) -> DataLoader:
         """In order; with several processes each takes every world_size-th sequence (DistributedSampler, the
         last few repeated to equal lengths) in batches of batch_size / world_size (split like training's under
         accumulation, so evaluation needs no more memory), so that together they cover what one process would,
@@ -74,9 +77,9 @@ class CorpusDataModule(pl.LightningDataModule):
         rank, world_size = self._process()
         batch_size = self.batch_size // world_size // self._micro_batches()
         if world_size == 1:
-            return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+            return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.cfg.num_workers)
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.num_workers)
 
     def _process(self) -> tuple[int, int]:
         """(rank, world size) of this process in the attached trainer; (0, 1) without one."""

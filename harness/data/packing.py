@@ -8,14 +8,16 @@ seq_len + 1 tokens: inputs are a window's first seq_len tokens, labels its last 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from harness.atomic import save_safetensors_atomic
 from harness.config.schema import DataConfig
@@ -23,7 +25,7 @@ from harness.data.corpus import CorpusSplit
 from harness.data.documents import split_texts
 from harness.data.shards import PreparedDataset, complete_index, index_digest, load_prepared
 from harness.data.sources import SPLITS, Source, get_source
-from harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer
+from harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer, tokenizer_sha256
 from harness.errors import UserError
 MIN_SEQ_LEN = 8
 
@@ -181,3 +183,24 @@ def build_corpus_data(cfg: DataConfig) -> CorpusData:
         raise UserError(f"data.output: empty, and data.source={cfg.source} is read from prepared shards only; run "
                         "`slim prepare-data` with the same overrides plus data.output=DIR, then pass that data.output")
     return _in_memory(cfg, source)
+
+
+def validation_windows(cfg: DataConfig) -> Callable[[PreTrainedTokenizerBase, int], WindowDataset]:
+    """The validation split as windows of `length` input tokens for a model evaluated with its own tokenizer:
+    `windows(tokenizer, length)`. Prepared shards are refused unless that tokenizer made them; a source packed in
+    memory is tokenized by it. The corpus is read, or the index checked, here, before any model is loaded."""
+    source = get_source(cfg)
+    if cfg.output:
+        index = complete_index(cfg)
+
+        def prepared(tokenizer: PreTrainedTokenizerBase, length: int) -> WindowDataset:
+            if tokenizer_sha256(tokenizer) != index["identity"]["tokenizer_fingerprint"]:
+                raise UserError(f"data.output: {cfg.output} was prepared with another tokenizer than the evaluated "
+                                "model's; prepare the data with the model's tokenizer (data.tokenizer=<model dir>)")
+            return load_prepared(dataclasses.replace(cfg, seq_len=length), source, tokenizer)["validation"]
+
+        return prepared
+    if source.train_texts is None:
+        build_corpus_data(cfg)  # its one-line error: this source needs prepared shards
+    texts = split_texts(cfg, source).validation
+    return lambda tokenizer, length: PackedDataset(pack_texts(texts, tokenizer, length))

@@ -166,7 +166,8 @@ def index_digest(index: dict) -> str:
 
 def expected_identity(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase) -> dict:
     """What shards prepared under `cfg` with `tokenizer` record as their identity (nothing depends on seq_len)."""
-    return {"format": FORMAT_VERSION, "source": cfg.source, "source_fingerprint": files_fingerprint(cfg, source.files(cfg)),
+    return {"format": FORMAT_VERSION, "source": cfg.source,
+            "source_fingerprint": files_fingerprint(cfg, source.files(cfg)),
             "options": {name: getattr(cfg, name) for name in source.options}, "heldout_every": cfg.heldout_every,
             "skip_bad_documents": cfg.skip_bad_documents, "tokenizer_fingerprint": tokenizer_sha256(tokenizer),
             "eos_token_id": tokenizer.eos_token_id,

@@ -62,7 +62,8 @@ def load_tokenizer(tokenizer_dir: str) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except Exception as e:  # any failure of the HF loader means the directory is not a usable tokenizer
-        raise UserError(f"data.tokenizer: cannot load a tokenizer from {tokenizer_dir} ({type(e).__name__}: {e})") from e
+        raise UserError(f"data.tokenizer: cannot load a tokenizer from {tokenizer_dir} "
+                        f"({type(e).__name__}: {e})") from e
     if tokenizer.eos_token_id is None:
         raise UserError(f"data.tokenizer: tokenizer in {tokenizer_dir} has no eos token")
     return tokenizer

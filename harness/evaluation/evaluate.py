@@ -4,6 +4,7 @@ teacher), written to `<run_dir>/eval_summary.json`. Every field is checked befor
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -15,8 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from harness.atomic import write_text_atomic
 from harness.config.schema import EvalConfig, SlimConfig
-from harness.data.corpus import read_chapters, split_corpus
-from harness.data.packing import PackedDataset, pack_texts
+from harness.data.packing import WindowDataset, validation_windows
 from harness.distributed import init_distributed, local_rank, on_rank_zero
 from harness.errors import UserError
 from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
 
 SUMMARY_NAME = "eval_summary.json"
+HeldOut = Callable[[PreTrainedTokenizerBase, int], WindowDataset]  # (tokenizer, window length) -> validation windows
 POSITIVE_FIELDS = ("batch_size", "mtp.num_prompts", "mtp.prompt_len", "mtp.new_tokens", "efficiency.batch_size",
                    "efficiency.prompt_len", "efficiency.new_tokens", "efficiency.repeats")
 NON_NEGATIVE_FIELDS = ("limit", "num_fewshot", "perplexity_batches", "mtp.num_draft_tokens", "efficiency.warmup")
@@ -80,27 +81,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def validation_texts(cfg: SlimConfig) -> list[str]:
-    """Validation chapters of the corpus split: text the evaluated models never trained on."""
-    return split_corpus(read_chapters(cfg.data.path), cfg.data.heldout_every).validation
-
-
-def heldout_windows(texts: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> PackedDataset:
-    """`texts` tokenized by the evaluated model's tokenizer, as rows of `length` input tokens."""
-    return PackedDataset(pack_texts(texts, tokenizer, length))
-
-
-def _prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase, count: int, length: int,
+def _prompts(heldout: HeldOut, tokenizer: PreTrainedTokenizerBase, count: int, length: int,
              device: torch.device) -> torch.Tensor:
     """The first `count` held-out windows of `length` tokens, [count, length] on `device`."""
-    windows = heldout_windows(texts, tokenizer, length)
+    windows = heldout(tokenizer, length)
     if len(windows) < count:
         raise UserError(f"eval: the validation split holds {len(windows)} prompts of {length} tokens, "
                         f"asked for {count}")
     return torch.stack([windows[i]["input_ids"] for i in range(count)]).to(device)
 
 
-def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, heldout: HeldOut,
                  device: torch.device) -> dict:
     """acc_0..acc_{K-1}, or why there are none (no MTP depth in config.json, or no saved MTP weights)."""
     if mtp_depth(model) == 0:
@@ -112,7 +103,7 @@ def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     mtp.eval()
     settings = cfg.eval.mtp
     num_draft = settings.num_draft_tokens or mtp_depth(model)
-    prompts = _prompts(texts, tokenizer, settings.num_prompts, settings.prompt_len, device)
+    prompts = _prompts(heldout, tokenizer, settings.num_prompts, settings.prompt_len, device)
     acc = acceptance_rates(model, mtp_drafter(model, mtp, num_draft), prompts, settings.new_tokens, num_draft)
     return {"acc": acc, "tokens_per_step": 1 + sum(acc), "num_draft_tokens": num_draft}
 
@@ -153,7 +144,7 @@ def evaluate(cfg: SlimConfig) -> dict:
 def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
     """The evaluation itself, in this process."""
     device = resolve_device(cfg.eval.device)
-    texts = validation_texts(cfg)
+    heldout = validation_windows(cfg.data)  # text the evaluated models never trained on
     model, tokenizer = load_pretrained(cfg.eval.model, device=str(device))
     model.eval()
     # Which cache `generate` decodes with: transformers' own, or a model family's (harness.models.families).
@@ -165,15 +156,15 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
         summary["lm_eval"] = run_lm_eval(model, tokenizer, cfg.eval.tasks, manager, limit, cfg.eval.batch_size,
                                          cfg.eval.num_fewshot)
     if cfg.eval.perplexity_batches:
-        loader = DataLoader(heldout_windows(texts, tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
+        loader = DataLoader(heldout(tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
         # Share of routed expert FLOPs skipped (ZEDA's zero experts; 0 for a static MoE), counted in the same pass.
         with count_expert_flops(model) as counts:
             summary["perplexity"] = model_perplexity(model, loader, cfg.eval.perplexity_batches)
         summary["expert_flops_saved"] = counts.summary()
-    summary["mtp_acceptance"] = _mtp_summary(cfg, model, tokenizer, texts, device)
+    summary["mtp_acceptance"] = _mtp_summary(cfg, model, tokenizer, heldout, device)
     if cfg.eval.efficiency.enabled:
         speed = cfg.eval.efficiency
-        prompts = _prompts(texts, tokenizer, speed.batch_size, speed.prompt_len, device)
+        prompts = _prompts(heldout, tokenizer, speed.batch_size, speed.prompt_len, device)
         summary["efficiency"] = _efficiency_summary(cfg, model, prompts)
     write_text_atomic(Path(cfg.run_dir) / SUMMARY_NAME, json.dumps(summary, indent=2))
     return summary

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
+from harness.data.packing import window_rows
+from harness.data.sources import get_source
+from harness.data.tokenizer import load_tokenizer, needs_training
 from harness.errors import UserError
 from harness.evaluation.perplexity import model_perplexity, unigram_perplexity
 from harness.models.build import build_model, validate_model_config
@@ -25,6 +28,9 @@ from harness.training.run import (
     write_summary,
 )
 
+# Windows the unigram baseline is fit and scored on: a whole shipped corpus, a bounded sample of a prepared one.
+UNIGRAM_WINDOWS = 1 << 16
+
 
 @dataclass
 class PretrainSummary:
@@ -41,12 +47,19 @@ class PretrainSummary:
 
 
 def validate_pretrain_config(cfg: SlimConfig) -> None:
-    """Refuse inconsistent configs before any work starts."""
+    """Refuse inconsistent configs before any work starts: the model's vocabulary is the data tokenizer's (one still
+    to be trained will have data.vocab_size tokens)."""
     validate_model_config(cfg.model)
-    if cfg.model.vocab_size != cfg.data.vocab_size:
-        raise UserError(
-            f"model.vocab_size ({cfg.model.vocab_size}) must equal data.vocab_size ({cfg.data.vocab_size})"
-        )
+    if needs_training(cfg.data) and get_source(cfg.data).train_texts is not None:
+        if cfg.model.vocab_size != cfg.data.vocab_size:
+            raise UserError(
+                f"model.vocab_size ({cfg.model.vocab_size}) must equal data.vocab_size ({cfg.data.vocab_size})"
+            )
+    else:
+        ids = max(load_tokenizer(cfg.data.tokenizer).get_vocab().values()) + 1
+        if ids != cfg.model.vocab_size:
+            raise UserError(f"model.vocab_size ({cfg.model.vocab_size}) must equal the {ids} token ids of the "
+                            f"tokenizer at data.tokenizer={cfg.data.tokenizer}")
     validate_train_config(cfg.train)
     validate_tracking_config(cfg.tracking)
 
@@ -83,7 +96,9 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
         model_dir=str(model_dir(cfg)),
         val_perplexity=model_perplexity(model, data.val_dataloader(), desc="validation perplexity"),
         unigram_perplexity=unigram_perplexity(
-            data.data.train.sequences, data.data.validation.sequences[:, 1:], cfg.model.vocab_size
+            window_rows(data.data.train, 0, min(len(data.data.train), UNIGRAM_WINDOWS)),
+            window_rows(data.data.validation, 0, min(len(data.data.validation), UNIGRAM_WINDOWS))[:, 1:],
+            cfg.model.vocab_size,
         ),
         steps=trainer.global_step,
         tokens_seen=trainer.global_step * tokens_per_step,

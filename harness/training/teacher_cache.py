@@ -30,10 +30,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from harness.atomic import save_safetensors_atomic, write_text_atomic
 from harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
 from harness.config.schema import SlimConfig
-from harness.data.packing import PackedDataset, build_corpus_data, sequences_sha256
+from harness.data.packing import WindowDataset, build_corpus_data, sequences_sha256, window_rows
 from harness.errors import UserError
 from harness.models.experts_policy import apply_experts_policy
-from harness.models.io import load_pretrained, read_model_config
+from harness.models.io import load_pretrained, read_model_config, tokenizer_vocab
 from harness.training.distill_terms import backbone_hidden
 from kernels.kd_loss import KDLoss
 from kernels.kd_loss.cached_reference import cached_kd_implementations
@@ -202,7 +202,7 @@ def check_cache_config(cfg: SlimConfig) -> None:
                         f"{distill.teacher_cache}")
 
 
-def check_cache_data(cache_dir: str, train: PackedDataset, tokenizer: PreTrainedTokenizerBase) -> None:
+def check_cache_data(cache_dir: str, train: WindowDataset, tokenizer: PreTrainedTokenizerBase) -> None:
     """Once the data is packed: the cache covers exactly this train split, tokenized by this tokenizer."""
     manifest = read_manifest(cache_dir)
     if manifest.num_sequences != len(train):
@@ -232,7 +232,7 @@ def teacher_topk(model: PreTrainedModel, input_ids: torch.Tensor, top_k: int, ba
     return TeacherTopK(torch.cat(ids).view(shape), torch.cat(logprobs).view(shape))
 
 
-def write_shards(model: PreTrainedModel, train: PackedDataset, cache_dir: str | Path, manifest: CacheManifest,
+def write_shards(model: PreTrainedModel, train: WindowDataset, cache_dir: str | Path, manifest: CacheManifest,
                  batch_size: int) -> list[int]:
     """Write every missing shard of `manifest` (the manifest first); returns the shards written.
 
@@ -249,7 +249,7 @@ def write_shards(model: PreTrainedModel, train: PackedDataset, cache_dir: str | 
     with tqdm(total=manifest.num_sequences, initial=done, unit="seq", desc="cache-teacher") as bar:
         for shard in missing:
             rows = manifest.shard_rows(shard)
-            targets = teacher_topk(model, train.sequences[rows.start:rows.stop, :-1], manifest.top_k, batch_size)
+            targets = teacher_topk(model, window_rows(train, rows.start, rows.stop)[:, :-1], manifest.top_k, batch_size)
             save_safetensors_atomic({"ids": targets.ids, "logprobs": targets.logprobs}, shard_path(cache_dir, shard),
                                     {"manifest": manifest.digest(), "first_sequence": str(rows.start)})
             bar.update(len(rows))
@@ -275,12 +275,12 @@ def cache_teacher(cfg: SlimConfig) -> CacheSummary:
     running the teacher in `train.batch_size` sequences on CUDA when available."""
     vocab_size = _check_writer_config(cfg)
     data = build_corpus_data(cfg.data)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_pretrained(cfg.distill.teacher, device=device)
-    apply_experts_policy(cfg.model_runtime.experts_implementation, model)
-    if tokenizer is None or tokenizer.get_vocab() != data.tokenizer.get_vocab():
+    if data.tokenizer.get_vocab() != tokenizer_vocab(cfg.distill.teacher, "distill.teacher"):
         raise UserError(f"data.tokenizer: the tokenizer at {cfg.data.tokenizer} differs from the teacher's "
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = load_pretrained(cfg.distill.teacher, device=device)
+    apply_experts_policy(cfg.model_runtime.experts_implementation, model)
     model.eval()
     manifest = CacheManifest(
         teacher=cfg.distill.teacher, teacher_fingerprint=model_fingerprint(model), vocab_size=vocab_size,
