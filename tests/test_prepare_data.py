@@ -1,0 +1,211 @@
+"""`slim prepare-data` and the memory-mapped readers: exact resume after a kill, damaged and foreign shards refused,
+windows equal to in-memory packing, the same batches for 1 and 2 ranks, then `slim run` on prepared JSONL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from harness.cli.main import main as slim
+from harness.config.load import load_config
+from harness.data.datamodule import CorpusDataModule
+from harness.data.packing import build_corpus_data
+from harness.data.prepare import prepare_data
+from harness.data.sampler import ResumableBatchSampler
+from harness.data.shards import INDEX_FILE, read_index
+from harness.data.sources import SPLITS
+from harness.errors import UserError
+from tests.corpora import ROOT, TEACHER, documents, split_streams, write_jsonl
+
+TEXTS = documents()
+# Runs prepare_data in a child that SIGKILLs itself just before its Nth index write: the shard that write would
+# record is already renamed into place, the other splits' open shards are temp files. No timing involved.
+KILLED_CHILD = """
+import os, signal, sys
+from harness.config.load import load_config
+from harness.data import prepare
+kill_before, real, calls = int(sys.argv[1]), prepare.write_text_atomic, []
+def write_then_maybe_die(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == kill_before:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+prepare.write_text_atomic = write_then_maybe_die
+prepare.prepare_data(load_config(sys.argv[2:]))
+"""
+
+
+def _files(output: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(output)): path.read_bytes() for path in sorted(output.rglob("*")) if path.is_file()}
+
+
+def _overrides(path: Path, output: Path, *extra: str) -> list[str]:
+    return ["data.source=jsonl", f"data.path={path}", f"data.tokenizer={TEACHER}", f"data.output={output}",
+            "data.heldout_every=4", "data.shard_tokens=1500", "data.seq_len=32", *extra]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(JSONL corpus, its shards prepared in one uninterrupted run)."""
+    root = tmp_path_factory.mktemp("prepared")
+    path = write_jsonl(TEXTS, root / "corpus.jsonl")
+    prepare_data(load_config(_overrides(path, root / "reference")))
+    return path, root / "reference"
+
+
+def test_killed_prepare_resumes_to_the_uninterrupted_shards(corpus, tmp_path):
+    """Killed (SIGKILL) after two recorded shards, prepare-data leaves an incomplete index readers refuse; the rerun
+    tokenizes only what was not recorded and ends with the uninterrupted run's files, byte for byte."""
+    path, reference = corpus
+    output = tmp_path / "out"
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD, "4", *_overrides(path, output)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    index = read_index(output)
+    assert not index["complete"] and sum(len(records) for records in index["shards"].values()) == 2
+    with pytest.raises(UserError, match="^data.output: .* is incomplete .*rerun `slim prepare-data`"):
+        build_corpus_data(load_config(_overrides(path, output)).data)
+    summary = prepare_data(load_config(_overrides(path, output)))
+    total = sum(len(records) for records in read_index(reference)["shards"].values())
+    assert summary.shards == total and summary.shards_written == total - 2
+    assert _files(output) == _files(reference)
+
+
+def test_damaged_shards_are_refused_at_load_and_rewritten_alone(corpus, tmp_path):
+    """A truncated shard is refused when read (size check); a rerun checksums every shard and rewrites exactly the
+    damaged ones (flipped byte, truncated, deleted), byte for byte."""
+    path, reference = corpus
+    output = Path(shutil.copytree(reference, tmp_path / "out"))
+    shards = sorted(output.glob("*/shard-*.bin"))
+    flipped, truncated, deleted = shards[0], shards[2], shards[-1]
+    flipped.write_bytes(bytes([flipped.read_bytes()[0] ^ 1]) + flipped.read_bytes()[1:])
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    with pytest.raises(UserError, match=rf"^data.output: {truncated} holds .* bytes, the index says .*; rerun "
+                                        "`slim prepare-data` with the same overrides"):
+        build_corpus_data(load_config(_overrides(path, output)).data)
+    deleted.unlink()
+    summary = prepare_data(load_config(_overrides(path, output)))
+    assert summary.shards_written == 3
+    assert _files(output) == _files(reference)
+    assert prepare_data(load_config(_overrides(path, output))).shards_written == 0
+
+
+def test_shards_of_another_tokenizer_or_source_are_refused(corpus, tmp_path):
+    """Reading shards with another tokenizer (same size, two ids swapped) or after the source changed is one line;
+    preparing into them with another tokenizer is refused before anything is written."""
+    path, reference = corpus
+    other = tmp_path / "tokenizer"
+    other.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TEACHER / name, other / name)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[300:302]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    foreign = [*_overrides(path, reference), f"data.tokenizer={other}"]
+    with pytest.raises(UserError, match=r"^data.output: .* prepared from other data or with another tokenizer "
+                                        r"\(tokenizer_fingerprint "):
+        build_corpus_data(load_config(foreign).data)
+    before = _files(reference)
+    with pytest.raises(UserError, match=r"^data.output: .* \(tokenizer_fingerprint .*pick another data.output"):
+        prepare_data(load_config(foreign))
+    assert _files(reference) == before
+    changed = write_jsonl([*TEXTS, "one more document"], tmp_path / "corpus.jsonl")
+    with pytest.raises(UserError, match=r"^data.output: .*\(source_fingerprint "):
+        build_corpus_data(load_config([*_overrides(changed, reference)]).data)
+
+
+def test_a_source_without_prepared_shards_is_refused(corpus, tmp_path):
+    """Only a source that ships its corpus packs in memory; the others point at slim prepare-data."""
+    path, _ = corpus
+    with pytest.raises(UserError, match=r"^data.output: empty, and data.source=jsonl is read from prepared shards "
+                                        r"only; run `slim prepare-data`"):
+        build_corpus_data(load_config([*_overrides(path, tmp_path), "data.output=''"]).data)
+    with pytest.raises(UserError, match=r"^data.output: no prepared shards in .*; run `slim prepare-data`"):
+        build_corpus_data(load_config(_overrides(path, tmp_path / "empty")).data)
+
+
+def test_windows_span_shards_and_equal_in_memory_packing(tmp_path):
+    """The shipped corpus prepared into shards gives the windows it packs in memory (same tokenizer, same split):
+    the backend tokenizer in worker processes tokenizes like the Hugging Face one, and a window spanning two shards
+    reads across them."""
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TEACHER / name, tokenizer / name)
+    common = [f"data.tokenizer={tokenizer}", "data.seq_len=50", "data.shard_tokens=40000", "data.num_proc=2"]
+    prepare_data(load_config([*common, f"data.output={tmp_path / 'kjv'}"]))
+    prepared = build_corpus_data(load_config([*common, f"data.output={tmp_path / 'kjv'}"]).data)
+    in_memory = build_corpus_data(load_config(common).data)
+    assert len(read_index(tmp_path / "kjv")["shards"]["train"]) > 10
+    for split in SPLITS:
+        windows = getattr(prepared, split)
+        rows = torch.stack([torch.cat([windows[i]["input_ids"], windows[i]["labels"][-1:]])
+                            for i in range(len(windows))])
+        assert torch.equal(rows, getattr(in_memory, split).sequences), split
+
+
+def test_one_and_two_ranks_see_the_same_batches_and_resume_exactly(corpus):
+    """Over memory-mapped windows the seeded stream is the same for 1 process and for 2 (each its contiguous slice,
+    one of them through DataLoader workers, which unpickle the dataset), and starting at step 3 replays steps 3..5."""
+    path, reference = corpus
+    train = build_corpus_data(load_config(_overrides(path, reference)).data).train
+    spanning = train.stream.lengths[0] // train.window  # the window that holds the first shard's last token
+    stream = torch.from_numpy(split_streams(reference)["train"])
+    assert torch.equal(train[spanning]["input_ids"], stream[spanning * train.window:(spanning + 1) * train.window - 1])
+
+    def batches(rank: int, world_size: int, start: int = 0, workers: int = 0) -> list[torch.Tensor]:
+        sampler = ResumableBatchSampler(len(train), 8, seed=3, current_step=lambda: start, end_step=6, rank=rank,
+                                        world_size=world_size)
+        loader = DataLoader(train, batch_sampler=sampler, num_workers=workers)
+        return [batch["input_ids"] for batch in loader]
+
+    one = batches(0, 1)
+    assert len(one) == 6 and len(train) // 8 > 6
+    two = [torch.cat(pair) for pair in zip(batches(0, 2), batches(1, 2, workers=2), strict=True)]
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(one[3:], batches(0, 1, start=3), strict=True))
+
+
+def test_datamodule_workers_give_the_same_batches(corpus):
+    """data.num_workers=2 serves the datamodule's batches unchanged."""
+    path, reference = corpus
+    loaders = [CorpusDataModule(load_config(_overrides(path, reference, f"data.num_workers={n}")).data, 4)
+               for n in (0, 2)]
+    for module in loaders:
+        module.setup("fit")
+    streams = [[batch["input_ids"] for batch, _ in zip(module.train_dataloader(), range(3))] for module in loaders]
+    assert all(torch.equal(a, b) for a, b in zip(*streams, strict=True))
+    val = [next(iter(module.val_dataloader()))["labels"] for module in loaders]
+    assert torch.equal(*val)
+
+
+def test_prepare_data_then_slim_run_on_jsonl(tmp_path, capsys):
+    """A JSONL corpus prepared with the tiny teacher's own tokenizer trains a compressed student end to end:
+    calibration, distillation and validation all read the shards."""
+    path = write_jsonl(TEXTS, tmp_path / "corpus.jsonl")
+    data = ["data.source=jsonl", f"data.path={path}", f"data.tokenizer={TEACHER}", f"data.output={tmp_path / 'shards'}",
+            "data.heldout_every=4", "data.seq_len=32"]
+    assert slim(["prepare-data", *data, "data.num_proc=2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shards_written"] == summary["shards"] and summary["dtype"] == "uint16"
+    run = [*data, f"compress.teacher={TEACHER}", f"distill.teacher={TEACHER}", f"compress.output={tmp_path / 's'}",
+           f"distill.output={tmp_path / 'distilled'}", f"run_dir={tmp_path / 'run'}", "compress.depth.num_drop=1",
+           "compress.experts.num_experts=8", "calibration.num_samples=8", "calibration.batch_size=4",
+           "calibration.probe_tokens=32", "train.max_steps=2", "train.batch_size=2", "train.warmup_steps=1",
+           "train.val_every=2", "train.val_batches=1", "train.num_threads=1", "distill.loss=kd+lm",
+           "tracking.wandb=false"]
+    assert slim(["run", *run]) == 0
+    stats = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert stats["distill"]["steps"] == 2 and (tmp_path / "distilled" / "config.json").is_file()
+    index = read_index(tmp_path / "shards")
+    assert (tmp_path / "shards" / INDEX_FILE).is_file() and index["complete"]
