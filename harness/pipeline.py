@@ -25,6 +25,7 @@ from harness.compression.compress import REPORT_NAME, compress
 from harness.compression.recipe import validate_recipe
 from harness.compression.scratch import write_scratch_student
 from harness.config.schema import SlimConfig
+from harness.data.packing import check_data
 from harness.distributed import check_launch, init_distributed, on_rank_zero, uses_cuda
 from harness.errors import UserError
 from harness.models.io import read_model_config
@@ -103,6 +104,7 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
     check_launch(cfg.train.devices, cfg.train.num_nodes)
     teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
     validate_recipe(cfg.compress, teacher)
+    check_data(cfg.data)
     stages = plan_stages(cfg, teacher)
     if cfg.distill.init == "scratch" and len(stages) > 1:
         raise UserError(f"distill.init: scratch trains the final architecture from random init, so it needs "

@@ -124,14 +124,21 @@ def test_shards_of_another_tokenizer_or_source_are_refused(corpus, tmp_path):
         build_corpus_data(load_config([*_overrides(changed, reference)]).data)
 
 
-def test_a_source_without_prepared_shards_is_refused(corpus, tmp_path):
-    """Only a source that ships its corpus packs in memory; the others point at slim prepare-data."""
+def test_a_source_without_prepared_shards_is_refused(corpus, tmp_path, capsys):
+    """Only a source that ships its corpus packs in memory; the others point at slim prepare-data, and slim run /
+    slim calibrate say so before compressing or loading the teacher."""
     path, _ = corpus
     with pytest.raises(UserError, match=r"^data.output: empty, and data.source=jsonl is read from prepared shards "
                                         r"only; run `slim prepare-data`"):
         build_corpus_data(load_config([*_overrides(path, tmp_path), "data.output=''"]).data)
     with pytest.raises(UserError, match=r"^data.output: no prepared shards in .*; run `slim prepare-data`"):
         build_corpus_data(load_config(_overrides(path, tmp_path / "empty")).data)
+    unprepared = [*_overrides(path, tmp_path), "data.output=''", f"compress.teacher={TEACHER}",
+                  f"compress.output={tmp_path / 'student'}", f"calibration.output={tmp_path / 'stats'}"]
+    for command in ("run", "calibrate"):
+        assert slim([command, *unprepared, "tracking.wandb=false"]) == 2
+        assert f"slim {command}: error: data.output: empty, and data.source=jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "student").exists() and not (tmp_path / "stats").exists()
 
 
 def test_windows_span_shards_and_equal_in_memory_packing(tmp_path):

@@ -18,7 +18,7 @@ from harness.calibration.layerwise import calibrate_layerwise, placed_on
 from harness.calibration.reduce import all_reduce_stats, rank_share
 from harness.calibration.stats import CalibrationStats
 from harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
-from harness.data.packing import WindowDataset, build_corpus_data
+from harness.data.packing import WindowDataset, build_corpus_data, check_data
 from harness.data.sources import get_source
 from harness.data.tokenizer import load_tokenizer, needs_training
 from harness.distributed import init_distributed, on_rank_zero
@@ -97,6 +97,7 @@ def calibrate_teacher(cfg: SlimConfig) -> CalibrationStats:
     teacher = read_model_config(cfg.compress.teacher, "compress.teacher")
     check_calibration_config(cfg.calibration)
     check_vocab_size(cfg.data, teacher, cfg.compress.teacher)
+    check_data(cfg.data)
     check_output_file(cfg.calibration.output, "calibration.output")
     init_distributed(cuda=torch.device(cfg.calibration.device).type == "cuda")
     model, _ = load_pretrained(cfg.compress.teacher)

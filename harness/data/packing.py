@@ -28,6 +28,8 @@ from harness.data.sources import SPLITS, Source, get_source
 from harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer, tokenizer_sha256
 from harness.errors import UserError
 MIN_SEQ_LEN = 8
+NOT_PREPARED = ("data.output: empty, and data.source={source} is read from prepared shards only; run "
+                "`slim prepare-data` with the same overrides plus data.output=DIR, then pass that data.output")
 
 
 def pack_texts(texts: list[str], tokenizer: PreTrainedTokenizerFast, seq_len: int) -> torch.LongTensor:
@@ -169,6 +171,19 @@ def _in_memory(cfg: DataConfig, source: Source) -> CorpusData:
     return CorpusData(tokenizer=tokenizer, split=split, **{name: PackedDataset(packed[name]) for name in SPLITS})
 
 
+def check_data(cfg: DataConfig) -> None:
+    """What build_corpus_data needs, checked without tokenizing anything (for commands that do other work first):
+    the source and its options, and prepared shards that match this config, or a source that packs in memory."""
+    check_seq_len(cfg)
+    source = get_source(cfg)
+    if cfg.output:
+        load_prepared(cfg, source, load_tokenizer(cfg.tokenizer))
+    elif source.train_texts is None:
+        raise UserError(NOT_PREPARED.format(source=cfg.source))
+    else:
+        source.files(cfg)
+
+
 def build_corpus_data(cfg: DataConfig) -> CorpusData:
     """The tokenizer and every split's windows: from the prepared shards in `data.output` when set, else packed in
     memory for a source that may (others are refused, pointing at `slim prepare-data`)."""
@@ -180,8 +195,7 @@ def build_corpus_data(cfg: DataConfig) -> CorpusData:
         _check_windows(datasets, cfg.seq_len)
         return CorpusData(tokenizer=tokenizer, **datasets)
     if source.train_texts is None:
-        raise UserError(f"data.output: empty, and data.source={cfg.source} is read from prepared shards only; run "
-                        "`slim prepare-data` with the same overrides plus data.output=DIR, then pass that data.output")
+        raise UserError(NOT_PREPARED.format(source=cfg.source))
     return _in_memory(cfg, source)
 
 
@@ -201,6 +215,6 @@ def validation_windows(cfg: DataConfig) -> Callable[[PreTrainedTokenizerBase, in
 
         return prepared
     if source.train_texts is None:
-        build_corpus_data(cfg)  # its one-line error: this source needs prepared shards
+        raise UserError(NOT_PREPARED.format(source=cfg.source))
     texts = split_texts(cfg, source).validation
     return lambda tokenizer, length: PackedDataset(pack_texts(texts, tokenizer, length))

@@ -8,6 +8,7 @@ check, input files (for the fingerprint) and, where it differs from the default,
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -21,7 +22,7 @@ from harness.errors import UserError
 from harness.registry import Registry
 
 SPLITS = ("train", "validation", "calibration")
-FINGERPRINT_BYTES = 1 << 20  # hashed at each end of every input file
+FINGERPRINT_BYTES = 1 << 16  # hashed at each end of every input file
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,18 @@ def decode(raw: bytes, where: str, doc_id: str) -> str | BadDocument:
 
 def files_fingerprint(cfg: DataConfig, files: list[Path]) -> str:
     """sha256 over each input file's relative name, size and first and last FINGERPRINT_BYTES: cheap enough to
-    check whenever prepared shards are read, and changed by any append, truncation or edit near either end."""
+    check whenever prepared shards are read, and changed by any append, truncation or edit near either end. Kept
+    per process for files whose size and mtime did not change, since one command checks it several times."""
+    stats = tuple((relative_name(cfg, file), str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in files)
+    return _fingerprint(stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(stats: tuple[tuple[str, str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in files:
-        size = file.stat().st_size
-        digest.update(json.dumps([relative_name(cfg, file), size]).encode())
-        with open(file, "rb") as handle:
+    for name, path, size, _ in stats:
+        digest.update(json.dumps([name, size]).encode())
+        with open(path, "rb") as handle:
             digest.update(handle.read(FINGERPRINT_BYTES))
             if size > FINGERPRINT_BYTES:
                 handle.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
