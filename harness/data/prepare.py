@@ -158,7 +158,10 @@ def prepare_data(cfg: SlimConfig) -> PrepareSummary:
     output.mkdir(parents=True, exist_ok=True)
     mark(output)
     _remove_stale_temps(output)
-    write_index = lambda: write_text_atomic(output / INDEX_FILE, json.dumps(index, indent=1))  # noqa: E731
+
+    def write_index() -> None:
+        write_text_atomic(output / INDEX_FILE, json.dumps(index, indent=1))
+
     write_index()
     damaged = _damaged(output, index)
     writers = {split: SplitWriter(output, split, index["shards"][split], damaged[split], data.shard_tokens,
