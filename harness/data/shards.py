@@ -46,17 +46,21 @@ def read_index(output: str | Path) -> dict | None:
         return None
     try:
         index = json.loads(path.read_text())
-        index["identity"], index["shards"]  # noqa: B018 - both must be there
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         raise UserError(f"data.output: {path} is not a prepare-data index ({error})") from error
+    if not isinstance(index, dict) or not {"identity", "shards"} <= set(index):
+        raise UserError(f"data.output: {path} is not a prepare-data index (no identity or shards)")
     return index
 
 
 def identity_difference(recorded: dict, expected: dict) -> str:
     """'' when equal, else the first differing field with both values."""
+    def short(value: object) -> str:
+        return value[:12] if isinstance(value, str) and len(value) == 64 else str(value)  # sha256 digests
+
     for key in sorted(set(recorded) | set(expected)):
         if recorded.get(key) != expected.get(key):
-            return f"{key} {str(recorded.get(key))[:16]} vs {str(expected.get(key))[:16]} here"
+            return f"{key} {short(recorded.get(key))} vs {short(expected.get(key))} here"
     return ""
 
 
