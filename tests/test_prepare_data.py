@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
 
 from harness.cli.main import main as slim
 from harness.config.load import load_config
 from harness.data.datamodule import CorpusDataModule
-from harness.data.packing import build_corpus_data
+from harness.data.packing import build_corpus_data, validation_windows, window_rows
 from harness.data.prepare import prepare_data
 from harness.data.sampler import ResumableBatchSampler
 from harness.data.shards import INDEX_FILE, read_index
@@ -45,6 +46,20 @@ prepare.prepare_data(load_config(sys.argv[2:]))
 
 def _files(output: Path) -> dict[str, bytes]:
     return {str(path.relative_to(output)): path.read_bytes() for path in sorted(output.rglob("*")) if path.is_file()}
+
+
+def _swapped_tokenizer(root: Path) -> Path:
+    """A copy of the teacher's tokenizer with two ids swapped: same size, another vocabulary."""
+    other = root / "tokenizer"
+    other.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TEACHER / name, other / name)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[300:302]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return other
 
 
 def _overrides(path: Path, output: Path, *extra: str) -> list[str]:
@@ -102,15 +117,7 @@ def test_shards_of_another_tokenizer_or_source_are_refused(corpus, tmp_path):
     """Reading shards with another tokenizer (same size, two ids swapped) or after the source changed is one line;
     preparing into them with another tokenizer is refused before anything is written."""
     path, reference = corpus
-    other = tmp_path / "tokenizer"
-    other.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TEACHER / name, other / name)
-    tokenizer = json.loads((other / "tokenizer.json").read_text())
-    vocab = tokenizer["model"]["vocab"]
-    first, second = sorted(vocab, key=vocab.get)[300:302]
-    vocab[first], vocab[second] = vocab[second], vocab[first]
-    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    other = _swapped_tokenizer(tmp_path)
     foreign = [*_overrides(path, reference), f"data.tokenizer={other}"]
     with pytest.raises(UserError, match=r"^data.output: .* prepared from other data or with another tokenizer "
                                         r"\(tokenizer_fingerprint "):
@@ -122,6 +129,21 @@ def test_shards_of_another_tokenizer_or_source_are_refused(corpus, tmp_path):
     changed = write_jsonl([*TEXTS, "one more document"], tmp_path / "corpus.jsonl")
     with pytest.raises(UserError, match=r"^data.output: .*\(source_fingerprint "):
         build_corpus_data(load_config([*_overrides(changed, reference)]).data)
+
+
+def test_eval_and_cache_teacher_read_the_prepared_windows(corpus, tmp_path):
+    """slim eval's validation windows come from the shards (any window length) when the evaluated model's tokenizer
+    made them, and are refused otherwise; cache-teacher's row blocks are the windows themselves."""
+    path, reference = corpus
+    windows = validation_windows(load_config(_overrides(path, reference)).data)
+    validation = windows(AutoTokenizer.from_pretrained(TEACHER), 16)
+    stream = torch.from_numpy(split_streams(reference)["validation"])
+    assert len(validation) == len(stream) // 17 and torch.equal(validation[2]["input_ids"], stream[34:50])
+    with pytest.raises(UserError, match="^data.output: .* was prepared with another tokenizer than the evaluated"):
+        windows(AutoTokenizer.from_pretrained(_swapped_tokenizer(tmp_path)), 16)
+    train = build_corpus_data(load_config(_overrides(path, reference)).data).train
+    rows = window_rows(train, 3, 7)
+    assert rows.shape == (4, 33) and all(torch.equal(rows[i, :-1], train[3 + i]["input_ids"]) for i in range(4))
 
 
 def test_a_source_without_prepared_shards_is_refused(corpus, tmp_path, capsys):
