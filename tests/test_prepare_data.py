@@ -238,3 +238,23 @@ def test_prepare_data_then_slim_run_on_jsonl(tmp_path, capsys):
     assert stats["distill"]["steps"] == 2 and (tmp_path / "distilled" / "config.json").is_file()
     index = read_index(tmp_path / "shards")
     assert (tmp_path / "shards" / INDEX_FILE).is_file() and index["complete"]
+
+
+def test_a_vocabulary_past_65536_ids_writes_uint32(tmp_path):
+    """A tokenizer with ids beyond uint16 (a 70,000-word vocabulary) gets uint32 shards that read back exactly."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{number}": number for number in range(70_000)}
+    backend = Tokenizer(models.WordLevel({**words, "<unk>": 70_000, "<eos>": 70_001}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>").save_pretrained(
+        tmp_path / "tokenizer")
+    texts = [" ".join(f"w{(number * 7919 + k * 104729) % 70_000}" for k in range(40)) for number in range(60)]
+    path = write_jsonl(texts, tmp_path / "corpus.jsonl")
+    overrides = [*_overrides(path, tmp_path / "out"), f"data.tokenizer={tmp_path / 'tokenizer'}"]
+    assert prepare_data(load_config(overrides)).dtype == "uint32"
+    streams = split_streams(tmp_path / "out")
+    assert max(int(stream.max()) for stream in streams.values()) == 70_001  # eos
+    assert sorted(int(token) for stream in streams.values() for token in stream if token != 70_001) == sorted(
+        words[word] for text in texts for word in text.split())
