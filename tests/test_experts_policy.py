@@ -77,7 +77,7 @@ def test_config_default_is_auto_and_explicit_values_load() -> None:
     assert cfg.model_runtime.experts_implementation == "batched_mm"
 
 
-@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_moe", "olmoe", "mixtral"])
 def test_model_and_mtp_run_the_applied_implementation(family: str) -> None:
     """The MTP blocks hold their own copy of the model config, and still get the same implementation."""
     model = build_model(tiny(family))
@@ -90,7 +90,7 @@ def test_model_and_mtp_run_the_applied_implementation(family: str) -> None:
 
 
 @needs_grouped_mm
-@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_moe", "olmoe", "mixtral"])
 def test_grouped_mm_logits_and_gradients_equal_eager(family: str) -> None:
     """Identity check: backbone and MTP logits, and the expert weight gradients, under grouped_mm equal eager's."""
     model = build_model(tiny(family))

@@ -26,7 +26,7 @@ from harness.models.params import count_parameters, format_count
 from harness.models.view import view
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("qwen3_next", "qwen3_moe", "olmoe")
+FAMILIES = ("qwen3_next", "qwen3_moe", "olmoe", "mixtral")
 
 
 def load_model_config(name: str) -> ModelConfig:
@@ -231,6 +231,8 @@ def test_cpu_forward_with_real_triton_installed() -> None:
         ({"family": "qwen3_moe"}, "model.shared_expert_intermediate_size"),
         ({"family": "olmoe", "shared_expert_intermediate_size": 0, "partial_rotary_factor": 1.0, "head_dim": 16},
          "model.head_dim"),
+        ({"family": "mixtral", "shared_expert_intermediate_size": 0, "partial_rotary_factor": 1.0,
+          "norm_topk_prob": False}, "model.norm_topk_prob"),
     ],
 )
 def test_bad_model_config_names_the_field(overrides: dict, field: str) -> None:

@@ -21,7 +21,7 @@ from harness.models.params import count_parameters
 from harness.models.view import view
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("qwen3_next", "qwen3_moe")
+FAMILIES = ("qwen3_next", "qwen3_moe", "mixtral")
 
 
 def tiny(family: str) -> ModelConfig:

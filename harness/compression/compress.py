@@ -158,7 +158,8 @@ def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
 
     reduce_experts(model, plans, top_k)
     drop_layers(model, kept_layers)
-    shrink_hidden(model, kept_dims, extra=mtp_hidden_params(mtp) if mtp is not None else ())
+    if recipe.width.hidden_size:
+        shrink_hidden(model, kept_dims, extra=mtp_hidden_params(mtp) if mtp is not None else ())
     if mtp is not None:
         reduce_mtp_experts(mtp, recipe, model.config.num_experts, top_k)
         sync_width_attributes(mtp, len(kept_dims))

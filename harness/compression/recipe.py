@@ -11,13 +11,12 @@ from collections.abc import Callable
 
 from transformers import PretrainedConfig
 
+from harness.compression.width import hidden_dims
 from harness.config.schema import CompressConfig
 from harness.errors import UserError
 from harness.methods_catalog import method_registries
 
 BUDGETS = ("uniform", "global")
-# Families whose head size is derived from the hidden size: slicing hidden dims would break the heads.
-WIDTH_TIED_TO_HEADS = {"olmoe"}
 
 
 def _registry(family: str):
@@ -67,9 +66,8 @@ def validate_targets(recipe: CompressConfig, teacher: PretrainedConfig) -> None:
     if width % 8:
         raise UserError(f"compress.width.hidden_size: {width} must be a multiple of 8 (grouped expert matmuls "
                         f"need 16-byte row strides)")
-    if width and teacher.model_type in WIDTH_TIED_TO_HEADS:
-        raise UserError(f"compress.width.hidden_size: {teacher.model_type} ties head size to hidden size "
-                        f"(head_dim = hidden/heads, q/k norms span the full width); allowed: 0 (keep width)")
+    if width:
+        hidden_dims(teacher.model_type)  # refuses a family whose heads cannot keep their size at another width
     target = recipe.experts.num_experts
     if target and not 0 < target < experts:
         raise UserError(f"compress.experts.num_experts: {target} must be smaller than the teacher's {experts}; "

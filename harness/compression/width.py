@@ -28,8 +28,9 @@ def hidden_dims(family: str) -> Mapping[str, int]:
     table = model_families.get(family).hidden_dims
     if table is None:
         supported = [key for key in model_families.keys() if model_families.get(key).hidden_dims is not None]
-        raise UserError(f"compress.width.hidden_size: width pruning is not supported for family {family!r}; "
-                        f"supported: {supported}")
+        raise UserError(f"compress.width.hidden_size: width pruning is not supported for family {family!r} (its "
+                        f"attention sizes follow the width, so the heads would shrink too); allowed: 0 (keep the "
+                        f"width); families with width pruning: {', '.join(supported)}")
     return table
 
 
@@ -63,9 +64,12 @@ def shrink_hidden(model: PreTrainedModel, kept_dims: Sequence[int],
                   extra: Iterable[tuple[str, torch.Tensor, int]] = ()) -> None:
     """Keep hidden dims `kept_dims` (distinct, in the given order: RMSNorm does not care about order) in
     every width-sized dim of `model`, in place, and set config.hidden_size. `extra` adds (name, tensor,
-    dim) entries outside the family's table (e.g. the harness's MTP module), sliced the same way."""
-    table = hidden_dims(model.config.model_type)
+    dim) entries outside the family's table (e.g. the harness's MTP module), sliced the same way. Keeping every
+    dim in order is no cut, and leaves any family as it is."""
     hidden_size = model.config.hidden_size
+    if list(kept_dims) == list(range(hidden_size)):
+        return
+    table = hidden_dims(model.config.model_type)
     kept = torch.tensor(check_kept(kept_dims, hidden_size, "compress.width", ordered=False))
     entries = [(name, param, table.get(LAYER_INDEX.sub("*", name))) for name, param in model.named_parameters()]
     for name, tensor, dim in [*entries, *extra]:

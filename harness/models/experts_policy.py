@@ -1,6 +1,6 @@
 """One experts implementation for every model a command runs: `model_runtime.experts_implementation`.
 
-transformers' MoE experts modules (qwen3_next, qwen3_moe, olmoe) dispatch at every forward on
+transformers' MoE experts modules (qwen3_next, qwen3_moe, olmoe, mixtral) dispatch at every forward on
 `config._experts_implementation`: "eager" (a GEMM pair per expert hit), "grouped_mm" (two grouped GEMMs over all
 experts), "batched_mm" or a CUDA kernel it registers. "auto" resolves to grouped_mm where torch runs the grouped
 GEMM natively on the device for every expert weight dtype (CPU: torch >= 2.9, float32 / bfloat16 / float16; CUDA:

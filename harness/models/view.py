@@ -122,7 +122,8 @@ class ModelView:
 
 def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None) -> MoEView:
     """View of a transformers 5 sparse block (`gate`: TopKRouter, `experts`: packed); the names are the
-    same in qwen3_next, qwen3_moe and olmoe."""
+    same in qwen3_next, qwen3_moe, olmoe and mixtral. A router without `norm_topk_prob` (Mixtral's) always
+    renormalizes its top-k weights."""
     return MoEView(
         module=block,
         router=block.gate.weight,
@@ -130,7 +131,7 @@ def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_ga
         down_proj=block.experts.down_proj,
         act_fn=block.experts.act_fn,
         top_k=block.gate.top_k,
-        norm_topk_prob=block.gate.norm_topk_prob,
+        norm_topk_prob=getattr(block.gate, "norm_topk_prob", True),
         shared_expert=shared_expert,
         shared_expert_gate=shared_gate,
     )
@@ -139,7 +140,7 @@ def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_ga
 def attention_layer_view(index: int, layer: nn.Module, moe: MoEView | None,
                          norm_types: tuple[type[nn.Module], ...]) -> LayerView:
     """LayerView of a plain full-attention decoder layer (`self_attn`, `input_layernorm`,
-    `post_attention_layernorm`), as in qwen3_moe and olmoe."""
+    `post_attention_layernorm`), as in qwen3_moe, olmoe and mixtral."""
     return LayerView(
         index=index,
         name=f"model.layers.{index}",

@@ -1,8 +1,8 @@
 """Model families: one module per transformers architecture, registered under its `model_type`.
 
 A family says how a `ModelConfig` becomes that architecture's transformers config, which fields it
-cannot express, and how its modules map onto the uniform `ModelView`. Adding a family (Mixtral, ...)
-is one new module here and nothing else.
+cannot express, and how its modules map onto the uniform `ModelView`. Adding a family is one new module
+here and nothing else (mixtral.py is a small example); the README table lists each family's cuts.
 """
 
 from __future__ import annotations
