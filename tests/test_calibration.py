@@ -228,19 +228,21 @@ def test_grouped_expert_statistics_equal_loop_reference(model_name: str) -> None
 def test_instrumented_model_keeps_logits_and_is_restored() -> None:
     """While instrumented, logits match a plain forward (atol 1e-5); afterwards no forward or hook remains."""
     model = small_model()
+    hooks_before = hooks_of(model)
     ids = make_batches()[0]
     with torch.no_grad():
         plain = model(ids, use_cache=False).logits
         with StatsCollector(model, PROBE_TOKENS).installed():
             instrumented = model(ids, use_cache=False).logits
     torch.testing.assert_close(instrumented, plain, rtol=0.0, atol=1e-5)
-    assert_pristine(model)
+    assert_pristine(model, hooks_before)
 
 
 def test_model_is_restored_when_the_pass_raises() -> None:
     """An exception in the middle of the pass (after some MoE blocks ran) still restores every forward and hook."""
     model = small_model()
     model.train()
+    hooks_before = hooks_of(model)
 
     def fail(module: nn.Module, args: tuple) -> None:
         raise RuntimeError("boom")
@@ -249,14 +251,21 @@ def test_model_is_restored_when_the_pass_raises() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         calibrate(model, make_batches(), CALIBRATION)
     handle.remove()
-    assert_pristine(model)
+    assert_pristine(model, hooks_before)
     assert model.training
 
 
-def assert_pristine(model: nn.Module) -> None:
+def hooks_of(model: nn.Module) -> dict[str, tuple[list, list]]:
+    """Every module's forward hooks and pre-hooks (the model's own, e.g. the decode-cache hooks, included)."""
+    return {name: (list(module._forward_hooks.values()), list(module._forward_pre_hooks.values()))
+            for name, module in model.named_modules()}
+
+
+def assert_pristine(model: nn.Module, hooks_before: dict[str, tuple[list, list]]) -> None:
+    """No instance-level forward remains, and every module has exactly the hooks it had before calibration."""
     for name, module in model.named_modules():
         assert "forward" not in vars(module), name
-        assert not module._forward_hooks and not module._forward_pre_hooks, name
+    assert hooks_of(model) == hooks_before
 
 
 def test_stats_round_trip_through_safetensors(calibrated, tmp_path) -> None:
