@@ -17,6 +17,7 @@ METHOD_PACKAGES: dict[str, str] = {
     "methods.losses": "loss_mixes",
     "methods.schedules": "weight_schedules",
     "methods.adaptations": "adaptations",
+    "methods.variants": "model_variants",
     "kernels.kd_loss": "kd_implementations",
     "kernels.kd_loss.cached_reference": "cached_kd_implementations",
     "kernels.kd_loss.fused_head": "head_implementations",

@@ -23,7 +23,7 @@ from harness.models.checkpoint_state import read_state_dict
 from harness.models.io import empty_model, load_pretrained, save_pretrained
 from harness.models.mtp import build_mtp
 from harness.models.mtp_io import save_mtp
-from harness.models.zero_experts import install_zero_experts
+from methods.zeda.modeling_zeda import install_zero_experts
 from tests.conftest import TINY_OVERRIDES
 from tests.test_fsdp import FSDP, LOSS_TOL, step_losses
 

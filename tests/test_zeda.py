@@ -16,7 +16,7 @@ from harness.models.build import build_model
 from harness.models.expert_flops import count_expert_flops, expert_flops_saved
 from harness.models.io import load_pretrained, save_pretrained
 from harness.models.view import view
-from harness.models.zero_experts import zero_expert_routers
+from methods.zeda.modeling_zeda import zero_expert_routers
 from methods.zeda.group_balance import group_balance_loss
 from methods.zeda.inject import inject_zero_experts
 from methods.zeda.stages import run_zeda

@@ -11,20 +11,17 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import (
-    AutoConfig,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from harness.atomic import swap_in
-from harness.compression.experts import resize_experts
 from harness.errors import UserError
 from harness.models.families import model_families, prepare_decoding
 from harness.models.linear_attention_path import install_device_dispatch
-from harness.models.zero_experts import CONFIG_FIELD as ZERO_EXPERTS_FIELD, install_zero_experts
+from harness.models.portable import family_of, model_class, read_config, write_portable
 from harness.outputs import check_output_dir, mark
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -36,7 +33,9 @@ def save_pretrained(
     tokenizer: PreTrainedTokenizerBase | None = None,
     extras: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write config.json, model.safetensors and tokenizer files to `out_dir`, all or nothing.
+    """Write config.json, model.safetensors and tokenizer files to `out_dir`, all or nothing; a model its family's
+    stock transformers class cannot build is written as a portable architecture with its modeling code
+    (harness.models.portable).
 
     Everything goes to the sibling `<out_dir>.tmp-<pid>` first (removed again when writing fails, a full disk
     included), marked as harness-made, then replaces `out_dir`: only an absent, empty or harness-made one
@@ -49,6 +48,7 @@ def save_pretrained(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
         model.save_pretrained(tmp_dir)
+        write_portable(model.config, tmp_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp_dir)
         if extras is not None:
@@ -69,7 +69,7 @@ def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
     any work; one-line UserError naming `field` when there is no model directory."""
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
-    return AutoConfig.from_pretrained(path)
+    return read_config(path)
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -111,7 +111,7 @@ def check_checkpoint(path: str | Path, field: str = "") -> None:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise UserError(f"{label} {config_file}: not a JSON object ({error})") from error
-    model_families.validate(str(model_type), f"{label} {config_file} model_type")
+    model_families.validate(family_of(str(model_type)), f"{label} {config_file} model_type")
     _check_weights(path, label)
 
 
@@ -126,30 +126,11 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
             tensor.data = tensor.data.clone()
 
 
-def _model_class(path: Path) -> type[PreTrainedModel]:
-    """The family's causal-LM class, or for a config with non-HF structure a same-named subclass of it
-    that installs that structure right after construction, before transformers loads and converts the weights:
-    `num_experts_per_layer` (a student whose MoE layers keep different expert counts, see
-    harness.compression.experts) and `num_zero_experts` (zero-output experts, see harness.models.zero_experts)."""
-    config = AutoConfig.from_pretrained(path)
-    per_layer = getattr(config, "num_experts_per_layer", None)
-    num_zero_experts = getattr(config, ZERO_EXPERTS_FIELD, None)
-    base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    if per_layer is None and num_zero_experts is None:
-        return base
-    if per_layer is not None and len(per_layer) != config.num_hidden_layers:
-        raise ValueError(f"config.json num_experts_per_layer has {len(per_layer)} entries "
-                         f"for {config.num_hidden_layers} layers")
-
-    def __init__(self: PreTrainedModel, config: AutoConfig, *args: object, **kwargs: object) -> None:
-        base.__init__(self, config, *args, **kwargs)
-        if per_layer is not None:
-            counts = enumerate(config.num_experts_per_layer)
-            resize_experts(self, {layer: n for layer, n in counts if n and n != config.num_experts})
-        if num_zero_experts is not None:
-            install_zero_experts(self, num_zero_experts)
-
-    return type(base.__name__, (base,), {"__init__": __init__, "__qualname__": base.__qualname__})
+def _model_class(path: Path) -> tuple[type[PreTrainedModel], PretrainedConfig]:
+    """The causal-LM class that builds the model of directory `path` (harness.models.portable.model_class) and
+    the stock config it is built from."""
+    config = read_config(path)
+    return model_class(config), config
 
 
 def empty_model(path: str | Path) -> PreTrainedModel:
@@ -160,11 +141,11 @@ def empty_model(path: str | Path) -> PreTrainedModel:
     check_checkpoint(path)
     install_device_dispatch()
     try:
-        model_class = _model_class(path)
+        model_class, config = _model_class(path)
+        with torch.device("meta"):
+            return model_class._from_config(config)
     except ValueError as error:
         raise UserError(f"checkpoint {path}: cannot build ({error})") from error
-    with torch.device("meta"):
-        return model_class._from_config(AutoConfig.from_pretrained(path))
 
 
 def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
@@ -176,8 +157,8 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     check_checkpoint(path)
     install_device_dispatch()
     try:
-        model_class = _model_class(path)
-        model, info = model_class.from_pretrained(path, device_map=device, output_loading_info=True)
+        model_class, config = _model_class(path)
+        model, info = model_class.from_pretrained(path, config=config, device_map=device, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"checkpoint {path}: cannot load ({first_line})") from error

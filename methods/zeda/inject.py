@@ -15,7 +15,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from harness.config.schema import ZedaConfig
 from harness.errors import UserError
-from harness.models.zero_experts import install_zero_experts, zero_expert_routers
+from methods.zeda.modeling_zeda import install_zero_experts, zero_expert_routers
 
 
 def moe_expert_counts(config: PretrainedConfig) -> list[int]:

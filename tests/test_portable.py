@@ -1,0 +1,229 @@
+"""Portable checkpoints (issue 14): every student and adapted model the harness writes loads, generates and runs the
+lm_eval CLI in plain transformers without the harness, with the logits and tokens the harness's own model gives.
+
+The clean client is a child Python started with `-I -S` outside the repository: it sees the installed site-packages
+(transformers, lm-eval) but none of their .pth files, so the editable install of the harness is out of reach, and
+the child checks that `import harness` fails before doing anything else.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.compression import modeling_slim
+from harness.compression.compress import compress
+from harness.config.schema import ZedaConfig
+from harness.evaluation.local_tasks import TASKS_DIR
+from harness.models.expert_flops import count_expert_flops
+from harness.models.io import load_pretrained, save_pretrained
+from methods.zeda import modeling_zeda
+from methods.zeda.inject import inject_zero_experts
+from methods.zeda.modeling_zeda import zero_expert_routers
+from tests.tiny_families import Teacher, make_teacher
+
+# Name -> (teacher family, recipe): every family, and a global budget that leaves layers with different counts.
+STUDENTS = {
+    "global_budget": ("qwen3_next", ["compress.experts.num_experts=4", "compress.experts.budget=global",
+                                     "compress.experts.min_per_layer=2", "compress.experts.criterion=reap"]),
+    "qwen3_moe": ("qwen3_moe", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
+                                "compress.experts.num_experts=4", "compress.experts.reducer=merge"]),
+    "olmoe": ("olmoe", ["compress.depth.num_drop=1", "compress.experts.num_experts=4",
+                        "compress.experts.reducer=partial_preserve"]),
+    "mixtral": ("mixtral", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
+                            "compress.experts.num_experts=4", "compress.experts.reducer=prune"]),
+}
+# Name -> the model ZEDA adapts: the original teacher, a global-budget student (both structures in one checkpoint),
+# and a Mixtral student (a router without norm_topk_prob).
+ZEDA_MODELS = {"zeda": "qwen3_next-teacher", "zeda_global_budget": "global_budget", "zeda_mixtral": "mixtral"}
+PORTABLE = {"global_budget": "Slim", "zeda": "Zeda", "zeda_global_budget": "Zeda", "zeda_mixtral": "Zeda"}
+IDS = torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(0))
+PROMPT = "in the beginning god created the heaven"
+
+# Runs first in every child: the installed packages without their .pth files, and no harness among them. A clean
+# venv of transformers and lm-eval lacks Gated DeltaNet's optional CUDA kernel packages too; installed here without a
+# GPU, they would take every CPU tensor and fail, so the child does not import them.
+CLEAN_PRELUDE = f"""
+import sys
+sys.path += {sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})!r}
+sys.modules.update(fla=None, causal_conv1d=None)
+for package in ("harness", "methods"):
+    try:
+        __import__(package)
+    except ModuleNotFoundError:
+        continue
+    raise SystemExit(f"{{package}} is importable in the clean child")
+"""
+
+LOAD_AND_GENERATE = """
+import json
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+jobs, ids_file, prompt, out_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ids = torch.load(ids_file)
+results = {}
+for name, directory in jobs.items():
+    try:
+        AutoModelForCausalLM.from_pretrained(directory)
+        refused = None
+    except Exception as error:
+        refused = f"{type(error).__name__}: {error}"
+    model, info = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, output_loading_info=True)
+    for tensor in model.parameters():  # out of the safetensors memory map: the CPU kernels the harness's copy sees
+        tensor.data = tensor.data.clone()
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
+    with torch.no_grad():
+        torch.save(model.eval()(input_ids=ids, use_cache=False).logits, f"{out_dir}/{name}.pt")
+    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    generated = model.generate(prompt_ids, max_new_tokens=5, do_sample=False)
+    results[name] = {"class": type(model).__name__, "refused_without_trust": refused, "prompt": prompt_ids.tolist(),
+                     "generated": generated.tolist(), "loading_info": {k: sorted(map(str, v)) for k, v in info.items()}}
+json.dump(results, open(f"{out_dir}/results.json", "w"))
+"""
+
+LM_EVAL_CLI = """
+import json
+from lm_eval.__main__ import cli_evaluate
+
+jobs, tasks_dir, out_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+for name, directory in jobs.items():
+    sys.argv = ["lm_eval", "run", "--model", "hf", "--model_args", f"pretrained={directory},trust_remote_code=True",
+                "--tasks", "kjv_complete", "--include_path", tasks_dir, "--limit", "2", "--device", "cpu",
+                "--batch_size", "1", "--output_path", f"{out_dir}/{name}"]
+    cli_evaluate()
+"""
+
+
+def run_clean(script: str, args: list[str], cwd: Path) -> None:
+    """Run `script` in a child that cannot import the harness, with a bare environment, in `cwd`."""
+    (cwd / "child.py").write_text(CLEAN_PRELUDE + script)
+    env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "HF_HOME": str(cwd / "hf"),
+           "HF_MODULES_CACHE": str(cwd / "modules"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-I", "-S", "child.py", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _adapt(directory: Path, output: Path) -> tuple[Path, torch.nn.Module]:
+    """ZEDA's injection on the model in `directory`, its zero columns perturbed so some tokens pick zero experts
+    and others do not; saved to `output`. Returns the directory and the in-memory model."""
+    model, tokenizer = load_pretrained(directory)
+    inject_zero_experts(model, ZedaConfig(num_zero_experts=2))
+    with torch.no_grad():
+        for router in zero_expert_routers(model).values():
+            router.zero_weight.add_(torch.randn(router.zero_weight.shape, generator=torch.Generator().manual_seed(2)))
+    with count_expert_flops(model) as counts, torch.no_grad():
+        model(input_ids=IDS, use_cache=False)
+    assert 0 < counts.overall() < 1, "the zero experts must be picked by some tokens, not all"
+    return save_pretrained(model, output, tokenizer=tokenizer), model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, tuple[Path, torch.nn.Module]]:
+    """Name -> (directory, the harness's in-memory model) for every student and ZEDA model."""
+    root = tmp_path_factory.mktemp("portable")
+    teachers: dict[str, Teacher] = {}
+    made: dict[str, tuple[Path, torch.nn.Module]] = {}
+    for name, (family, recipe) in STUDENTS.items():
+        if family not in teachers:
+            teachers[family] = make_teacher(root, family, tokenizer_dir)
+        compress(teachers[family].recipe(root / name, *recipe))
+        made[name] = (root / name, load_pretrained(root / name)[0].eval())
+    made["qwen3_next-teacher"] = (teachers["qwen3_next"].directory, None)
+    for name, source in ZEDA_MODELS.items():
+        made[name] = _adapt(made[source][0], root / name)
+    del made["qwen3_next-teacher"]
+    return made
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS, use_cache=False).logits
+
+
+def test_global_budget_and_zeda_checkpoints_name_their_own_architecture(models):
+    """A structure the stock class cannot build gets its model type, architecture, auto_map and modeling files;
+    the other students stay stock transformers checkpoints."""
+    for name, (directory, model) in models.items():
+        config = json.loads((directory / "config.json").read_text())
+        stock = type(model).__name__
+        if name not in PORTABLE:
+            assert config["architectures"] == [stock] and "auto_map" not in config
+            assert not list(directory.glob("modeling_*.py"))
+            continue
+        prefix, family = PORTABLE[name], model.config.model_type
+        module = "modeling_slim" if prefix == "Slim" else "modeling_zeda"
+        assert config["model_type"] == f"{prefix.lower()}_{family}" and config["architectures"] == [prefix + stock]
+        assert config["auto_map"] == {"AutoConfig": f"{module}.{prefix}{type(model.config).__name__}",
+                                      "AutoModelForCausalLM": f"{module}.{prefix}{stock}"}
+        assert (directory / "modeling_slim.py").is_file() and (directory / f"{module}.py").is_file()
+    assert "num_experts_per_layer" in json.loads((models["global_budget"][0] / "config.json").read_text())
+
+
+def test_harness_reloads_portable_models_with_their_logits(models):
+    """load_pretrained reads a portable directory back as its family: same structure, bit-identical logits."""
+    for name in PORTABLE:
+        directory, model = models[name]
+        reloaded, tokenizer = load_pretrained(directory)
+        assert tokenizer is not None and reloaded.config.model_type == model.config.model_type
+        assert torch.equal(_logits(reloaded), _logits(model)), name
+    assert len(zero_expert_routers(load_pretrained(models["zeda_global_budget"][0])[0])) == 4
+
+
+@pytest.mark.parametrize("path", [Path(modeling_slim.__file__), Path(modeling_zeda.__file__)], ids=lambda p: p.name)
+def test_modeling_files_import_only_torch_and_transformers(path: Path):
+    """A portable checkpoint's modeling code needs no harness: torch, transformers, the standard library and its
+    sibling modeling_slim.py."""
+    allowed = {"__future__", "collections", "copy", "typing", "torch", "transformers"}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            assert {alias.name.split(".")[0] for alias in node.names} <= allowed, ast.unparse(node)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module.split(".")[0] in allowed or (node.level == 1 and node.module == "modeling_slim"), \
+                ast.unparse(node)
+
+
+def test_every_model_loads_and_generates_in_plain_transformers(models, tmp_path):
+    """Without the harness: a portable directory is refused without trust_remote_code and loads with it, the others
+    load as stock transformers models; logits and greedy tokens equal the harness model's, bit for bit."""
+    torch.save(IDS, tmp_path / "ids.pt")
+    jobs = {name: str(directory) for name, (directory, _) in models.items()}
+    run_clean(LOAD_AND_GENERATE, [json.dumps(jobs), str(tmp_path / "ids.pt"), PROMPT, str(tmp_path)], tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name, (_, model) in models.items():
+        result = results[name]
+        assert not any(result["loading_info"].values()), (name, result["loading_info"])
+        if name in PORTABLE:
+            assert result["class"] == PORTABLE[name] + type(model).__name__
+            assert "trust_remote_code" in result["refused_without_trust"], (name, result["refused_without_trust"])
+        else:
+            assert result["class"] == type(model).__name__ and result["refused_without_trust"] is None, name
+        assert torch.equal(torch.load(tmp_path / f"{name}.pt"), _logits(model)), name
+        prompt = torch.tensor(result["prompt"])
+        harness_tokens = copy.deepcopy(model).generate(prompt, max_new_tokens=5, do_sample=False)
+        assert result["generated"] == harness_tokens.tolist() and len(result["generated"][0]) == prompt.shape[1] + 5
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_runs_a_local_task_on_every_model(models, tmp_path):
+    """`lm_eval run --model hf --model_args pretrained=DIR,trust_remote_code=True` scores kjv_complete on each model,
+    without the harness."""
+    tasks = shutil.copytree(TASKS_DIR, tmp_path / "tasks")
+    jobs = {name: str(directory) for name, (directory, _) in models.items()}
+    run_clean(LM_EVAL_CLI, [json.dumps(jobs), str(tasks), str(tmp_path / "out")], tmp_path)
+    for name in jobs:
+        [results_file] = (tmp_path / "out" / name).rglob("results_*.json")
+        scores = json.loads(results_file.read_text())["results"]["kjv_complete"]
+        assert 0 <= scores["exact_match,strip"] <= 1, name
