@@ -1,7 +1,7 @@
 """Expert-FLOPs accounting for zero-expert routing: the share of routed expert computation that is skipped.
 
 Every routed (token, slot) pair of MoE layer l costs one SwiGLU expert, 3 matmuls of d x I_l, i.e. c_l = 6·d·I_l
-FLOPs; a slot routed to a zero expert (the sentinel id E, see methods/zeda/modeling_zeda.py) costs nothing. Per layer
+FLOPs; a slot routed to a zero expert (the sentinel id E, which the experts module skips) costs nothing. Per layer
 the skipped share is s_l = zero slots / (T·k_l), the mean over tokens of the per-token share; overall it is
 sum_l c_l·(zero slots)_l / sum_l c_l·T·k_l over every token the model processed (all positions of the batch:
 packed batches have no padding). Router, shared-expert and attention FLOPs are not counted here.
