@@ -9,7 +9,6 @@ the child checks that `import harness` fails before doing anything else.
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import os
 import shutil
@@ -195,25 +194,50 @@ def test_modeling_files_import_only_torch_and_transformers(path: Path):
                 ast.unparse(node)
 
 
-def test_every_model_loads_and_generates_in_plain_transformers(models, tmp_path):
-    """Without the harness: a portable directory is refused without trust_remote_code and loads with it, the others
-    load as stock transformers models; logits and greedy tokens equal the harness model's, bit for bit."""
-    torch.save(IDS, tmp_path / "ids.pt")
+@pytest.fixture(scope="module")
+def plain(models, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict], Path]:
+    """Every model loaded, run and greedily decoded by plain transformers in a child without the harness: its
+    report per model and the directory of its logits."""
+    out = tmp_path_factory.mktemp("plain")
+    torch.save(IDS, out / "ids.pt")
     jobs = {name: str(directory) for name, (directory, _) in models.items()}
-    run_clean(LOAD_AND_GENERATE, [json.dumps(jobs), str(tmp_path / "ids.pt"), PROMPT, str(tmp_path)], tmp_path)
-    results = json.loads((tmp_path / "results.json").read_text())
+    run_clean(LOAD_AND_GENERATE, [json.dumps(jobs), str(out / "ids.pt"), PROMPT, str(out)], out)
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_portable_models_are_refused_without_trust_remote_code(plain):
+    """Plain transformers refuses a portable directory without trust_remote_code instead of dropping weights."""
+    results, _ = plain
+    for name in PORTABLE:
+        assert "trust_remote_code" in results[name]["refused_without_trust"], (name, results[name])
+
+
+def test_plain_transformers_builds_every_model_with_all_its_weights(models, plain):
+    """With trust_remote_code a portable directory builds `<Prefix><Stock>`, the others their stock class (they
+    load without it too); no tensor is missing, unexpected or mis-sized."""
+    results, _ = plain
     for name, (_, model) in models.items():
         result = results[name]
+        assert result["class"] == PORTABLE.get(name, "") + type(model).__name__, name
+        assert (result["refused_without_trust"] is None) is (name not in PORTABLE), name
         assert not any(result["loading_info"].values()), (name, result["loading_info"])
-        if name in PORTABLE:
-            assert result["class"] == PORTABLE[name] + type(model).__name__
-            assert "trust_remote_code" in result["refused_without_trust"], (name, result["refused_without_trust"])
-        else:
-            assert result["class"] == type(model).__name__ and result["refused_without_trust"] is None, name
-        assert torch.equal(torch.load(tmp_path / f"{name}.pt"), _logits(model)), name
-        prompt = torch.tensor(result["prompt"])
-        harness_tokens = copy.deepcopy(model).generate(prompt, max_new_tokens=5, do_sample=False)
-        assert result["generated"] == harness_tokens.tolist() and len(result["generated"][0]) == prompt.shape[1] + 5
+
+
+def test_plain_transformers_logits_equal_the_harness_models(models, plain):
+    """Logits of the model plain transformers loads equal those of the harness's in-memory model, bit for bit."""
+    _, out = plain
+    for name, (_, model) in models.items():
+        assert torch.equal(torch.load(out / f"{name}.pt"), _logits(model)), name
+
+
+def test_plain_transformers_generates_the_harness_models_tokens(models, plain):
+    """Greedy generate() with the cache gives the harness model's tokens, 5 new ones each."""
+    results, _ = plain
+    for name, (_, model) in models.items():
+        prompt = torch.tensor(results[name]["prompt"])
+        harness_tokens = model.generate(prompt, max_new_tokens=5, do_sample=False)
+        assert results[name]["generated"] == harness_tokens.tolist(), name
+        assert len(results[name]["generated"][0]) == prompt.shape[1] + 5, name
 
 
 @pytest.mark.slow
