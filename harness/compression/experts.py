@@ -3,7 +3,8 @@
 Layers may keep different numbers of experts (global budget). transformers' config has one
 `num_experts`, so the per-layer counts ride along as `config.num_experts_per_layer` (one entry per
 decoder layer, 0 for dense layers; absent when all MoE layers agree) with `config.num_experts` their
-maximum; `harness.models.io.load_pretrained` rebuilds those shapes. Tensors are swapped through
+maximum; `harness.models.io.load_pretrained` rebuilds those shapes, and such a student is saved as a portable
+architecture of its own (harness/compression/modeling_slim.py, harness.models.portable). Tensors are swapped through
 `.data`, so Parameter objects (and views, ties) survive; only sizes change.
 """
 

@@ -94,8 +94,9 @@ def portable_class(namespace: dict[str, Any], prefix: str, name: str, install: I
     stock_config, stock_model = pair
     module = namespace["__name__"]
     model_type = f"{prefix.lower()}_{stock_config.model_type}"
-    config_class = type(prefix + stock_config.__name__, (stock_config,),
-                        {"model_type": model_type, "__module__": module, "__qualname__": prefix + stock_config.__name__})
+    config_name = prefix + stock_config.__name__
+    config_class = type(config_name, (stock_config,),
+                        {"model_type": model_type, "__module__": module, "__qualname__": config_name})
     installs = [install_expert_counts, *([install] if install is not None else [])]
     model_class = structured_class(stock_model, installs, prefix + stock_model.__name__, module, config_class)
     conversions = get_checkpoint_conversion_mapping(stock_config.model_type)
