@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from harness.compression import modeling_slim
-from harness.compression.compress import compress
+from harness.compression import compress as compress_module
 from harness.config.schema import ZedaConfig
 from harness.evaluation.local_tasks import TASKS_DIR
 from harness.models.expert_flops import count_expert_flops
@@ -44,7 +44,8 @@ STUDENTS = {
 }
 # Name -> the model ZEDA adapts: the original teacher, a global-budget student (both structures in one checkpoint),
 # and a Mixtral student (a router without norm_topk_prob).
-ZEDA_MODELS = {"zeda": "qwen3_next-teacher", "zeda_global_budget": "global_budget", "zeda_mixtral": "mixtral"}
+ZEDA_MODELS = {"zeda": ("teacher", "qwen3_next"), "zeda_global_budget": ("student", "global_budget"),
+               "zeda_mixtral": ("student", "mixtral")}
 PORTABLE = {"global_budget": "Slim", "zeda": "Zeda", "zeda_global_budget": "Zeda", "zeda_mixtral": "Zeda"}
 IDS = torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(0))
 PROMPT = "in the beginning god created the heaven"
@@ -115,6 +116,20 @@ def run_clean(script: str, args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+def _compress(cfg) -> torch.nn.Module:
+    """`slim compress` on `cfg`; returns the student as the surgery left it in memory (the model it saved)."""
+    saved = []
+
+    def keep(model: torch.nn.Module, *args: object, **kwargs: object) -> Path:
+        saved.append(model)
+        return save_pretrained(model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compress_module, "save_pretrained", keep)
+        compress_module.compress(cfg)
+    return saved[0].eval()
+
+
 def _adapt(directory: Path, output: Path) -> tuple[Path, torch.nn.Module]:
     """ZEDA's injection on the model in `directory`, its zero columns perturbed so some tokens pick zero experts
     and others do not; saved to `output`. Returns the directory and the in-memory model."""
@@ -131,19 +146,17 @@ def _adapt(directory: Path, output: Path) -> tuple[Path, torch.nn.Module]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, tuple[Path, torch.nn.Module]]:
-    """Name -> (directory, the harness's in-memory model) for every student and ZEDA model."""
+    """Name -> (directory, the harness's in-memory model: the student as surgery left it, the model ZEDA injected
+    zero experts into) for every student and ZEDA model."""
     root = tmp_path_factory.mktemp("portable")
     teachers: dict[str, Teacher] = {}
     made: dict[str, tuple[Path, torch.nn.Module]] = {}
     for name, (family, recipe) in STUDENTS.items():
         if family not in teachers:
             teachers[family] = make_teacher(root, family, tokenizer_dir)
-        compress(teachers[family].recipe(root / name, *recipe))
-        made[name] = (root / name, load_pretrained(root / name)[0].eval())
-    made["qwen3_next-teacher"] = (teachers["qwen3_next"].directory, None)
-    for name, source in ZEDA_MODELS.items():
-        made[name] = _adapt(made[source][0], root / name)
-    del made["qwen3_next-teacher"]
+        made[name] = (root / name, _compress(teachers[family].recipe(root / name, *recipe)))
+    for name, (kind, source) in ZEDA_MODELS.items():
+        made[name] = _adapt(teachers[source].directory if kind == "teacher" else made[source][0], root / name)
     return made
 
 
