@@ -21,7 +21,7 @@ from harness.atomic import swap_in
 from harness.errors import UserError
 from harness.models.families import model_families, prepare_decoding
 from harness.models.linear_attention_path import install_device_dispatch
-from harness.models.portable import family_of, model_class, read_config, write_portable
+from harness.models import portable
 from harness.outputs import check_output_dir, mark
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -48,7 +48,7 @@ def save_pretrained(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
         model.save_pretrained(tmp_dir)
-        write_portable(model.config, tmp_dir)
+        portable.write_portable(model.config, tmp_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp_dir)
         if extras is not None:
@@ -69,7 +69,7 @@ def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
     any work; one-line UserError naming `field` when there is no model directory."""
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
-    return read_config(path)
+    return portable.read_config(path)
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -111,7 +111,7 @@ def check_checkpoint(path: str | Path, field: str = "") -> None:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise UserError(f"{label} {config_file}: not a JSON object ({error})") from error
-    model_families.validate(family_of(str(model_type)), f"{label} {config_file} model_type")
+    model_families.validate(portable.family_of(str(model_type)), f"{label} {config_file} model_type")
     _check_weights(path, label)
 
 
@@ -129,8 +129,8 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
 def _model_class(path: Path) -> tuple[type[PreTrainedModel], PretrainedConfig]:
     """The causal-LM class that builds the model of directory `path` (harness.models.portable.model_class) and
     the stock config it is built from."""
-    config = read_config(path)
-    return model_class(config), config
+    config = portable.read_config(path)
+    return portable.model_class(config), config
 
 
 def empty_model(path: str | Path) -> PreTrainedModel:
