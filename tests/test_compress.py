@@ -22,7 +22,9 @@ from harness.models.mtp_io import load_mtp, save_mtp
 from harness.models.params import count_parameters
 from tests.conftest import TINY_OVERRIDES
 
-TEACHER_SHAPE = ["model.num_hidden_layers=4", "model.hidden_size=64", "model.num_experts=8",
+# two hybrid groups (attention at layers 1 and 3), so a 1-layer last_n cut keeps attention as the paper's cut does
+TEACHER_SHAPE = ["model.num_hidden_layers=4", "model.full_attention_interval=2", "model.hidden_size=64",
+                 "model.num_experts=8",
                  "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",
                  "model.shared_expert_intermediate_size=64"]
 CALIBRATION = ["calibration.num_samples=16", "calibration.batch_size=8", "calibration.probe_tokens=128"]
@@ -91,6 +93,19 @@ def test_slimqwen_shape_recipe_writes_reloadable_student_and_report(teacher, tmp
     mtp = load_mtp(student, tmp_path / "student")
     assert mtp.layers[0].block.mlp.experts.gate_up_proj.shape == (4, 64, 48)  # experts halved, width cut
     assert torch.isfinite(mtp_logits(student, tmp_path / "student")).all()
+
+
+def test_a_cut_that_drops_every_attention_layer_is_refused_unless_allowed(teacher, tmp_path):
+    """last_n dropping layers 1-3 removes both full-attention layers: refused in one line naming the field and
+    nothing written; with compress.depth.allow_no_attention=true the linear-attention-only student is written."""
+    with pytest.raises(UserError, match=r"^compress.depth: selector 'last_n' with num_drop=3 drops every "
+                                        r"full-attention layer \[1, 3\] of this hybrid model"):
+        compress(recipe(teacher, tmp_path, "compress.depth.num_drop=3"))
+    assert not (tmp_path / "student").exists()
+    compress(recipe(teacher, tmp_path, "compress.depth.num_drop=3", "compress.depth.allow_no_attention=true"))
+    student, _ = load_pretrained(tmp_path / "student")
+    assert student.config.layer_types == ["linear_attention"]
+    assert torch.isfinite(logits(student, IDS)).all()
 
 
 def test_global_budget_keeps_different_counts_per_layer(teacher, tmp_path):

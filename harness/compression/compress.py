@@ -21,6 +21,7 @@ from harness.calibration.io import check_fingerprint, check_stats_data, load_sta
 from harness.calibration.run import check_vocab_size, run_calibration
 from harness.calibration.stats import CalibrationStats
 from harness.compression.budget import allocate_experts, uniform_budget
+from harness.compression.depth import check_keeps_attention
 from harness.compression.lineage import LINEAGE_KEY, Lineage, compose, identity_lineage, read_lineage
 from harness.compression.plan import ExpertPlan
 from harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
@@ -150,6 +151,7 @@ def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
     layers, hidden = teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size
     top_k = student_top_k(recipe, teacher_cfg)
     kept_layers = depth_selectors.get(recipe.depth.selector)(stats, layers, recipe.depth.num_drop)
+    check_keeps_attention(teacher_cfg, kept_layers, recipe.depth)
     kept_dims = (width_selectors.get(recipe.width.selector)(stats, hidden, recipe.width.hidden_size)
                  if recipe.width.hidden_size else list(range(hidden)))
     plans = plan_experts(recipe, stats, model_view, kept_layers, top_k)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from harness.compression._kept import check_kept
+from harness.config.schema import DepthTarget
+from harness.errors import UserError
 from harness.compression.experts import record_expert_counts
 from harness.models.view import view
 
@@ -41,3 +43,16 @@ def drop_layers(model: PreTrainedModel, kept_layers: Sequence[int]) -> None:
         config.mlp_only_layers = dense
         config.decoder_sparse_step = 1
     record_expert_counts(model)
+
+
+def check_keeps_attention(config: PretrainedConfig, kept_layers: Sequence[int], depth: DepthTarget) -> None:
+    """Refuse a cut that keeps none of a hybrid model's full-attention layers (config.layer_types), unless
+    `compress.depth.allow_no_attention`: the student would be linear attention only, unlike any the paper trains."""
+    types = getattr(config, "layer_types", None) or []
+    attention = [index for index, kind in enumerate(types) if kind == "full_attention"]
+    if not attention or len(attention) == len(types) or depth.allow_no_attention:
+        return
+    if not set(attention) & set(kept_layers):
+        raise UserError(f"compress.depth: selector {depth.selector!r} with num_drop={depth.num_drop} drops every "
+                        f"full-attention layer {attention} of this hybrid model, leaving linear attention only; "
+                        "drop fewer layers, or set compress.depth.allow_no_attention=true to proceed")

@@ -144,6 +144,9 @@ class DepthTarget:
 
     num_drop: int = 0
     selector: str = "last_n"
+    # A cut that drops every full-attention layer of a hybrid (linear + full attention) model is refused unless
+    # this is true: such a student keeps no attention at all, unlike the paper's (9 of 12 groups kept).
+    allow_no_attention: bool = False
 
 
 @dataclass
