@@ -146,8 +146,12 @@ def test_torchrun_slim_run_writes_the_one_process_student(teacher, tmp_path):
     assert sorted(two_weights) == sorted(one_weights)
     assert all(torch.equal(two_weights[key], value) for key, value in one_weights.items())
     reports = [json.loads((root / "student" / "compression_report.json").read_text()) for root in (one, two)]
-    selections = [{key: report[key] for key in ("kept_layers", "kept_dims", "experts")} for report in reports]
+    selections = [{"kept_layers": report["kept_layers"], "kept_dims": report["kept_dims"],
+                   "experts": {layer: {key: value for key, value in entry.items() if key != "scores"}
+                               for layer, entry in report["experts"].items()}} for report in reports]
     assert selections[0] == selections[1]
+    for layer, entry in reports[0]["experts"].items():  # the criterion's scores: all-reduced sums, equal to rounding
+        assert entry["scores"] == pytest.approx(reports[1]["experts"][layer]["scores"], rel=1e-12)
     models = [load_pretrained(root / "distilled")[0] for root in (one, two)]
     input_ids = torch.arange(32).remainder(models[0].config.vocab_size).reshape(2, 16)
     with torch.no_grad():

@@ -62,11 +62,16 @@ def calibrate(args: argparse.Namespace) -> int:
 
 
 def compress(args: argparse.Namespace) -> int:
-    """Compress the teacher by a recipe (`slim compress recipe.yaml`); writes a student HF dir + report."""
-    from harness.compression.compress import compress as run_compress
+    """Compress the teacher by a recipe (`slim compress recipe.yaml`); writes a student HF dir, its report and the
+    compression figures (PNG + PDF) beside it."""
+    from harness.compression.compress import compress as run_compress, write_figures
+    from harness.distributed import rank
     from harness.models.params import format_count
 
-    report = run_compress(_config(args))
+    cfg = _config(args)
+    report = run_compress(cfg)
+    if rank() == 0:  # after the student is written, so a plotting failure cannot cost it
+        write_figures(report, cfg.compress.output)
     before, after = report["params"]["teacher"], report["params"]["student"]
     _say(f"teacher {format_count(before['total'])} total / {format_count(before['active'])} active -> "
          f"student {format_count(after['total'])} total / {format_count(after['active'])} active")

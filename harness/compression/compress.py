@@ -10,6 +10,7 @@ the methods used and the stats fingerprint.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidd
 from harness.compression.width import sync_width_attributes
 from harness.config.schema import CompressConfig, SlimConfig
 from harness.distributed import init_distributed, on_rank_zero, rank
+from harness.errors import UserError
 from harness.models.experts_policy import apply_experts_policy
 from harness.models.io import load_pretrained, read_model_config, save_pretrained
 from harness.models.mtp import mtp_hidden_params
@@ -37,12 +39,15 @@ from harness.models.mtp_io import find_mtp, save_mtp
 from harness.models.params import count_parameters
 from harness.models.view import ModelView, view
 from harness.outputs import check_output_dir, weights_bytes
+from harness.registry import Registry
+from methods._stats import SCORES_HOOK
 from methods.criteria import criteria
 from methods.depth import depth_selectors
 from methods.similarity import similarities
 from methods.width import width_selectors
 
 REPORT_NAME = "compression_report.json"
+logger = logging.getLogger(__name__)
 
 
 def exempt_layers(moe_layers: list[int], recipe: CompressConfig) -> set[int]:
@@ -65,20 +70,36 @@ def expert_counts(recipe: CompressConfig, importance: dict[int, torch.Tensor], e
 
 
 def plan_experts(recipe: CompressConfig, stats: CalibrationStats, model_view: ModelView, kept_layers: list[int],
-                 top_k: int) -> dict[int, ExpertPlan]:
-    """Teacher layer index -> expert plan, for every kept MoE layer (empty when experts are kept)."""
+                 top_k: int) -> tuple[dict[int, ExpertPlan], dict[int, torch.Tensor]]:
+    """Teacher layer index -> expert plan, and -> the criterion's scores [E] it was made from, for every kept MoE
+    layer (both empty when experts are kept)."""
     if not recipe.experts.num_experts:
-        return {}
+        return {}, {}
     moe = {layer.index: layer.moe for layer in model_view.moe_layers() if layer.index in kept_layers}
     criterion = criteria.get(recipe.experts.criterion)
     similarity = similarities.get(recipe.experts.similarity)
     reducer = configured_reducer(recipe)
     importance = {index: criterion(stats.moe.get(index), block) for index, block in moe.items()}
     counts = expert_counts(recipe, importance, exempt_layers(sorted(moe), recipe), top_k)
-    return {
+    plans = {
         index: reducer(importance[index], similarity(stats.moe.get(index), block), counts[index])
         for index, block in moe.items()
     }
+    return plans, importance
+
+
+def selector_scores(registry: Registry, stats: CalibrationStats, size: int) -> dict[str, list[float]]:
+    """Selector name -> the scores it ranks by ([size]: one per layer or hidden dim), for every selector of
+    `registry` with a scores hook whose statistics `stats` hold, whichever one the recipe picked."""
+    found = {}
+    for name, selector in registry.items():
+        scores = getattr(selector, SCORES_HOOK, None)
+        if scores is not None:
+            try:
+                found[name] = scores(stats, size).tolist()
+            except UserError:
+                continue
+    return found
 
 
 def _stored_stats(cfg: SlimConfig, teacher_cfg: PretrainedConfig) -> CalibrationStats | None:
@@ -92,7 +113,10 @@ def _stored_stats(cfg: SlimConfig, teacher_cfg: PretrainedConfig) -> Calibration
     return stats
 
 
-def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats, top_k) -> dict:
+def _report(cfg: SlimConfig, teacher_cfg: PretrainedConfig, before, after, kept_layers, kept_dims, plans, importance,
+            stats, top_k) -> dict:
+    """What was cut and why: counts, kept layers/dims, per-layer expert maps with the criterion's scores, and the
+    depth / width selectors' scores on these statistics (what reports.compression_figures plots)."""
     return {
         "teacher": cfg.compress.teacher,
         "recipe": asdict(cfg.compress),
@@ -102,9 +126,12 @@ def _report(cfg: SlimConfig, before, after, kept_layers, kept_dims, plans, stats
         "top_k": top_k,
         "experts": {
             str(layer): {"kept": plan.num_kept, "kept_ids": plan.kept_ids(), "dropped_ids": plan.dropped_ids(),
-                         "merge_map": {str(k): v for k, v in plan.merge_map().items()}}
+                         "merge_map": {str(k): v for k, v in plan.merge_map().items()},
+                         "scores": importance[layer].tolist()}
             for layer, plan in sorted(plans.items())
         },
+        "depth_scores": selector_scores(depth_selectors, stats, teacher_cfg.num_hidden_layers),
+        "width_scores": selector_scores(width_selectors, stats, teacher_cfg.hidden_size),
         "stats_fingerprint": stats.fingerprint,
     }
 
@@ -154,7 +181,7 @@ def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
     check_keeps_attention(teacher_cfg, kept_layers, recipe.depth)
     kept_dims = (width_selectors.get(recipe.width.selector)(stats, hidden, recipe.width.hidden_size)
                  if recipe.width.hidden_size else list(range(hidden)))
-    plans = plan_experts(recipe, stats, model_view, kept_layers, top_k)
+    plans, importance = plan_experts(recipe, stats, model_view, kept_layers, top_k)
     lineage = compose(source_lineage(recipe, model_view), kept_layers,
                       {layer: plan.merge_map() for layer, plan in plans.items()})
 
@@ -165,7 +192,8 @@ def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
     if mtp is not None:
         reduce_mtp_experts(mtp, recipe, model.config.num_experts, top_k)
         sync_width_attributes(mtp, len(kept_dims))
-    report = _report(cfg, before, count_parameters(model), kept_layers, kept_dims, plans, stats, top_k)
+    report = _report(cfg, teacher_cfg, before, count_parameters(model), kept_layers, kept_dims, plans, importance,
+                     stats, top_k)
     report["student_fingerprint"] = model_fingerprint(model)
     report[LINEAGE_KEY] = asdict(lineage)
 
@@ -176,3 +204,16 @@ def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
 
     save_pretrained(model, recipe.output, tokenizer=tokenizer, extras=write_report)
     return report
+
+
+def write_figures(report: dict, directory: str | Path) -> list[Path]:
+    """The compression figures (reports.compression_figures) beside the report in student `directory`, for
+    `slim compress` and `slim report`; a plotting failure costs one warning line, never the student. (Not part of
+    `compress` itself: a grid or test that compresses many times pays for figures only when it asks for them.)"""
+    try:
+        from reports.compression_figures import write_compression_figures
+
+        return write_compression_figures(report, directory)
+    except Exception as error:  # noqa: BLE001 - any plotting failure is a warning, the student is already written
+        logger.warning("compression figures not written in %s: %s: %s", directory, type(error).__name__, error)
+        return []

@@ -8,19 +8,29 @@ is shifted back to [L-N, L), so it still contains the most similar layer.
 
 from __future__ import annotations
 
+import torch
+
 from harness.calibration.stats import CalibrationStats
+from methods._stats import scored_by
 from methods.depth import depth_selectors
 from methods.depth._layers import check_num_drop, depth_stats, keep_all_but
 
 
+def adjacent_cosine(stats: CalibrationStats | None, num_layers: int) -> torch.Tensor:
+    """c_l [L] of eq 15, float64: mean over sequences of cos(pooled input, pooled output) of layer l; entry 0
+    compares layer 0 with the embeddings and is never a chunk start."""
+    depth = depth_stats(stats, "act_sim", num_layers)
+    return depth.pooled_cos_sum.double() / depth.num_sequences
+
+
 @depth_selectors.register("act_sim")
+@scored_by(adjacent_cosine)
 def act_sim(stats: CalibrationStats | None, num_layers: int, num_drop: int) -> list[int]:
     """Drop num_drop contiguous layers from the one whose pooled output is most similar to its input (eq 15)."""
     check_num_drop(num_layers, num_drop)
     if num_drop == 0:
         return list(range(num_layers))
-    depth = depth_stats(stats, "act_sim", num_layers)
-    adjacent_cos = depth.pooled_cos_sum.double() / depth.num_sequences  # [L], entry 0 compares with embeddings
+    adjacent_cos = adjacent_cosine(stats, num_layers)  # [L]
     most_similar = 1 + int(adjacent_cos[1:].argmax())  # first maximum over l = 1..L-1
     start = min(most_similar, num_layers - num_drop)
     return keep_all_but(num_layers, set(range(start, start + num_drop)))

@@ -6,18 +6,26 @@ BI_l = 1 - E_t[cos(h_in_t, h_out_t)] over calibration tokens; the num_drop lowes
 
 from __future__ import annotations
 
+import torch
+
 from harness.calibration.stats import CalibrationStats
 from harness.compression.ranking import ranked
+from methods._stats import scored_by
 from methods.depth import depth_selectors
 from methods.depth._layers import check_num_drop, depth_stats, keep_all_but
 
 
+def influence(stats: CalibrationStats | None, num_layers: int) -> torch.Tensor:
+    """BI_l [L], float64: 1 - mean over calibration tokens of cos(input, output) of layer l."""
+    depth = depth_stats(stats, "block_influence", num_layers)
+    return 1.0 - depth.token_cos_sum.double() / depth.num_tokens
+
+
 @depth_selectors.register("block_influence")
+@scored_by(influence)
 def block_influence(stats: CalibrationStats | None, num_layers: int, num_drop: int) -> list[int]:
     """Drop the num_drop layers with the lowest block influence 1 - mean token cos(input, output)."""
     check_num_drop(num_layers, num_drop)
     if num_drop == 0:
         return list(range(num_layers))
-    depth = depth_stats(stats, "block_influence", num_layers)
-    influence = 1.0 - depth.token_cos_sum.double() / depth.num_tokens  # [L]
-    return keep_all_but(num_layers, set(ranked(-influence)[:num_drop]))
+    return keep_all_but(num_layers, set(ranked(-influence(stats, num_layers))[:num_drop]))

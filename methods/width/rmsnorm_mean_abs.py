@@ -12,12 +12,13 @@ import torch
 from harness.calibration.stats import CalibrationStats
 from harness.compression.ranking import top
 from harness.errors import UserError
-from methods._stats import require_stats
+from methods._stats import require_stats, scored_by
 from methods.width import width_selectors
 
 
-def hidden_importance(stats: CalibrationStats, hidden_size: int) -> torch.Tensor:
+def hidden_importance(stats: CalibrationStats | None, hidden_size: int) -> torch.Tensor:
     """I [hidden_size] of eq 5: mean over norms of (sum_x |RMSNorm(x)| / tokens), float64."""
+    stats = require_stats(stats, "rmsnorm_mean_abs", "compress.width.selector")
     if not stats.norm_abs_sum:
         raise UserError("compress.width.selector: 'rmsnorm_mean_abs' needs RMSNorm statistics; the calibration has none")
     per_norm = []
@@ -30,9 +31,9 @@ def hidden_importance(stats: CalibrationStats, hidden_size: int) -> torch.Tensor
 
 
 @width_selectors.register("rmsnorm_mean_abs")
+@scored_by(hidden_importance)
 def rmsnorm_mean_abs(stats: CalibrationStats, hidden_size: int, target: int) -> list[int]:
     """Keep the target hidden dims with the largest mean |RMSNorm output| averaged over all norms (eq 5)."""
     if not 1 <= target <= hidden_size:
         raise UserError(f"compress.width.hidden_size: must be in [1, {hidden_size}], got {target}")
-    stats = require_stats(stats, "rmsnorm_mean_abs", "compress.width.selector")
     return top(hidden_importance(stats, hidden_size), target)
