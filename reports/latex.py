@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from reports.aggregate import Row, Stat, average_of, best_rows, build_rows
+from reports.aggregate import Stat
 from reports.results import CellResult
 from reports.spec import TableSpec
+from reports.table import Line, build_table
 
 MISSING = "--"
 _ESCAPES = {
@@ -32,47 +33,20 @@ def _line(cells: list[str]) -> str:
     return " & ".join(cells) + r" \\"
 
 
-def _teacher_line(spec: TableSpec) -> str:
-    assert spec.teacher is not None
-    label = [escape(spec.teacher_label)] + [""] * (len(spec.rows) - 1)
-    values = [format_stat(_single(spec.teacher.get(column.key)), column.fmt, False) for column in spec.columns]
-    if spec.average:
-        values.append(format_stat(_single(average_of(spec.teacher, spec)), spec.average_fmt, False))
-    return _line(label + values)
-
-
-def _single(value: float | None) -> Stat | None:
-    return None if value is None else Stat(value, None)
-
-
-def _student_lines(rows: list[Row], spec: TableSpec) -> list[str]:
-    bold = [best_rows([_stat_mean(row.cells.get(column.key)) for row in rows], column.fmt, column.higher_is_better)
-            for column in spec.columns]
-    average_bold = best_rows([row.average for row in rows], spec.average_fmt, spec.higher_is_better_average())
-    lines = []
-    for index, row in enumerate(rows):
-        values = [format_stat(row.cells.get(column.key), column.fmt, index in bold[position])
-                  for position, column in enumerate(spec.columns)]
-        if spec.average:
-            values.append(format_stat(_single(row.average), spec.average_fmt, index in average_bold))
-        lines.append(_line([escape(part) for part in spec.display(row.key)] + values))
-    return lines
-
-
-def _stat_mean(stat: Stat | None) -> float | None:
-    return None if stat is None else stat.mean
+def _table_line(line: Line) -> str:
+    return _line([escape(label) for label in line.labels]
+                 + [format_stat(value.stat, value.fmt, value.bold) for value in line.values])
 
 
 def render_table(results: list[CellResult], spec: TableSpec) -> str:
     """The `table` environment, ready for `\\input` in a paper that loads booktabs."""
-    headers = [escape(header) for header in spec.headers() + [column.header for column in spec.columns]]
-    if spec.average:
-        headers.append("Avg.")
+    table = build_table(results, spec)
+    headers = [escape(header) for header in table.label_headers + table.value_headers]
     body = [r"\toprule", _line(headers), r"\midrule"]
-    if spec.teacher is not None:
-        body += [_teacher_line(spec), r"\midrule"]
-    body += _student_lines(build_rows(results, spec), spec) + [r"\bottomrule"]
-    align = "l" * len(spec.rows) + "c" * (len(headers) - len(spec.rows))
+    if table.teacher is not None:
+        body += [_table_line(table.teacher), r"\midrule"]
+    body += [_table_line(line) for line in table.rows] + [r"\bottomrule"]
+    align = "l" * len(table.label_headers) + "c" * len(table.value_headers)
     return "\n".join([
         r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(spec.caption)}}}", rf"\label{{{spec.label}}}",
         rf"\begin{{tabular}}{{{align}}}", *body, r"\end{tabular}", r"\end{table}", "",
