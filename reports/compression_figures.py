@@ -16,7 +16,6 @@ from reports.compression import (DROPPED, MERGED, DepthCurves, ExpertMatrix, Wid
                                  expert_matrix, width_importance)
 from reports.render import atomic_write
 
-FIGURES = ("compression_experts", "compression_merge_map", "compression_depth", "compression_width")
 ANNOTATE_MAX_EXPERTS = 32  # write the student expert id in each merge-map cell up to this many teacher experts
 
 
@@ -138,17 +137,22 @@ def plot_width_importance(width: WidthImportance) -> Figure:
     return figure
 
 
+PLOTS = {  # figure name -> (its data from a report, None when the report has none; the plot of that data)
+    "compression_experts": (expert_matrix, plot_expert_scores),
+    "compression_merge_map": (expert_matrix, plot_merge_map),
+    "compression_depth": (depth_curves, plot_depth_curves),
+    "compression_width": (width_importance, plot_width_importance),
+}
+
+
+def figure_names(report: dict) -> list[str]:
+    """The figures the report holds data for."""
+    return [name for name, (data, _) in PLOTS.items() if data(report) is not None]
+
+
 def compression_figures(report: dict) -> dict[str, Figure]:
     """Figure name -> figure, for each figure whose data the report holds."""
-    figures = {}
-    if (matrix := expert_matrix(report)) is not None:
-        figures["compression_experts"] = plot_expert_scores(matrix)
-        figures["compression_merge_map"] = plot_merge_map(matrix)
-    if (depth := depth_curves(report)) is not None:
-        figures["compression_depth"] = plot_depth_curves(depth)
-    if (width := width_importance(report)) is not None:
-        figures["compression_width"] = plot_width_importance(width)
-    return figures
+    return {name: plot(data(report)) for name, (data, plot) in PLOTS.items() if data(report) is not None}
 
 
 def write_compression_figures(report: dict, out_dir: str | Path) -> list[Path]:

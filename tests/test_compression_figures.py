@@ -10,9 +10,10 @@ from PIL import Image
 
 from harness.cli.main import main
 from harness.compression.compress import REPORT_NAME, compress
+from harness.grid.figures import write_cell_figures
 from reports.compression import (DROPPED, KEPT, MERGED, depth_curves, expert_matrix, expert_status,
                                  width_importance)
-from reports.compression_figures import FIGURES, merge_colors, row_normalized
+from reports.compression_figures import PLOTS, figure_names, merge_colors, row_normalized
 from tests.test_compress import recipe, teacher  # noqa: F401 - the module-scoped tiny teacher fixture
 
 
@@ -65,8 +66,9 @@ def test_rows_of_fewer_experts_are_padded():
 
 
 def test_no_expert_figures_when_experts_are_kept():
-    """A recipe without an expert target has no expert matrix."""
+    """A recipe without an expert target has no expert matrix, so no expert figures."""
     assert expert_matrix({**hand_report(), "experts": {}}) is None
+    assert figure_names({**hand_report(), "experts": {}}) == ["compression_depth", "compression_width"]
 
 
 def test_depth_curves_shade_the_dropped_layers():
@@ -113,7 +115,8 @@ def test_slim_compress_writes_the_figures_from_its_report(teacher, tmp_path):  #
     assert matrix.layers == report["kept_layers"] and matrix.num_experts == 8
     for layer, scores in zip(matrix.layers, matrix.scores):
         assert scores == report["experts"][str(layer)]["scores"]
-    for name in FIGURES:
+    assert figure_names(report) == list(PLOTS)
+    for name in PLOTS:
         with Image.open(student / f"{name}.png") as image:
             image.verify()
         assert (student / f"{name}.pdf").read_bytes().startswith(b"%PDF-")
@@ -142,3 +145,20 @@ def test_a_plotting_failure_keeps_the_student(teacher, tmp_path, monkeypatch, ca
     assert [record.getMessage() for record in caplog.records] == [
         f"compression figures not written in {tmp_path / 'student'}: RuntimeError: no backend"]
     assert not list((tmp_path / "student").glob("compression_*.png"))
+
+
+def test_report_writes_missing_figures_beside_each_cells_student(tmp_path):
+    """`slim report`'s pass over the store: a finished cell whose student has a compression report gets its figures
+    once (a rerun keeps figures newer than the report); failed cells and cells without a student are skipped."""
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / REPORT_NAME).write_text(json.dumps(hand_report()))
+    rows = [{"status": "done", "artifacts": {"student": str(student)}},
+            {"status": "done", "artifacts": {"student": str(student)}},  # a second seed's cell on the same student
+            {"status": "failed", "artifacts": {"student": str(tmp_path / "other")}},
+            {"status": "done", "artifacts": {"run_dir": str(tmp_path)}}]
+    assert write_cell_figures(rows) == [student]
+    written = {path.name: path.stat().st_mtime_ns for path in student.glob("compression_*.p[nd][gf]")}
+    assert sorted(written) == sorted(f"{name}.{suffix}" for name in PLOTS for suffix in ("png", "pdf"))
+    assert write_cell_figures(rows) == [student]
+    assert {path.name: path.stat().st_mtime_ns for path in student.glob("compression_*.p[nd][gf]")} == written

@@ -202,18 +202,33 @@ def grid(args: argparse.Namespace) -> int:
     return 0 if counts["done"] == len(prepared.cells) else 1
 
 
+def report_arguments(parser: argparse.ArgumentParser) -> None:
+    grid_arguments(parser)
+    parser.add_argument("--format", choices=("latex", "markdown"), default="latex",
+                        help="latex: <name>.tex + loss curves; markdown: <name>.md + the <name>.json it is rendered "
+                             "from (e.g. --out docs/results for the README)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default: <grid folder>/report)")
+
+
 def report(args: argparse.Namespace) -> int:
-    """Render a grid's table (LaTeX) and loss curves from its results store (same spec and overrides as `slim grid`)."""
-    from harness.grid.report import no_curve_note, write_grid_report
+    """Render a grid's table (LaTeX, or Markdown with its rows as JSON) and loss curves from its results store (same
+    spec and overrides as `slim grid`), and the compression figures beside each finished cell's student."""
+    from harness.grid.figures import write_cell_figures
+    from harness.grid.report import no_curve_note, write_grid_markdown, write_grid_report
 
     prepared = _grid(args)
     if note := prepared.stale_note():
         print(note)
-    paths = write_grid_report(prepared)
+    if args.format == "markdown":
+        paths = write_grid_markdown(prepared, args.out)
+    else:
+        paths = write_grid_report(prepared, args.out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
-    if note := no_curve_note(prepared.spec, paths):
+    if args.format == "latex" and (note := no_curve_note(prepared.spec, paths)):
         print(f"slim report: warning: {note}", file=sys.stderr)
+    if students := write_cell_figures(prepared.rows()):
+        print(f"compression figures: {len(students)} students (beside their compression_report.json)")
     return 0
 
 

@@ -36,7 +36,7 @@ TAKES_NO_CONFIG = {"methods"}
 # Arguments a subcommand takes before its recipe files and overrides.
 EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "grid": commands.grid_run_arguments,
-    "report": commands.grid_arguments,
+    "report": commands.report_arguments,
     "search": commands.search_arguments,
 }
 

@@ -113,20 +113,47 @@ def no_curve_note(spec: GridSpec, paths: dict[str, Path]) -> str | None:
             f"no curve figure written")
 
 
-def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write the spec's table (and loss curves when it names a curve) from the store to `out_dir`
-    (default `<grid output>/report`)."""
-    from reports import write_report
-
+def grid_results(grid: Grid, out_dir: Path, field: str) -> tuple[list, TableSpec, CurveSpec | None]:
+    """The grid's finished cells as CellResults with the spec's table and curve, once the grid has something to render
+    and `out_dir` (named `field`) can be written, or a one-line UserError."""
     if not grid.spec.report:
         raise UserError(f"{grid.spec.path}: no `report` section; nothing to render")
     if not grid.store_path.is_file():
         raise UserError(f"{grid.spec.path}: no results store at {grid.store_path}; run `slim grid` first")
-    check_work_dir(out_dir or grid.output_dir / "report", "--output-dir")
+    check_work_dir(out_dir, field)
     rows = grid.rows()
     teacher_from = grid.spec.report.get(TEACHER_FROM_KEY)
     table, curve = report_specs(grid.spec, teacher_row(rows, teacher_from) if teacher_from else None)
     results = cell_results(rows, curve.metric if curve else None)
     if not results:
         raise UserError(f"{grid.spec.path}: no finished cells in {grid.store_path}; run `slim grid` first")
-    return write_report(results, table, out_dir or grid.output_dir / "report", curve=curve)
+    return results, table, curve
+
+
+def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write the spec's table (and loss curves when it names a curve) from the store to `out_dir`
+    (default `<grid output>/report`)."""
+    from reports import write_report
+
+    field = "--out" if out_dir else "--output-dir"  # the default folder lies in the grid folder
+    out_dir = Path(out_dir or grid.output_dir / "report")
+    results, table, curve = grid_results(grid, out_dir, field)
+    return write_report(results, table, out_dir, curve=curve)
+
+
+def write_grid_markdown(grid: Grid, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write the spec's table as `<name>.md` and the rows it came from as `<name>.json` to `out_dir` (default
+    `<grid output>/report`), e.g. docs/results/ for the README's tables."""
+    from reports.markdown import write_markdown_report
+
+    out_dir = Path(out_dir or grid.output_dir / "report")
+    results, table, _ = grid_results(grid, out_dir, "--out")
+    versions = sorted({row["code_version"] or "" for row in grid.rows() if row["status"] == "done"})
+    source = {"spec": _shown(grid.spec.path), "store": _shown(grid.store_path), "code_versions": versions}
+    return write_markdown_report(results, table, out_dir, source)
+
+
+def _shown(path: str | Path) -> str:
+    """`path` relative to the working directory when it lies below it (so a committed file names no home folder)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
