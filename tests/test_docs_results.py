@@ -4,6 +4,7 @@ and is pasted in the README verbatim; the Markdown renderer prints the LaTeX tab
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,22 @@ def test_readme_quotes_the_committed_table(table: Path):
 def test_every_committed_table_has_its_json():
     """No docs/results/*.md without the JSON it was rendered from."""
     assert sorted(path.stem for path in RESULTS.glob("*.md")) == [path.stem for path in COMMITTED]
+
+
+def benchmark_rows() -> list[str]:
+    """The rows of the README's Benchmarks table (the section's lines that start with a `bench/` script)."""
+    section = (ROOT / "README.md").read_text().split("\n## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `bench/")]
+
+
+def test_every_benchmark_row_names_its_results_files():
+    """Each row of the README's Benchmarks table names the bench/results/*.json its numbers come from, and they exist."""
+    rows = benchmark_rows()
+    assert len(rows) >= 9
+    for row in rows:
+        named = re.findall(r"`([\w.-]+\.json)`", row)
+        assert named, f"no results file named in {row[:60]!r}"
+        assert all((ROOT / "bench" / "results" / name).is_file() for name in named), named
 
 
 def test_slim_report_markdown_writes_the_table_and_its_rows(tmp_path, capsys):
