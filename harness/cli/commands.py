@@ -175,6 +175,8 @@ def grid_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default="inprocess", help="inprocess (default) or submitit (a Slurm job per cell)")
     parser.add_argument("--workers", type=int, default=1, help="in-process: cells run at once in worker processes")
     parser.add_argument("--cluster", default=None, help="submitit executor: slurm or local (default: auto-detect)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the spec and every cell, list the cells (key, kind, status, overrides), run none")
 
 
 def _grid(args: argparse.Namespace):
@@ -188,8 +190,12 @@ def grid(args: argparse.Namespace) -> int:
     """Run an ablation grid (`slim grid ablations/table3.yaml [recipe.yaml] [key=value]`): recipe files replace the
     spec's tiny `scale`, overrides apply to every cell; finished cells are skipped, failed ones recorded."""
     from harness.grid import run_grid
+    from harness.grid.grid import dry_run_lines
 
     prepared = _grid(args)
+    if args.dry_run:
+        print("\n".join(dry_run_lines(prepared)))
+        return 0
     if note := prepared.stale_note():
         print(note)
     rows = run_grid(prepared, args.launcher, args.workers, args.cluster)

@@ -233,8 +233,9 @@ class EfficiencyConfig:
     batch_size: int = 1
     prompt_len: int = 128
     new_tokens: int = 128
-    repeats: int = 3  # timed runs, averaged
-    warmup: int = 1  # untimed runs first
+    repeats: int = 10  # timed runs, averaged (the paper: 10 after 3 warm-up runs)
+    warmup: int = 3  # untimed runs first
+    backends: list[str] = field(default_factory=list)  # also timed under these (harness/evaluation/backends: vllm)
 
 
 @dataclass
@@ -245,8 +246,9 @@ class EvalConfig:
     teacher: str = ""  # HF directory to compare speed and memory against; "" measures the model alone
     # lm-eval task names: the local kjv_cloze, kjv_next_verse, kjv_complete (tag kjv) or any real lm-eval task
     tasks: list[str] = field(default_factory=lambda: ["kjv_cloze", "kjv_next_verse", "kjv_complete"])
+    include_path: list[str] = field(default_factory=list)  # more folders of lm-eval task YAMLs (--include_path)
     limit: int = 0  # documents per task; 0 = all
-    num_fewshot: int = 0
+    num_fewshot: int = 0  # -1: each task's own few-shot setting (its YAML's num_fewshot)
     batch_size: int = 16  # lm-eval and perplexity batch size
     perplexity_batches: int = 16  # validation batches of data.seq_len tokens; 0 skips perplexity
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"

@@ -78,7 +78,7 @@ def _peak_memory(model: PreTrainedModel, device: torch.device) -> Iterator[list[
     result[0] = weights + rss.peak - before
 
 
-def _mean_seconds(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+def mean_seconds(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         run()
     times = []
@@ -102,8 +102,8 @@ def measure_efficiency(model: PreTrainedModel, prompts: torch.Tensor, new_tokens
     device = prompts.device
     batch, prompt_len = prompts.shape
     with _peak_memory(model, device) as peak:
-        prefill_s = _mean_seconds(lambda: model(input_ids=prompts), device, repeats, warmup)
-        generate_s = _mean_seconds(lambda: greedy_continuation(model, prompts, new_tokens), device, repeats, warmup)
+        prefill_s = mean_seconds(lambda: model(input_ids=prompts), device, repeats, warmup)
+        generate_s = mean_seconds(lambda: greedy_continuation(model, prompts, new_tokens), device, repeats, warmup)
     model.train(was_training)
     decode_s = max(generate_s - prefill_s, 1e-9)
     return Efficiency(

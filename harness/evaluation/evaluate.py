@@ -19,10 +19,12 @@ from harness.config.schema import EvalConfig, SlimConfig
 from harness.data.packing import WindowDataset, validation_windows
 from harness.distributed import init_distributed, local_rank, on_rank_zero
 from harness.errors import UserError
+from harness.evaluation.backends import backend_summaries, inference_backends
 from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
 from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from harness.evaluation.perplexity import model_perplexity
+from harness.evaluation.task_metrics import include_paths
 from harness.models.expert_flops import count_expert_flops
 from harness.models.experts_policy import apply_experts_policy
 from harness.models.families import prepare_decoding
@@ -38,7 +40,8 @@ SUMMARY_NAME = "eval_summary.json"
 HeldOut = Callable[[PreTrainedTokenizerBase, int], WindowDataset]  # (tokenizer, window length) -> validation windows
 POSITIVE_FIELDS = ("batch_size", "mtp.num_prompts", "mtp.prompt_len", "mtp.new_tokens", "efficiency.batch_size",
                    "efficiency.prompt_len", "efficiency.new_tokens", "efficiency.repeats")
-NON_NEGATIVE_FIELDS = ("limit", "num_fewshot", "perplexity_batches", "mtp.num_draft_tokens", "efficiency.warmup")
+NON_NEGATIVE_FIELDS = ("limit", "perplexity_batches", "mtp.num_draft_tokens", "efficiency.warmup")
+TASK_DEFAULT_FEWSHOT = -1  # eval.num_fewshot: each task's own setting (lm-eval's num_fewshot=None)
 
 
 def _field(cfg: EvalConfig, dotted: str) -> object:
@@ -50,7 +53,9 @@ def _field(cfg: EvalConfig, dotted: str) -> object:
 
 def validate_eval_config(cfg: EvalConfig) -> None:
     """One-line UserError naming the first bad `eval.*` field."""
-    for dotted, low in [*((name, 1) for name in POSITIVE_FIELDS), *((name, 0) for name in NON_NEGATIVE_FIELDS)]:
+    bounds = [*((name, 1) for name in POSITIVE_FIELDS), *((name, 0) for name in NON_NEGATIVE_FIELDS),
+              ("num_fewshot", TASK_DEFAULT_FEWSHOT)]
+    for dotted, low in bounds:
         if _field(cfg, dotted) < low:
             raise UserError(f"eval.{dotted}: must be >= {low}, got {_field(cfg, dotted)}")
     if cfg.mtp.new_tokens <= cfg.mtp.num_draft_tokens:
@@ -58,6 +63,9 @@ def validate_eval_config(cfg: EvalConfig) -> None:
                         f"got {cfg.mtp.new_tokens}")
     if not cfg.tasks and not cfg.perplexity_batches:
         raise UserError("eval.tasks: empty and eval.perplexity_batches is 0, nothing to evaluate")
+    include_paths(cfg.include_path)
+    for name in cfg.efficiency.backends:
+        inference_backends.validate(name, "eval.efficiency.backends")
     if cfg.device != "auto" and cfg.device.split(":")[0] not in ("cpu", "cuda"):
         raise UserError(f"eval.device: must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     model_config = read_model_config(cfg.model, "eval.model")
@@ -123,6 +131,9 @@ def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.
     summary.update((name, asdict(value)) for name, value in measured.items())
     if "teacher" in measured:
         summary["student_vs_teacher"] = efficiency_ratios(measured["model"], measured["teacher"])
+    if settings.backends:
+        summary["backends"] = backend_summaries(settings.backends, cfg.eval.model, cfg.eval.teacher, prompts.tolist(),
+                                                settings)
     return summary
 
 
@@ -134,7 +145,7 @@ def evaluate(cfg: SlimConfig) -> dict:
     check_work_dir(cfg.run_dir, "run_dir")
     if cfg.eval.offline:
         go_offline()
-    manager = task_manager() if cfg.eval.tasks else None
+    manager = task_manager(include_paths(cfg.eval.include_path)) if cfg.eval.tasks else None
     if manager is not None:
         check_tasks(cfg.eval.tasks, manager)
     init_distributed(cuda=False)  # the others only wait on rank 0: host-side, gloo
@@ -153,8 +164,9 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
                      "experts_implementation": apply_experts_policy(cfg.model_runtime.experts_implementation, model)}
     if manager is not None:
         limit = cfg.eval.limit or None
+        fewshot = None if cfg.eval.num_fewshot == TASK_DEFAULT_FEWSHOT else cfg.eval.num_fewshot
         summary["lm_eval"] = run_lm_eval(model, tokenizer, cfg.eval.tasks, manager, limit, cfg.eval.batch_size,
-                                         cfg.eval.num_fewshot)
+                                         fewshot)
     if cfg.eval.perplexity_batches:
         loader = DataLoader(heldout(tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
         # Share of routed expert FLOPs skipped (ZEDA's zero experts; 0 for a static MoE), counted in the same pass.

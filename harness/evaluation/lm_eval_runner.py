@@ -1,6 +1,6 @@
 """lm-eval on an in-memory model through HFLM: the local KJV tasks plus real lm-eval task names, unchanged.
 
-The local task YAMLs are found through `TaskManager(include_path=...)`. Every requested task is checked and
+The local task YAMLs, and those of `eval.include_path`, are found through `TaskManager(include_path=...)`. Every requested task is checked and
 its data loaded before the model does any work, so an unknown name or data missing offline is one clear line.
 """
 
@@ -32,11 +32,12 @@ def go_offline() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
-def task_manager() -> TaskManager:
-    """lm-eval's task index with the local task directory added."""
+def task_manager(include_paths: tuple[str, ...] | list[str] = ()) -> TaskManager:
+    """lm-eval's task index with the local task directory and `include_paths` (eval.include_path, lm-eval's
+    --include_path: folders of task YAMLs) added."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=[str(TASKS_DIR), *include_paths])
 
 
 def check_tasks(names: list[str], manager: TaskManager) -> None:

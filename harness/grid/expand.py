@@ -14,9 +14,11 @@ import copy
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import harness
 from harness.config.load import load_config
@@ -26,6 +28,7 @@ from harness.grid.kinds import cell_kinds
 from harness.grid.spec import KIND_KEY, Axis, AxisValue, GridSpec
 
 SEED_KEY = "train.seed"
+AXES_PREFIX, SEEDS_OVERRIDE = "axes.", "seeds"  # grid overrides (select_cells), not config keys
 # Per-cell outputs and W&B naming: set from the cell key and spec, so left out of the hash.
 PATH_FIELDS = ("run_dir", "compress.output", "distill.output", "tracking.group", "tracking.name")
 
@@ -40,6 +43,7 @@ class Cell:
     axes: dict[str, AxisValue]
     seed: int
     config: SlimConfig
+    overrides: dict[str, Any] = field(default_factory=dict)  # what its axis values and seed set, by dotted key
 
     def label(self) -> str:
         return ", ".join(f"{name}={value}" for name, value in {**self.axes, "seed": self.seed}.items())
@@ -113,13 +117,55 @@ def _cell(spec: GridSpec, base: SlimConfig, choice: tuple[_AxisChoice, ...], see
                                                                     str(run_dir / "distilled"))
     config.tracking.group, config.tracking.name = spec.name, key  # W&B: runs grouped by grid, named by cell
     axes = {axis.name: value.label for axis, value in zip(spec.axes, choice)}
-    return Cell(key=key, spec=spec.name, kind=kind, axes=axes, seed=seed, config=config)
+    overrides = {key: typed for value in choice for key, typed in value.values.items()} | {SEED_KEY: seed}
+    return Cell(key=key, spec=spec.name, kind=kind, axes=axes, seed=seed, config=config, overrides=overrides)
+
+
+def _labels(text: str, where: str) -> list[str]:
+    """`a`, `[a, b]` or `["Merge (router logits)", b]` -> labels as text."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"{where}: cannot parse {text!r} ({str(err).splitlines()[0]})") from None
+    values = value if isinstance(value, list) else [value]
+    if not values or any(isinstance(item, (dict, list)) or item is None for item in values):
+        raise UserError(f"{where}: needs a value or a non-empty list of values, got {text!r}")
+    return [str(item) for item in values]
+
+
+def select_cells(spec: GridSpec, overrides: list[str] | tuple[str, ...]) -> tuple[GridSpec, list[str]]:
+    """Grid overrides taken out of `overrides`: `axes.<axis>=<label>` or `=[<label>, ...]` keeps only those values of
+    the axis (e.g. 2 cells of a 30-cell table), `seeds=[0, 1, 2]` replaces the spec's seeds. Returns the narrowed
+    spec and the config overrides left; cell keys do not change."""
+    axes, seeds, rest = {axis.name: axis for axis in spec.axes}, spec.seeds, []
+    for override in overrides:
+        key, _, text = override.partition("=")
+        if key == SEEDS_OVERRIDE:
+            labels = _labels(text, override)
+            if not all(label.lstrip("-").isdigit() for label in labels):
+                raise UserError(f"{override}: seeds are integers")
+            seeds = tuple(int(label) for label in labels)
+        elif key.startswith(AXES_PREFIX):
+            name = key[len(AXES_PREFIX):]
+            if name not in axes:
+                raise UserError(f"{override}: unknown axis {name!r}; valid: {', '.join(axes)}")
+            values = {str(label): (label, values) for label, values in axes[name].values}
+            wanted = _labels(text, override)
+            unknown = [label for label in wanted if label not in values]
+            if unknown:
+                raise UserError(f"{override}: axis {name!r} has no value {unknown[0]!r}; valid: {', '.join(values)}")
+            axes[name] = Axis(name, tuple(values[label] for label in dict.fromkeys(wanted)))
+        else:
+            rest.append(override)
+    return replace(spec, axes=tuple(axes.values()), seeds=seeds), rest
 
 
 def expand(spec: GridSpec, files: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
            output_dir: str | None = None) -> list[Cell]:
     """Every cell of the grid (axes in spec order, then seeds). `files` replace the spec's `scale` recipe files;
-    `overrides` (`key=value`) apply to every cell after the spec's `base`; axis values and the seed come last."""
+    `overrides` (`key=value`) apply to every cell after the spec's `base`; axis values and the seed come last.
+    `axes.<axis>=...` and `seeds=[...]` among them narrow the grid (`select_cells`)."""
+    spec, overrides = select_cells(spec, overrides)
     files = list(files) if files else list(spec.scale)
     _resolve(files, list(overrides), "command-line overrides")
     base = _resolve(files, [*(format_override(k, v) for k, v in spec.base.items()), *overrides], f"{spec.path}: base")

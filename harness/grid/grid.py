@@ -3,17 +3,18 @@ holding the output folder's lock so that no other grid runs the same cells at th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.grid.expand import Cell, expand, validate_cells
+from harness.grid.expand import Cell, expand, format_override, validate_cells
+from harness.grid.kinds import cell_kinds
 from harness.grid.launch_submitit import run_submitit
 from harness.grid.lock import grid_lock
 from harness.grid.report import check_report
 from harness.grid.runner import run_parallel, run_sequential
-from harness.grid.spec import GridSpec, load_spec
+from harness.grid.spec import GridSpec, column_key, load_spec
 from harness.grid.store import ResultsStore
 from harness.outputs import check_work_dir
 
@@ -29,6 +30,7 @@ class Grid:
     spec: GridSpec
     cells: list[Cell]
     output_dir: Path
+    notes: tuple[str, ...] = ()  # e.g. benchmark metrics no cell evaluates at this scale
 
     @property
     def store_path(self) -> Path:
@@ -70,7 +72,51 @@ def prepare_grid(spec_path: str | Path, files: list[str] | None = None, override
     check_work_dir(root, "--output-dir" if output_dir else f"{spec.path}: output_dir")
     cells = expand(spec, files, overrides, output_dir)
     validate_cells(cells, spec.path)
-    return Grid(spec, cells, root)
+    unevaluated = check_task_metrics(spec, cells)
+    note = (f"{spec.name}: benchmark metrics no cell evaluates (not in eval.tasks at this scale), left out of the "
+            f"report: {', '.join(unevaluated)}")
+    return Grid(without_columns(spec, unevaluated), cells, root, (note,) if unevaluated else ())
+
+
+def check_task_metrics(spec: GridSpec, cells: list[Cell]) -> list[str]:
+    """The spec's `<task>/<metric>` benchmark metrics checked by each kind that reports them, against its cells'
+    resolved configs (lm-eval's task configs, no data); returns those no cell evaluates."""
+    names = [metric for metric in spec.metrics if "/" in metric]
+    unevaluated = set(names)
+    for kind in sorted({cell.kind for cell in cells}):
+        check = cell_kinds.get(kind).task_metrics
+        if names and check is not None:
+            try:
+                unevaluated &= set(check(names, [cell.config for cell in cells if cell.kind == kind]))
+            except UserError as err:
+                raise UserError(f"{spec.path}: metrics: {err}") from None
+    return [name for name in names if name in unevaluated]
+
+
+def without_columns(spec: GridSpec, metrics: list[str]) -> GridSpec:
+    """`spec` with the report columns of `metrics` left out: a spec names the benchmarks of every scale (the tiny KJV
+    tasks, the paper's lm-eval tasks) and each scale's eval.tasks picks its own."""
+    if not metrics or not spec.report.get("columns"):
+        return spec
+    columns = [column for column in spec.report["columns"] if column_key(column) not in metrics]
+    return replace(spec, report={**spec.report, "columns": columns})
+
+
+def dry_run_lines(grid: Grid) -> list[str]:
+    """`slim grid --dry-run`: one line per cell (key, kind, status in the store, the overrides its axis values and
+    seed apply), then the grid's notes; the store is only read, and not created when absent."""
+    statuses: dict[str, str] = {}
+    if grid.store_path.is_file():
+        with ResultsStore(grid.store_path) as store:
+            statuses = store.statuses()
+    counts = {status: sum(statuses.get(cell.key, "new") == status for cell in grid.cells)
+              for status in ("new", "pending", "running", "done", "failed")}
+    lines = [f"{grid.spec.name}: {len(grid.cells)} cells ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), "
+             f"results in {grid.store_path}; nothing run (--dry-run)"]
+    for cell in grid.cells:
+        overrides = " ".join(format_override(key, value) for key, value in cell.overrides.items())
+        lines.append(f"  {cell.key}  {cell.kind:<9} {statuses.get(cell.key, 'new'):<8} {overrides}")
+    return lines + list(grid.notes)
 
 
 def run_grid(grid: Grid, launcher: str = "inprocess", workers: int = 1, cluster: str | None = None) -> list[dict]:

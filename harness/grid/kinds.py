@@ -26,28 +26,35 @@ def _no_checks(cfg: SlimConfig) -> None:
     """A kind without config checks beyond the schema."""
 
 
+# Checks the spec's `<task>/<metric>[,<filter>]` metrics against the resolved configs of the kind's cells (raising
+# UserError), and returns those that none of these cells evaluates.
+TaskMetricCheck = Callable[[list[str], list[SlimConfig]], list[str]]
+
+
 @dataclass(frozen=True)
 class CellKind:
     """`execute(cfg)` runs one cell; `validate(cfg)` refuses bad configs before any cell of the grid runs;
     `metrics` are the names `execute` may report (spec metrics are checked against them); `curves` are the
-    per-step metric names its training logs (shell-style patterns), which a report's curve may plot."""
+    per-step metric names its training logs (shell-style patterns), which a report's curve may plot; a kind with
+    `task_metrics` also reports `<task>/<metric>[,<filter>]` benchmark scores, checked by it once cells resolve."""
 
     execute: Callable[[SlimConfig], CellOutput]
     metrics: tuple[str, ...]
     validate: Callable[[SlimConfig], None] = _no_checks
     curves: tuple[str, ...] = ()
+    task_metrics: TaskMetricCheck | None = None
 
 
 cell_kinds: Registry[CellKind] = Registry("grid cell kind", "harness.grid.cells")
 
 
 def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks,
-                  curves: tuple[str, ...] = ()
+                  curves: tuple[str, ...] = (), task_metrics: TaskMetricCheck | None = None
                   ) -> Callable[[Callable[[SlimConfig], CellOutput]], Callable[[SlimConfig], CellOutput]]:
     """Decorator: `@register_kind("run", metrics=(...), validate=..., curves=(...))` on the cell function."""
 
     def decorator(execute: Callable[[SlimConfig], CellOutput]) -> Callable[[SlimConfig], CellOutput]:
-        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate, tuple(curves)))
+        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate, tuple(curves), task_metrics))
         return execute
 
     return decorator

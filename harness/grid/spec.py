@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from harness.errors import UserError
-from harness.grid.kinds import cell_kinds
+from harness.grid.kinds import CellKind, cell_kinds
 
 AxisValue = str | int | float | bool
 SPEC_KEYS = ("name", "description", "kind", "scale", "base", "axes", "seeds", "metrics", "slurm", "output_dir",
@@ -106,26 +106,36 @@ def _slurm(raw: dict[str, Any], where: str) -> SlurmParams:
     return SlurmParams(**raw)
 
 
-def _column_key(column: Any) -> str:
+def column_key(column: Any) -> str:
     return column["key"] if isinstance(column, dict) else column[0] if isinstance(column, list) else column
 
 
+def reports_metric(kind: CellKind, metric: str) -> bool:
+    """Whether cells of `kind` may report `metric`: one it lists, or a `<task>/<metric>` benchmark score when it has
+    task metrics (checked against lm-eval once the cells resolve: harness.grid.grid.prepare_grid)."""
+    return metric in kind.metrics or (kind.task_metrics is not None and "/" in metric)
+
+
 def check_spec(spec: GridSpec) -> None:
-    """Kinds, metric names and report axes/columns, each error naming the bad entry and the valid ones."""
-    for kind in sorted(spec.kinds()):
+    """Kinds, metric names and report axes/columns, each error naming the bad entry and the valid ones. A metric
+    needs one kind of the grid that reports it (rows of the other kinds show a dash)."""
+    kinds = sorted(spec.kinds())
+    for kind in kinds:
         cell_kinds.validate(kind, f"{spec.path}: kind")
-        declared = cell_kinds.get(kind).metrics
-        for metric in spec.metrics:
-            if metric not in declared:
-                raise UserError(f"{spec.path}: metrics: unknown metric {metric!r} for kind {kind!r}; "
-                                f"valid: {', '.join(declared)}")
+    for metric in spec.metrics:
+        if not any(reports_metric(cell_kinds.get(kind), metric) for kind in kinds):
+            declared = list(dict.fromkeys(name for kind in kinds for name in cell_kinds.get(kind).metrics))
+            benchmarks = (" or <task>/<metric>[,<filter>] of an lm-eval task"
+                          if any(cell_kinds.get(kind).task_metrics for kind in kinds) else "")
+            raise UserError(f"{spec.path}: metrics: unknown metric {metric!r} for kind "
+                            f"{', '.join(map(repr, kinds))}; valid: {', '.join(declared)}{benchmarks}")
     axis_names = [axis.name for axis in spec.axes]
     for axis in spec.report.get("rows", []):
         if axis not in axis_names:
             raise UserError(f"{spec.path}: report.rows: unknown axis {axis!r}; valid: {', '.join(axis_names)}")
     for column in spec.report.get("columns", []):
-        if _column_key(column) not in spec.metrics:
-            raise UserError(f"{spec.path}: report.columns: metric {_column_key(column)!r} is not in the spec's "
+        if column_key(column) not in spec.metrics:
+            raise UserError(f"{spec.path}: report.columns: metric {column_key(column)!r} is not in the spec's "
                             f"metrics: {', '.join(spec.metrics)}")
     for column, source in spec.report.get("teacher_from", {}).items():
         if column not in spec.metrics or source not in spec.metrics:

@@ -6,31 +6,52 @@ from __future__ import annotations
 import copy
 
 from harness.config.schema import SlimConfig
+from harness.evaluation.backends import SPEED_RATIOS, inference_backends
 from harness.evaluation.evaluate import evaluate, validate_eval_config
+from harness.evaluation.task_metrics import (check_task_metric, evaluated_tasks, include_paths, parse_task_metric,
+                                             store_metrics, task_index)
 from harness.grid.cells._params import PARAM_METRICS
 from harness.grid.cells.run import DISTILL_CURVES, DISTILL_METRICS, run_cell, validate_run
 from harness.grid.kinds import CellOutput, register_kind
 
-# Headline metric per local task (kjv_next_verse is scored by mutual information: plain acc ranks verses by
-# their own likelihood); other lm-eval tasks are stored too, as "<task>/<metric>".
-TASK_METRICS = ("kjv_cloze/acc", "kjv_next_verse/acc_mutual_info", "kjv_complete/exact_match")
-MTP_METRICS = ("mtp_acc_0", "mtp_acc_1", "mtp_acc_2", "mtp_tokens_per_step")
-EFFICIENCY_METRICS = ("prefill_speedup", "decode_speedup", "memory_ratio")
-EVAL_METRICS = (*TASK_METRICS, "eval_perplexity", "eval_expert_flops_saved", *MTP_METRICS, *EFFICIENCY_METRICS)
+# Benchmark scores are stored as "<task>/<metric>[,<filter>]" (harness.evaluation.task_metrics), any that lm-eval
+# declares for a task. mtp_acc_k (the paper's acc_k, k = 1..eval.mtp.num_draft_tokens): share of positions where the
+# first k MTP drafts are all accepted (eval_summary.json's mtp_acceptance.acc[k - 1]).
+MTP_METRICS = (*(f"mtp_acc_{k}" for k in range(1, 9)), "mtp_tokens_per_step")
+# Student vs teacher speed and memory under transformers, and `<backend>_<ratio>` under each backend of
+# eval.efficiency.backends that could run (vllm_decode_speedup, ...).
+EFFICIENCY_METRICS = ("prefill_speedup", "decode_speedup", "memory_ratio",
+                      *(f"{name}_{ratio}" for name in inference_backends.keys() for ratio in SPEED_RATIOS))
+EVAL_METRICS = ("eval_perplexity", "eval_expert_flops_saved", *MTP_METRICS, *EFFICIENCY_METRICS)
+
+
+def check_task_metrics(names: list[str], configs: list[SlimConfig]) -> list[str]:
+    """Each `<task>/<metric>[,<filter>]` must be one lm-eval declares for the task (its YAML config, with the cells'
+    eval.include_path folders); returns those no cell's eval.tasks evaluates."""
+    evaluated: set[str] = set()
+    for paths in sorted({include_paths(cfg.eval.include_path) for cfg in configs}):
+        index = task_index(paths)
+        for name in names:
+            check_task_metric(name, index)
+        tasks = {tuple(cfg.eval.tasks) for cfg in configs if include_paths(cfg.eval.include_path) == paths}
+        evaluated |= {task for names_run in tasks for task in evaluated_tasks(names_run, index)}
+    return [name for name in names if parse_task_metric(name).task not in evaluated]
 
 
 def eval_metrics(summary: dict) -> dict[str, float]:
     """Flatten an eval summary into the store's float metrics (absent parts are simply missing)."""
-    metrics = {f"{task}/{name}": value for task, scores in summary.get("lm_eval", {}).items()
-               for name, value in scores.items()}
+    metrics = store_metrics(summary.get("lm_eval", {}))
     if summary.get("perplexity") is not None:
         metrics["eval_perplexity"] = float(summary["perplexity"])
         metrics["eval_expert_flops_saved"] = float(summary["expert_flops_saved"]["overall"])
     acc = (summary.get("mtp_acceptance") or {}).get("acc")
     if acc:
-        metrics.update({f"mtp_acc_{j}": value for j, value in enumerate(acc)})
+        metrics.update({f"mtp_acc_{k}": value for k, value in enumerate(acc, start=1)})
         metrics["mtp_tokens_per_step"] = float(summary["mtp_acceptance"]["tokens_per_step"])
-    metrics.update((summary.get("efficiency") or {}).get("student_vs_teacher", {}))
+    efficiency = summary.get("efficiency") or {}
+    metrics.update(efficiency.get("student_vs_teacher", {}))
+    for name, measured in efficiency.get("backends", {}).items():
+        metrics.update({f"{name}_{ratio}": value for ratio, value in measured.get("student_vs_teacher", {}).items()})
     return metrics
 
 
@@ -40,7 +61,7 @@ def validate_run_eval(cfg: SlimConfig) -> None:
 
 
 @register_kind("run_eval", metrics=(*DISTILL_METRICS, *PARAM_METRICS, *EVAL_METRICS), validate=validate_run_eval,
-               curves=DISTILL_CURVES)
+               curves=DISTILL_CURVES, task_metrics=check_task_metrics)
 def run_eval_cell(cfg: SlimConfig) -> CellOutput:
     """Compress + distill, then evaluate the distilled student against the original teacher."""
     trained = run_cell(cfg)
