@@ -10,6 +10,7 @@ import pytest
 from harness.cli.main import main
 from harness.errors import UserError
 from harness.grid import ResultsStore, cell_kinds, expand, load_spec, prepare_grid, run_grid
+from harness.grid.figures import write_cell_figures
 from harness.grid.report import cell_results
 from reports import load_run_metrics
 from tests.grid_echo import KILL_MARKER, SimulatedKill, calls, write_spec
@@ -172,6 +173,9 @@ def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):  # 
     assert results[1].curves == {"val/loss": trained["artifacts"]["metrics"]} and not results[0].curves
     logged = {name for values in load_run_metrics(trained["artifacts"]["metrics"]).values() for name in values}
     assert logged - {"epoch"} <= set(cell_kinds.get("run").curves)  # what report.curve.metric is checked against
+    students = [Path(row["artifacts"]["student"]) for row in rows]  # compressed; distilled (a copy of its report)
+    assert write_cell_figures(rows) == students  # what `slim report` draws beside each student
+    assert all((student / "compression_merge_map.png").is_file() for student in students)
 
 
 def test_teacher_row_comes_from_the_first_finished_cell_reporting_it():
