@@ -35,10 +35,13 @@ def cell_report_files(rows: list[dict[str, Any]]) -> list[Path]:
 def write_cell_figures(rows: list[dict[str, Any]]) -> list[Path]:
     """Write the missing or outdated compression figures of the grid's finished cells; the student directories
     that have their figures afterwards (a plotting failure is one warning line and leaves its directory out)."""
-    from reports.compression_figures import figure_names
+    files = cell_report_files(rows)
+    if not files:
+        return []
+    from reports.compression_figures import figure_names  # matplotlib: only when there is something to draw
 
     done = []
-    for report_file in cell_report_files(rows):
+    for report_file in files:
         report = json.loads(report_file.read_text())
         names = figure_names(report)
         if _current(report_file, names) or write_figures(report, report_file.parent):
