@@ -39,7 +39,7 @@ def trial_overrides(teacher) -> list[str]:  # noqa: F811
 def write_spec(tmp_path: Path, **fields) -> Path:
     spec = {"name": "lr", "space": {"train.lr": {"type": "categorical", "choices": [GOOD_LR, BAD_LR]}},
             "n_trials": 4, "output_dir": str(tmp_path / "search"),
-            "pruner": {"kind": "median", "monitor": "val/loss", "n_startup_trials": 1}, **fields}
+            "pruner": {"kind": "median", "monitor": "val/ppl", "n_startup_trials": 1}, **fields}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -63,6 +63,8 @@ def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(te
     assert {trial.params["train.lr"] for trial in pruned} >= {BAD_LR}, [(t.params, t.state) for t in study.trials]
     assert all(set(trial.intermediate_values) <= {2, 4} for trial in study.trials)  # keyed by optimizer step
     assert study.best_trial.params == {"train.lr": GOOD_LR}
+    # a pruned trial keeps its last val/ppl: a perplexity like the finished trials' values (a loss would be ~7 nats)
+    assert all(trial.value > study.best_value for trial in pruned), [(t.value, t.state) for t in study.trials]
 
     recipe = load_config(files=[str(tmp_path / "search" / RECIPE_FILE)])
     assert recipe.train.lr == GOOD_LR and recipe.train.max_steps == 4
@@ -157,13 +159,27 @@ def test_bad_space_value_and_enqueued_trial_are_refused(teacher, tmp_path):  # n
     ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "step": 2}}}, r"space.train.lr: unknown key 'step'"),
     ({"objective": {"metric": "val/acc"}}, r"objective.metric: unknown 'val/acc'; valid: val_perplexity"),
     ({"pruner": {"kind": "hyperband"}}, r"pruner.kind: unknown 'hyperband'; valid: median, threshold, none"),
-    ({"pruner": {"monitor": "val_loss"}}, r"pruner.monitor: unknown 'val_loss'; valid: val/loss, val/ppl, val/kd"),
+    ({"pruner": {"monitor": "val/loss"}}, r"pruner.monitor: 'val/loss' is not in the unit of objective.metric "
+                                          r"'val_perplexity' .*; use 'val/ppl'"),
+    ({"objective": {"metric": "wall_seconds"}}, r"pruner.kind: objective.metric 'wall_seconds' is not measured"),
     ({"n_trials": 0}, r"n_trials: need an integer >= 1"),
 ])
 def test_malformed_spec_fails_naming_the_field(tmp_path, fields, message):
     """Spec structure errors are one line naming the spec key."""
     with pytest.raises(UserError, match=message):
         parse_spec(write_spec(tmp_path, **fields))
+
+
+def test_pruner_monitors_the_objective_and_the_command_line_sets_n_trials(tmp_path):
+    """The pruner's monitor defaults to the objective's in-training counterpart (val/ppl for val_perplexity);
+    `--n-trials` replaces the spec's n_trials, and `n_trials=N` given as a config override names the flag."""
+    spec = parse_spec(write_spec(tmp_path, pruner={"kind": "median"}), n_trials=2)
+    assert (spec.pruner.monitor, spec.n_trials) == ("val/ppl", 2)
+    with pytest.raises(UserError, match="--n-trials: need an integer >= 1"):
+        parse_spec(write_spec(tmp_path), n_trials=0)
+    with pytest.raises(UserError, match="'n_trials=3': n_trials is a search spec key, not a config key; use "
+                                        "--n-trials 3"):
+        parse_spec(write_spec(tmp_path), overrides=["n_trials=3"])
 
 
 def test_shipped_search_specs_validate():

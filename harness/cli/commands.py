@@ -242,14 +242,17 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     """`slim search`: the spec file and how many worker processes share the study."""
     parser.add_argument("spec", metavar="SPEC", help="search spec YAML, e.g. conf/search/tiny.yaml")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on the study's storage")
+    parser.add_argument("--n-trials", type=int, default=None, metavar="N",
+                        help="finished trials the study runs to (default: the spec's n_trials)")
 
 
 def search(args: argparse.Namespace) -> int:
-    """Run an Optuna search (`slim search conf/search/tiny.yaml [recipe.yaml] [key=value] [--workers N]`): recipe
-    files replace the spec's `scale`, overrides apply to every trial; writes <output_dir>/best_recipe.yaml."""
+    """Run an Optuna search (`slim search conf/search/tiny.yaml [recipe.yaml] [key=value] [--workers N]
+    [--n-trials N]`): recipe files replace the spec's `scale`, overrides apply to every trial; writes
+    <output_dir>/best_recipe.yaml."""
     from harness.search.spec import parse_spec
     from harness.search.study import run_search
 
     files, overrides = _sources(args)
-    print(json.dumps(run_search(parse_spec(args.spec, files, overrides), args.workers), indent=2))
+    print(json.dumps(run_search(parse_spec(args.spec, files, overrides, args.n_trials), args.workers), indent=2))
     return 0

@@ -16,7 +16,7 @@ storage: ""                       # "" = journal file <output_dir>/study.journal
                                   # or a shared filesystem); a path = that journal file; an RDB URL for a
                                   # cluster (postgresql://..., mysql://...); sqlite:///... is safe for one worker
 output_dir: runs/search/<name>
-pruner: {kind: median, monitor: val/loss, n_startup_trials: 5, n_warmup_steps: 0}
+pruner: {kind: median, monitor: val/ppl, n_startup_trials: 5, n_warmup_steps: 0}   # monitor: see MONITORS
 ```
 """
 
@@ -39,7 +39,11 @@ SPEC_KEYS = ("name", "description", "scale", "base", "space", "enqueue", "object
 PARAM_TYPES = ("float", "int", "categorical")
 DIRECTIONS = ("minimize", "maximize")
 PRUNERS = ("median", "threshold", "none")
-MONITORS = ("val/loss", "val/ppl", "val/kd")  # what the distillation module logs at each validation
+# Objective -> the same quantity as the distillation module logs it at each validation (on train.val_batches
+# batches), which the pruner compares across trials. Optuna keeps a pruned trial's last report as its value, so the
+# monitor must be in the objective's unit: pruned and finished trials then both hold perplexities. An objective
+# without an entry is not measured during training and cannot be pruned.
+MONITORS = {"val_perplexity": "val/ppl"}
 JOURNAL_FILE = "study.journal"  # the default storage, in the output dir
 
 
@@ -72,7 +76,7 @@ class PrunerSpec:
     """How bad trials stop early: the pruner compares `monitor`, reported at each validation, across trials."""
 
     kind: str = "median"
-    monitor: str = "val/loss"
+    monitor: str = ""  # "" = the objective's counterpart in MONITORS
     n_startup_trials: int = 5  # median: completed trials before any pruning
     n_warmup_steps: int = 0  # no pruning before this optimizer step
     lower: float | None = None  # threshold: prune below / above these
@@ -130,13 +134,21 @@ def _param(key: str, raw: Any, where: str) -> Param:
     return param
 
 
-def _pruner(raw: dict[str, Any], where: str) -> PrunerSpec:
+def _pruner(raw: dict[str, Any], where: str, metric: str) -> PrunerSpec:
+    """The pruner, its monitor the objective's in-training counterpart (MONITORS)."""
     _unknown(raw, [f.name for f in fields(PrunerSpec)], where)
     pruner = PrunerSpec(**raw)
     if pruner.kind not in PRUNERS:
         raise UserError(f"{where}.kind: unknown {pruner.kind!r}; valid: {', '.join(PRUNERS)}")
-    if pruner.monitor not in MONITORS:
-        raise UserError(f"{where}.monitor: unknown {pruner.monitor!r}; valid: {', '.join(MONITORS)}")
+    if pruner.kind == "none":
+        return pruner
+    if metric not in MONITORS:
+        raise UserError(f"{where}.kind: objective.metric {metric!r} is not measured during training, so no trial can "
+                        f"be pruned on it; set kind: none (prunable objectives: {', '.join(MONITORS)})")
+    if pruner.monitor not in ("", MONITORS[metric]):
+        raise UserError(f"{where}.monitor: {pruner.monitor!r} is not in the unit of objective.metric {metric!r} (a "
+                        f"pruned trial keeps its last monitored value as its value); use {MONITORS[metric]!r}")
+    pruner = PrunerSpec(**{**raw, "monitor": MONITORS[metric]})
     if pruner.kind == "threshold" and pruner.lower is None and pruner.upper is None:
         raise UserError(f"{where}: kind threshold needs lower and/or upper")
     return pruner
@@ -169,17 +181,29 @@ def _read(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _spec_key_override(overrides: list[str] | tuple[str, ...]) -> None:
+    """A `key=value` naming a spec key (not a config key) gets the flag to use instead of 'unknown config key'."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in SPEC_KEYS:
+            fix = f"use --n-trials {item.partition('=')[2]}" if key == "n_trials" else "edit the spec to change it"
+            raise UserError(f"{item!r}: {key} is a search spec key, not a config key; {fix}")
+
+
 def parse_spec(path: str | Path, files: list[str] | tuple[str, ...] = (),
-               overrides: list[str] | tuple[str, ...] = ()) -> SearchSpec:
-    """Parse a search spec; `files` (recipe files) replace its `scale`, `overrides` (`key=value`) follow its `base`."""
+               overrides: list[str] | tuple[str, ...] = (), n_trials: int | None = None) -> SearchSpec:
+    """Parse a search spec; `files` (recipe files) replace its `scale`, `overrides` (`key=value`) follow its `base`,
+    `n_trials` (the command line's `--n-trials`) replaces its `n_trials`."""
     path = Path(path)
+    _spec_key_override(overrides)
     raw = _read(path)
     space = raw.get("space") or {}
     if not isinstance(space, dict) or not space:
         raise UserError(f"{path}: space: need a mapping config key -> {{type, low, high, log, choices}}")
-    n_trials = raw.get("n_trials", 10)
+    where = f"{path}: n_trials" if n_trials is None else "--n-trials"
+    n_trials = raw.get("n_trials", 10) if n_trials is None else n_trials
     if not (isinstance(n_trials, int) and n_trials >= 1):
-        raise UserError(f"{path}: n_trials: need an integer >= 1, got {n_trials!r}")
+        raise UserError(f"{where}: need an integer >= 1, got {n_trials!r}")
     name = str(raw.get("name", path.stem))
     metric, direction = _objective(raw.get("objective") or {}, f"{path}: objective")
     return SearchSpec(
@@ -195,7 +219,7 @@ def parse_spec(path: str | Path, files: list[str] | tuple[str, ...] = (),
         seed=int(raw.get("seed", 0)),
         storage=str(raw.get("storage", "")),
         output_dir=str(raw.get("output_dir", f"runs/search/{name}")),
-        pruner=_pruner(raw.get("pruner") or {}, f"{path}: pruner"),
+        pruner=_pruner(raw.get("pruner") or {}, f"{path}: pruner", metric),
     )
 
 

@@ -72,8 +72,8 @@ def objective(trial: optuna.Trial, spec: SearchSpec) -> float:
     """One `slim run` of the trial's config; the pruning callback may stop it at any validation."""
     params = {param.key: param.suggest(trial) for param in spec.space}
     out_dir = Path(spec.output_dir).resolve() / "trials" / f"{trial.number:04d}"
-    summary = run_recipe(trial_config(spec, params, out_dir, f"trial-{trial.number}"),
-                         callbacks=[StepPruning(trial, monitor=spec.pruner.monitor)])
+    pruning = [StepPruning(trial, monitor=spec.pruner.monitor)] if spec.pruner.kind != "none" else []
+    summary = run_recipe(trial_config(spec, params, out_dir, f"trial-{trial.number}"), callbacks=pruning)
     return float(summary["distill"][spec.metric])
 
 

@@ -45,7 +45,8 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
         raise UserError("train.max_steps and train.batch_size must be >= 1")
     budget = cfg.max_steps if total_steps is None else total_steps
     if cfg.warmup_steps >= budget:
-        raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({budget})")
+        raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({budget}); a short run "
+                        f"needs a shorter warmup too, e.g. train.warmup_steps={budget // 10}")
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"train.strategy: unknown {cfg.strategy!r}; valid: {', '.join(STRATEGIES)}")
     if cfg.log_every < 1:
