@@ -76,7 +76,7 @@ def test_spec_metric_is_checked_when_the_grid_is_prepared(tmp_path):
 
 def test_dry_run_lists_the_cells_of_a_spec_with_mmlu(tmp_path, capsys):
     """`slim grid --dry-run` validates a spec asking for mmlu/acc and lists each cell (key, kind, status,
-    overrides) with a note on metrics no cell evaluates, running nothing and creating no store."""
+    overrides), the shared calibration passes and the metrics no cell evaluates, running nothing, creating no store."""
     spec = benchmark_spec(tmp_path, '[val_perplexity, mmlu/acc, "gsm8k/exact_match,strict-match", kjv_cloze/acc]')
     assert main(["grid", "--dry-run", str(spec), "train.max_steps=30"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -84,7 +84,8 @@ def test_dry_run_lists_the_cells_of_a_spec_with_mmlu(tmp_path, capsys):
     assert out[0].startswith("bench: 2 cells (2 new)") and "nothing run" in out[0]
     assert [line.split()[:3] for line in out[1:3]] == [[key, "run_eval", "new"] for key in keys]
     assert out[1].endswith("distill.loss=kd train.seed=0") and out[2].endswith("distill.loss=full train.seed=0")
-    assert out[3] == ("bench: benchmark metrics no cell evaluates (not in eval.tasks at this scale), left out of "
+    assert out[3] == "bench: 2 cells calibrate in 1 shared pass (one per teacher, calibration and data config)"
+    assert out[4] == ("bench: benchmark metrics no cell evaluates (not in eval.tasks at this scale), left out of "
                       "the report: kjv_cloze/acc")
     assert not (tmp_path / "grid").exists()
 

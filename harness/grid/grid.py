@@ -3,7 +3,8 @@ holding the output folder's lock so that no other grid runs the same cells at th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,13 @@ def dry_run_lines(grid: Grid) -> list[str]:
     for cell in grid.cells:
         overrides = " ".join(format_override(key, value) for key, value in cell.overrides.items())
         lines.append(f"  {cell.key}  {cell.kind:<9} {statuses.get(cell.key, 'new'):<8} {overrides}")
+    calibrating = [cell.config for cell in grid.cells
+                   if cell_kinds.get(cell.kind).calibrates and not cell.config.compress.stats]
+    passes = {json.dumps([config.compress.teacher, asdict(config.calibration) | {"output": ""}, asdict(config.data),
+                          config.model_runtime.experts_implementation], sort_keys=True) for config in calibrating}
+    if calibrating:
+        lines.append(f"{grid.spec.name}: {len(calibrating)} cells calibrate in {len(passes)} shared pass"
+                     f"{'es' if len(passes) > 1 else ''} (one per teacher, calibration and data config)")
     return lines + list(grid.notes)
 
 

@@ -36,25 +36,29 @@ class CellKind:
     """`execute(cfg)` runs one cell; `validate(cfg)` refuses bad configs before any cell of the grid runs;
     `metrics` are the names `execute` may report (spec metrics are checked against them); `curves` are the
     per-step metric names its training logs (shell-style patterns), which a report's curve may plot; a kind with
-    `task_metrics` also reports `<task>/<metric>[,<filter>]` benchmark scores, checked by it once cells resolve."""
+    `task_metrics` also reports `<task>/<metric>[,<filter>]` benchmark scores, checked by it once cells resolve. A
+    kind that `calibrates` compress.teacher (with `calibration` on `data`) unless compress.stats is set gets the
+    grid's shared stats instead (harness.grid.calibration)."""
 
     execute: Callable[[SlimConfig], CellOutput]
     metrics: tuple[str, ...]
     validate: Callable[[SlimConfig], None] = _no_checks
     curves: tuple[str, ...] = ()
     task_metrics: TaskMetricCheck | None = None
+    calibrates: bool = False
 
 
 cell_kinds: Registry[CellKind] = Registry("grid cell kind", "harness.grid.cells")
 
 
 def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks,
-                  curves: tuple[str, ...] = (), task_metrics: TaskMetricCheck | None = None
+                  curves: tuple[str, ...] = (), task_metrics: TaskMetricCheck | None = None, calibrates: bool = False
                   ) -> Callable[[Callable[[SlimConfig], CellOutput]], Callable[[SlimConfig], CellOutput]]:
     """Decorator: `@register_kind("run", metrics=(...), validate=..., curves=(...))` on the cell function."""
 
     def decorator(execute: Callable[[SlimConfig], CellOutput]) -> Callable[[SlimConfig], CellOutput]:
-        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate, tuple(curves), task_metrics))
+        cell_kinds.register(name)(CellKind(execute, tuple(metrics), validate, tuple(curves), task_metrics,
+                                           calibrates))
         return execute
 
     return decorator

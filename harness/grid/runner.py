@@ -1,7 +1,8 @@
 """Run grid cells and record each one in the results store.
 
 `execute_cell` is the one job function: the in-process loop, the parallel worker processes and the
-submitit jobs all call it, so every launcher writes the same rows. A cell that raises is recorded as
+submitit jobs all call it, so every launcher writes the same rows (and cells share calibration passes the same
+way: harness.grid.calibration). A cell that raises is recorded as
 failed (error + traceback) and the grid goes on; a process killed mid-cell leaves its row `running`,
 and the next run of the grid runs it again. Finished (`done`) cells are never rerun. Worker processes die
 with the grid process (Linux `PR_SET_PDEATHSIG`), so a killed grid leaves no cell running behind it.
@@ -24,7 +25,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.config.schema import SlimConfig
 from harness.distributed import rank
+from harness.grid.calibration import with_shared_stats
 from harness.grid.expand import Cell
 from harness.grid.kinds import CellKind, cell_kinds
 from harness.grid.store import ResultsStore
@@ -49,16 +52,21 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}" + (f":job{job}" if job else "")
 
 
+def _cell_config(store_path: str, cell: Cell, kind: CellKind) -> SlimConfig:
+    """The config the cell runs: with the grid's shared calibration stats when its kind calibrates."""
+    return with_shared_stats(cell.config, Path(store_path).parent) if kind.calibrates else cell.config
+
+
 def execute_cell(store_path: str, cell: Cell, kind: CellKind) -> str:
     """Run one cell and record it; returns its final status. `kind` travels with the call so jobs in other
     processes need no registry lookup (a kind registered outside harness/grid/cells works too)."""
     if rank() != 0:  # a cell of a multi-task job: every task runs it, rank 0 alone records it
-        kind.execute(cell.config)
+        kind.execute(_cell_config(store_path, cell, kind))
         return "done"
     with ResultsStore(store_path) as store:
         store.mark_running(cell.key, _worker(), code_version())
         try:
-            output = kind.execute(cell.config)
+            output = kind.execute(_cell_config(store_path, cell, kind))
             metrics = {name: float(value) for name, value in output.metrics.items()}
         except Exception as err:  # noqa: BLE001 - a failed cell must not stop the grid
             store.mark_failed(cell.key, f"{type(err).__name__}: {err}".splitlines()[0],

@@ -37,7 +37,7 @@ def _perplexities(cfg: SlimConfig) -> dict[str, float]:
 
 
 @register_kind("compress", metrics=("val_perplexity", "teacher_val_perplexity", *PARAM_METRICS),
-               validate=validate_compress)
+               validate=validate_compress, calibrates=True)
 def compress_cell(cfg: SlimConfig) -> CellOutput:
     """Compress the teacher and score student and teacher on the validation split (same batches as `run`)."""
     report = compress(cfg)

@@ -29,7 +29,8 @@ def validate_run(cfg: SlimConfig) -> None:
     plan_stages(cfg, teacher)
 
 
-@register_kind("run", metrics=(*DISTILL_METRICS, *PARAM_METRICS), validate=validate_run, curves=DISTILL_CURVES)
+@register_kind("run", metrics=(*DISTILL_METRICS, *PARAM_METRICS), validate=validate_run, curves=DISTILL_CURVES,
+               calibrates=True)
 def run_cell(cfg: SlimConfig) -> CellOutput:
     """Compress and distill the student; metrics are the final distillation summary and parameter counts."""
     summary = run_recipe(cfg)

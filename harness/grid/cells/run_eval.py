@@ -61,7 +61,7 @@ def validate_run_eval(cfg: SlimConfig) -> None:
 
 
 @register_kind("run_eval", metrics=(*DISTILL_METRICS, *PARAM_METRICS, *EVAL_METRICS), validate=validate_run_eval,
-               curves=DISTILL_CURVES, task_metrics=check_task_metrics)
+               curves=DISTILL_CURVES, task_metrics=check_task_metrics, calibrates=True)
 def run_eval_cell(cfg: SlimConfig) -> CellOutput:
     """Compress + distill, then evaluate the distilled student against the original teacher."""
     trained = run_cell(cfg)
