@@ -10,8 +10,9 @@ import pytest
 from harness.cli.main import main
 from harness.errors import UserError
 from harness.evaluation.task_metrics import check_task_metric, evaluated_tasks, store_metrics, task_index
-from harness.grid import expand, load_spec, prepare_grid
+from harness.grid import expand, load_spec, prepare_grid, run_grid
 from harness.grid.expand import select_cells
+from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 TINY_SCALE = "scale: [conf/recipes/tiny-slimqwen.yaml, ablations/tiny.yaml]\n"
 
@@ -104,3 +105,83 @@ def test_axis_and_seed_overrides_narrow_the_grid_without_changing_keys(tmp_path)
             ] == [0, 1, 2]
     with pytest.raises(UserError, match=r"axes.method=Prun: axis 'method' has no value 'Prun'; valid: Prune"):
         select_cells(spec, ["axes.method=Prun"])
+
+
+ECHO_TASK = """task: echo_words
+custom_dataset: !function echo_data.load
+test_split: test
+output_type: generate_until
+doc_to_text: "{{context}}"
+doc_to_target: "{{target}}"
+generation_kwargs: {until: ["\\n"], do_sample: false, max_gen_toks: 4}
+filter_list:
+  - name: first_word
+    filter:
+      - {function: regex, regex_pattern: "(\\\\w+)"}
+      - {function: take_first}
+metric_list:
+  - {metric: exact_match, aggregation: mean, higher_is_better: true}
+metadata: {version: 1.0}
+"""
+ECHO_DATA = """from datasets import Dataset, DatasetDict
+
+
+def load(**_metadata):
+    items = [{"context": "In the beginning God created the", "target": "heaven"},
+             {"context": "And God said, Let there be", "target": "light"}]
+    return DatasetDict({"test": Dataset.from_list(items)})
+"""
+TINY_RUN_EVAL = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2",
+                 "train.val_batches=1", "distill.loss=kd", "compress.experts.num_experts=4", "eval.device=cpu",
+                 "eval.batch_size=2", "eval.perplexity_batches=1", "eval.efficiency.enabled=false",
+                 "eval.mtp.num_prompts=1", "eval.mtp.prompt_len=8", "eval.mtp.new_tokens=4"]
+
+
+def test_local_task_with_a_filter_is_read_from_the_store(teacher, tmp_path):  # noqa: F811
+    """A task folder of our own (eval.include_path, lm-eval's --include_path) whose metric has one filter: the spec
+    names it with and without the filter, both are checked against its YAML, and a run_eval cell stores both."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "echo_words.yaml").write_text(ECHO_TASK)
+    (tasks / "echo_data.py").write_text(ECHO_DATA)
+    teacher_dir, stats, base = teacher
+    overrides = [*base, *TINY_RUN_EVAL, f"compress.teacher={teacher_dir}", f"compress.stats={stats}"]
+
+    def spec(filter_name: str) -> Path:
+        path = tmp_path / f"echo-{filter_name}.yaml"
+        path.write_text(f"name: echo\nkind: run_eval\noutput_dir: {tmp_path / 'grid'}\n"
+                        f"base: {{eval.tasks: [echo_words], eval.include_path: [{tasks}]}}\naxes:\n  train.lr: [0.001]\n"
+                        f'metrics: [val_perplexity, "echo_words/exact_match,{filter_name}", echo_words/exact_match]\n')
+        return path
+
+    with pytest.raises(UserError, match=r"task 'echo_words' has no filter 'strip' for 'exact_match'"):
+        prepare_grid(spec("strip"), overrides=overrides)
+    grid = prepare_grid(spec("first_word"), overrides=overrides)
+    assert not grid.notes
+    [row] = run_grid(grid)
+    assert row["status"] == "done", row["error"]
+    score = row["metrics"]["echo_words/exact_match,first_word"]
+    assert row["metrics"]["echo_words/exact_match"] == score and 0.0 <= score <= 1.0
+
+
+def test_vllm_backend_is_skipped_where_it_cannot_run():
+    """Without vllm (or a GPU) the backend is recorded as skipped with the reason and adds no metric; a backend that
+    ran adds `<backend>_<ratio>` metrics; an unknown backend name is refused with the closest one."""
+    from harness.config.schema import EfficiencyConfig, EvalConfig
+    from harness.evaluation.backends import backend_summaries, inference_backends
+    from harness.evaluation.evaluate import validate_eval_config
+    from harness.grid.cells.run_eval import eval_metrics
+
+    reason = inference_backends.get("vllm").unavailable()
+    if reason is None:
+        pytest.skip("vllm runs here")
+    skipped = backend_summaries(["vllm"], "student", "teacher", [[1, 2, 3]], EfficiencyConfig())
+    assert skipped == {"vllm": {"skipped": reason}}
+    assert eval_metrics({"efficiency": {"backends": skipped}}) == {}
+    ran = {"vllm": {"student_vs_teacher": {"prefill_speedup": 2.0, "decode_speedup": 1.5}}}
+    assert eval_metrics({"efficiency": {"backends": ran}}) == {"vllm_prefill_speedup": 2.0, "vllm_decode_speedup": 1.5}
+    config = EvalConfig()
+    config.efficiency.backends = ["vlm"]
+    with pytest.raises(UserError, match=r"eval.efficiency.backends: unknown inference backend 'vlm' \(did you mean "
+                                        r"'vllm'\?\)"):
+        validate_eval_config(config)

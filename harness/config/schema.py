@@ -219,7 +219,8 @@ class DistillConfig:
 class MTPAcceptanceConfig:
     """Speculative-decoding acceptance of the model's MTP drafter (SlimQwen Table 4)."""
 
-    num_draft_tokens: int = 0  # K drafts per step (acc_0..acc_{K-1}); 0 = the MTP depth D; beyond D the last depth is reused
+    # K drafts per step (acc_1..acc_K: mtp_acc_k in a grid's store); 0 = the MTP depth D; beyond D the last depth is reused
+    num_draft_tokens: int = 0
     num_prompts: int = 8  # held-out prompts, each continued greedily
     prompt_len: int = 64  # prompt tokens
     new_tokens: int = 64  # greedy tokens generated per prompt (must exceed num_draft_tokens)
