@@ -185,3 +185,17 @@ def test_vllm_backend_is_skipped_where_it_cannot_run():
     with pytest.raises(UserError, match=r"eval.efficiency.backends: unknown inference backend 'vlm' \(did you mean "
                                         r"'vllm'\?\)"):
         validate_eval_config(config)
+
+
+@pytest.mark.parametrize("table, scale, paper", [("table1", "paper", "mmlu/acc"), ("table2", "paper", "bbh/exact_match"),
+                                                 ("table10", "paper-table10", "mmmlu/acc")])
+def test_paper_scale_files_pick_the_papers_columns(table, scale, paper):
+    """With ablations/scale/<paper>.yaml the cells evaluate the paper's lm-eval tasks: every paper column of the
+    spec is evaluated and kept, the KJV ones are left out (and the other way round at the tiny scale)."""
+    files = ["conf/recipes/tiny-slimqwen.yaml", "ablations/tiny.yaml", f"ablations/scale/{scale}.yaml"]
+    narrow = ["axes.setting=Trained", "axes.method=Prune", "axes.compress.experts.criterion=freq"]
+    overrides = narrow if table == "table2" else []
+    columns = [column[0] for column in prepare_grid(f"ablations/{table}.yaml", files, overrides).spec.report["columns"]]
+    assert paper in columns and not any(column.startswith("kjv") for column in columns)
+    tiny = [column[0] for column in prepare_grid(f"ablations/{table}.yaml", None, overrides).spec.report["columns"]]
+    assert paper not in tiny and any(column.startswith("kjv") for column in tiny)
