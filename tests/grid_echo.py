@@ -43,6 +43,7 @@ def echo_cell(cfg: SlimConfig) -> CellOutput:
     """Cheap cell: value = 10 lr + seed; lr 0.5 fails; lr 0.2 is 'killed' once when the grid folder is armed.
     It declares the curve `echo/loss` but logs none, like a run too short to reach its first validation."""
     grid_dir = _grid_dir(cfg)
+    print(f"echo cell lr={cfg.train.lr}")
     with open(grid_dir / "calls.log", "a") as log:
         log.write(f"{cfg.train.lr} {cfg.train.seed}\n")
     if cfg.train.lr == 0.5:

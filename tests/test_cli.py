@@ -87,3 +87,37 @@ def test_methods_lists_every_registered_entry():
         assert f"{registry.family}:" in result.stdout
         for name, doc in registry.describe():
             assert name in result.stdout and doc in result.stdout
+
+
+LIBRARY_NOTICES = """
+import sys, warnings
+from harness.verbosity import configure_output
+configure_output(sys.argv[1] == "verbose")
+from lightning.pytorch.utilities import rank_zero_info
+from transformers.utils import logging as transformers_logging
+rank_zero_info("lightning-info-line")  # how Lightning prints its litlogger tip and device banner
+warnings.warn("deprecated-thing", FutureWarning)
+transformers_logging.get_logger("transformers.modeling_utils").warning("transformers-warning-line")
+print("harness-line")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_library_notices_only_with_verbose(mode: str):
+    """Quiet by default: Lightning's info lines, deprecation warnings and transformers' warnings are hidden, the
+    harness's own output is not; `--verbose` (configure_output(True)) shows them."""
+    result = subprocess.run([sys.executable, "-c", LIBRARY_NOTICES, mode], capture_output=True, text=True,
+                            timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "harness-line" in output, output
+    notices = ("lightning-info-line", "deprecated-thing", "transformers-warning-line")
+    assert [notice in output for notice in notices] == [mode == "verbose"] * 3, output
+
+
+def test_verbose_flag_before_or_after_the_subcommand():
+    """`slim --verbose COMMAND` and `slim COMMAND --verbose` both turn verbose output on."""
+    from harness.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--verbose", "config"]).verbose and parser.parse_args(["config", "--verbose"]).verbose
+    assert not parser.parse_args(["config"]).verbose

@@ -12,6 +12,7 @@ from harness.errors import UserError
 from harness.grid import ResultsStore, cell_kinds, expand, load_spec, prepare_grid, run_grid
 from harness.grid.figures import write_cell_figures
 from harness.grid.report import cell_results
+from harness.grid.runner import cell_log
 from reports import load_run_metrics
 from tests.grid_echo import KILL_MARKER, SimulatedKill, calls, write_spec
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
@@ -104,11 +105,15 @@ def test_killed_grid_resumes_without_redoing_finished_cells(tmp_path):
     assert len(calls(tmp_path)) == 4
 
 
-def test_parallel_workers_record_the_same_rows(tmp_path):
-    """Two worker processes give the metrics of the sequential runner, a failing cell isolated."""
+def test_parallel_workers_record_the_same_rows(tmp_path, capfd):
+    """Two worker processes give the metrics of the sequential runner, a failing cell isolated; each worker's output
+    goes to its cell's log, not to the terminal, where the bars of two workers would interleave."""
     grid = prepare_grid(write_spec(tmp_path, "axes:\n  train.lr: [0.1, 0.5]\nmetrics: [value]\n"))
     rows = run_grid(grid, workers=2)
     assert [row["status"] for row in rows] == ["done", "failed"] and rows[0]["metrics"] == {"value": pytest.approx(1.0)}
+    terminal = capfd.readouterr()
+    assert "echo cell" not in terminal.out + terminal.err
+    assert [cell_log(cell).read_text() for cell in grid.cells] == ["echo cell lr=0.1\n", "echo cell lr=0.5\n"]
 
 
 def test_submitit_local_executor_matches_inprocess(tmp_path):
@@ -128,10 +133,11 @@ def test_cli_grid_then_report_writes_the_table(tmp_path, capsys):
                                 "report: {caption: Toy, label: tab:toy, rows: [train.lr], columns: [[value, Value]]}\n")
     assert main(["grid", str(spec), "train.max_steps=3"]) == 0
     assert "toy: 4/4 cells done, 0 failed" in capsys.readouterr().out
-    assert main(["report", str(spec), "train.max_steps=3"]) == 0
+    assert main(["report", str(spec)]) == 0  # the overrides the grid ran with, recorded in its folder
+    assert "as the last `slim grid` here ran: train.max_steps=3" in capsys.readouterr().out
     tex = (tmp_path / "grid" / "report" / "toy.tex").read_text()
     assert "Value" in tex and "1.50" in tex  # lr 0.1: mean over seeds 0 and 1 of 10 lr + seed
-    assert main(["report", str(spec)]) == 2  # other overrides, other cells: none finished
+    assert main(["report", str(spec), "train.max_steps=4"]) == 2  # other overrides, other cells: none finished
     assert "no finished cells" in capsys.readouterr().err
 
 

@@ -179,11 +179,18 @@ def grid_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check the spec and every cell, list the cells (key, kind, status, overrides), run none")
 
 
-def _grid(args: argparse.Namespace):
+def _grid(args: argparse.Namespace, recorded: bool = False):
+    """The grid of the command line's spec, recipe files and overrides; with `recorded` and none of them given, those
+    the last `slim grid` of the spec on the output folder ran with (harness/grid/invocation.py)."""
     from harness.grid import prepare_grid
+    from harness.grid.invocation import recorded_args
 
     files, overrides = _sources(args)
-    return prepare_grid(args.spec, files or None, overrides, args.output_dir)
+    if recorded and not files and not overrides and (last := recorded_args(args.spec, args.output_dir)):
+        files, overrides = last
+        if files or overrides:
+            print(f"as the last `slim grid` here ran: {' '.join([*files, *overrides])}")
+    return prepare_grid(args.spec, files or None, overrides, args.output_dir), files, overrides
 
 
 def grid(args: argparse.Namespace) -> int:
@@ -191,20 +198,25 @@ def grid(args: argparse.Namespace) -> int:
     spec's tiny `scale`, overrides apply to every cell; finished cells are skipped, failed ones recorded."""
     from harness.grid import run_grid
     from harness.grid.grid import dry_run_lines
+    from harness.grid.invocation import record_args
+    from harness.grid.runner import cell_log
 
-    prepared = _grid(args)
+    prepared, files, overrides = _grid(args)
     if args.dry_run:
         print("\n".join(dry_run_lines(prepared)))
         return 0
     if note := prepared.stale_note():
         print(note)
+    record_args(prepared.output_dir, prepared.spec.name, files, overrides)
     rows = run_grid(prepared, args.launcher, args.workers, args.cluster)
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "failed", "running")}
     print(f"{prepared.spec.name}: {counts['done']}/{len(prepared.cells)} cells done, {counts['failed']} failed "
           f"({prepared.store_path})")
+    logs = {cell.key: cell_log(cell) for cell in prepared.cells}
     for row in rows:
         if row["status"] == "failed":
-            print(f"  failed {row['key']} {row['axes']} seed={row['seed']}: {row['error']}")
+            log = f" (log: {logs[row['key']]})" if logs[row["key"]].is_file() else ""
+            print(f"  failed {row['key']} {row['axes']} seed={row['seed']}: {row['error']}{log}")
     return 0 if counts["done"] == len(prepared.cells) else 1
 
 
@@ -217,12 +229,13 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report(args: argparse.Namespace) -> int:
-    """Render a grid's table (LaTeX, or Markdown with its rows as JSON) and loss curves from its results store (same
-    spec and overrides as `slim grid`), and the compression figures beside each finished cell's student."""
+    """Render a grid's table (LaTeX, or Markdown with its rows as JSON) and loss curves from its results store, and
+    the compression figures beside each finished cell's student. Without recipe files or overrides it takes those the
+    last `slim grid` of the spec on the folder ran with."""
     from harness.grid.figures import write_cell_figures
     from harness.grid.report import no_curve_note, write_grid_markdown, write_grid_report
 
-    prepared = _grid(args)
+    prepared, _, _ = _grid(args, recorded=True)
     if note := prepared.stale_note():
         print(note)
     if args.format == "markdown":

@@ -1,18 +1,19 @@
 """`slim` command line: a plain mapping from subcommand to function (litgpt style).
 
 Every subcommand takes `key=value` overrides (`model=tiny`, `train.max_steps=100`) and
-`--config FILE` YAML files; bad input is reported as one line and exit status 2.
+`--config FILE` YAML files; bad input is reported as one line and exit status 2. Output is quiet by default
+(harness/verbosity.py); `--verbose` shows the libraries' notices and deprecation warnings too.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Callable
 
 from harness.cli import commands
 from harness.errors import UserError
+from harness.verbosity import configure_output
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prepare-data": commands.prepare_data,
@@ -41,12 +42,18 @@ EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 }
 
 
+VERBOSE_HELP = "also show the libraries' notices, progress bars and deprecation warnings (Lightning, transformers, ...)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slim", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func in SUBCOMMANDS.items():
         doc = (func.__doc__ or "").strip()
         cmd = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        # `slim run --verbose ...` as well as `slim --verbose run ...`
+        cmd.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         if name in TAKES_NO_CONFIG:
             continue
         if name in EXTRA_ARGUMENTS:
@@ -57,10 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # flash-linear-attention (gpu extra) warns at import on CPU-only machines; the harness routes CPU tensors
-    # to the torch path by design, so the warning is noise that would break one-line error output.
-    warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
     args = build_parser().parse_args(argv)
+    configure_output(args.verbose)  # before the subcommand imports any library
     try:
         return SUBCOMMANDS[args.command](args)
     except UserError as err:

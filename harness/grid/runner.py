@@ -5,7 +5,8 @@ submitit jobs all call it, so every launcher writes the same rows (and cells sha
 way: harness.grid.calibration). A cell that raises is recorded as
 failed (error + traceback) and the grid goes on; a process killed mid-cell leaves its row `running`,
 and the next run of the grid runs it again. Finished (`done`) cells are never rerun. Worker processes die
-with the grid process (Linux `PR_SET_PDEATHSIG`), so a killed grid leaves no cell running behind it.
+with the grid process (Linux `PR_SET_PDEATHSIG`), so a killed grid leaves no cell running behind it, and write
+their output to their cell's `cell.log`, so the terminal shows the grid's one progress bar, not interleaved ones.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from harness.grid.calibration import with_shared_stats
 from harness.grid.expand import Cell
 from harness.grid.kinds import CellKind, cell_kinds
 from harness.grid.store import ResultsStore
+from harness.verbosity import configure_output
 
+CELL_LOG = "cell.log"  # a parallel worker's stdout and stderr, in its cell's run_dir
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -60,6 +63,7 @@ def _cell_config(store_path: str, cell: Cell, kind: CellKind) -> SlimConfig:
 def execute_cell(store_path: str, cell: Cell, kind: CellKind) -> str:
     """Run one cell and record it; returns its final status. `kind` travels with the call so jobs in other
     processes need no registry lookup (a kind registered outside harness/grid/cells works too)."""
+    configure_output()  # a worker or submitit job keeps the grid command's --verbose choice
     if rank() != 0:  # a cell of a multi-task job: every task runs it, rank 0 alone records it
         kind.execute(_cell_config(store_path, cell, kind))
         return "done"
@@ -93,9 +97,25 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def cell_log(cell: Cell) -> Path:
+    return Path(cell.config.run_dir) / CELL_LOG
+
+
+def _log_to(path: Path) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2: C libraries and tqdm too) to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def _worker_main(parent_pid: int, store_path: str, cell: Cell, kind: CellKind) -> None:
-    """A worker process: tied to the grid process's life, then one cell."""
+    """A worker process: tied to the grid process's life, its output in the cell's log, then one cell."""
     die_with_parent(parent_pid)
+    _log_to(cell_log(cell))
     execute_cell(store_path, cell, kind)
 
 

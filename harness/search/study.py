@@ -29,6 +29,7 @@ from harness.grid.expand import format_override
 from harness.pipeline import run_recipe
 from harness.search.pruning import StepPruning
 from harness.search.spec import PrunerSpec, SearchSpec, check_spec
+from harness.verbosity import configure_output
 
 RECIPE_FILE = "best_recipe.yaml"
 SUMMARY_FILE = "search_summary.json"
@@ -80,6 +81,7 @@ def objective(trial: optuna.Trial, spec: SearchSpec) -> float:
 def run_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective = objective) -> None:
     """Run `n_trials` trials of the study (popping queued ones first, never queueing any); worker `index` samples
     with seed `spec.seed + index`."""
+    configure_output()  # a spawned worker keeps the search command's --verbose choice
     study = optuna.load_study(study_name=spec.name, storage=open_storage(spec), pruner=build_pruner(spec.pruner),
                               sampler=optuna.samplers.TPESampler(seed=spec.seed + index))
     # a trial whose sampled config is refused or diverges (NaN loss) fails; the search goes on

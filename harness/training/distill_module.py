@@ -14,7 +14,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
 
@@ -38,6 +37,7 @@ from harness.training.precision import cast_parameters, frozen_dtype, master_dty
 from harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
 from harness.training.sharded_load import empty_with_mtp, fill_pretrained
 from harness.training.teacher_cache import TeacherCache, cached_kd_term
+from harness.verbosity import note
 from kernels.kd_loss.cached_reference import cached_kd_implementations
 from kernels.kd_loss.fused_head import head_implementations
 from methods.losses import loss_mixes
@@ -83,7 +83,7 @@ def _fresh_mtp(path: str | Path, model: PreTrainedModel) -> bool:
     says so when it does."""
     fresh = bool(mtp_depth(model)) and not has_mtp_weights(path)
     if fresh:
-        rank_zero_info(f"{path}: no MTP weights; the student's {mtp_depth(model)}-depth MTP module starts "
+        note(f"{path}: no MTP weights; the student's {mtp_depth(model)}-depth MTP module starts "
                        "from a fresh init")
     return fresh
 
@@ -153,7 +153,7 @@ class DistillModule(pl.LightningModule):
             if not sharded:  # sharded: rank 0 checks the weights it reads (_shard_and_fill)
                 self.teacher_cache.check_teacher(self.teacher.model, self.distill_cfg.teacher)
         if self.teacher.mtp is not None and mtp_depth(self.teacher.model) < mtp_depth(self.student):
-            rank_zero_info("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
+            note("teacher MTP is shallower than the student's: MTP-KD targets come from its main head")
             self.teacher.mtp = None
         if self.distill_cfg.router_kd_weight > 0:
             lineage = student_lineage(self.distill_cfg.student, self.distill_cfg.teacher)
