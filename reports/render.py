@@ -1,4 +1,9 @@
-"""Write one report (table fragment, standalone document, loss curves) to a folder, each file atomically."""
+"""Write one report (table fragment, standalone document, loss curves) to a folder, each file atomically.
+
+The standalone document compiles where it lies (`pdflatex <name>_standalone.tex`) even with a TeX that lacks
+booktabs, such as the PyPI TinyTeX wheel: the unmodified booktabs.sty (LPPL 1.3c, its notice in its header) is
+copied beside it from `reports/texmf/`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from reports.latex import render_table, standalone
 from reports.results import CellResult
 from reports.spec import TableSpec
 
+BOOKTABS = Path(__file__).parent / "texmf" / "booktabs.sty"
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in the same folder and rename it, so readers never see half a file."""
@@ -21,9 +28,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def write_report(results: list[CellResult], spec: TableSpec, out_dir: str | Path,
                  curve: CurveSpec | None = CurveSpec()) -> dict[str, Path]:
-    """Write `<name>.tex`, `<name>_standalone.tex` and, when any result has the curve, `<name>_curves.png/.pdf`.
+    """Write `<name>.tex`, `<name>_standalone.tex` with `booktabs.sty` beside it and, when any result has the curve,
+    `<name>_curves.png/.pdf`.
 
-    Returns the written paths keyed "tex", "standalone", "png", "pdf".
+    Returns the written paths keyed "tex", "standalone", "booktabs", "png", "pdf".
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,6 +41,8 @@ def write_report(results: list[CellResult], spec: TableSpec, out_dir: str | Path
     for kind, (filename, text) in texts.items():
         paths[kind] = out_dir / filename
         atomic_write(paths[kind], lambda stream, text=text: stream.write(text.encode()))
+    paths["booktabs"] = out_dir / BOOKTABS.name
+    atomic_write(paths["booktabs"], lambda stream: stream.write(BOOKTABS.read_bytes()))
     if curve is not None and (lines := build_lines(results, spec, curve)):
         figure = plot_lines(lines, curve)
         for suffix in ("png", "pdf"):

@@ -14,8 +14,6 @@ import pytest
 from reports import CellResult, Column, CurveSpec, TableSpec, load_run_metrics, write_report
 from reports.latex import escape, render_table
 
-TEXMF = Path(__file__).parent / "texmf"  # booktabs.sty (LPPL, unmodified): the PyPI TinyTeX lacks it
-
 
 def cell(method: str, seed: int, **metrics: float) -> CellResult:
     return CellResult(cell=f"{method}-{seed}", axes={"method": method, "lr": 1e-3}, seed=seed, metrics=metrics)
@@ -138,7 +136,7 @@ def test_write_report_writes_every_file(tmp_path: Path):
     """Fragment, standalone, PNG and PDF curves exist and are non-empty; no temporary files remain."""
     paths = write_report(curve_results(tmp_path), spec(name="table1"), tmp_path / "out",
                          CurveSpec(tokens_per_step=4096, log_y=True, band="std"))
-    assert set(paths) == {"tex", "standalone", "png", "pdf"}
+    assert set(paths) == {"tex", "standalone", "booktabs", "png", "pdf"}
     assert all(path.stat().st_size > 0 for path in paths.values())
     assert paths["png"].read_bytes().startswith(b"\x89PNG") and paths["pdf"].read_bytes().startswith(b"%PDF")
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(path.name for path in paths.values())
@@ -146,8 +144,8 @@ def test_write_report_writes_every_file(tmp_path: Path):
 
 
 def test_no_curves_means_no_figure(tmp_path: Path):
-    """An eval-only table (no curve paths) writes the two .tex files only."""
-    assert set(write_report([cell("a", 0, acc=1.0)], spec(), tmp_path)) == {"tex", "standalone"}
+    """An eval-only table (no curve paths) writes the two .tex files (and booktabs.sty) only."""
+    assert set(write_report([cell("a", 0, acc=1.0)], spec(), tmp_path)) == {"tex", "standalone", "booktabs"}
 
 
 def pdflatex() -> Path:
@@ -164,11 +162,11 @@ def pdflatex() -> Path:
 
 
 def test_standalone_compiles_with_pdflatex(tmp_path: Path):
-    """The standalone document, with teacher, ± and bold cells, compiles to a PDF."""
+    """The standalone document, with teacher, ± and bold cells, compiles to a PDF where it lies with the PyPI TinyTeX,
+    which lacks booktabs: the report folder holds its copy."""
     paths = write_report(curve_results(tmp_path), spec(teacher={"acc": 90.0}, caption="pruned_kd & 5%"), tmp_path)
-    env = os.environ | {"TEXINPUTS": f"{TEXMF}{os.pathsep}"}  # trailing separator: then the default paths
     done = subprocess.run([str(pdflatex()), "-interaction=nonstopmode", "-halt-on-error", paths["standalone"].name],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     pdf = paths["standalone"].with_suffix(".pdf")
     assert done.returncode == 0 and pdf.exists(), done.stdout[-3000:]
     assert pdf.read_bytes().startswith(b"%PDF")
