@@ -53,6 +53,13 @@ def offline_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
     return {"name": run.display_name, "group": run.run_group, "project": run.project}, config, history
 
 
+def offline_summary(run_dir: Path) -> dict:
+    """The run summary of the single offline run under `<run_dir>/wandb` (its last value per key)."""
+    [run_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    return {item.key: json.loads(item.value_json) for record in wandb_records(run_file)
+            if record.WhichOneof("record_type") == "summary" for item in record.summary.update}
+
+
 def test_pretrain_run_logs_config_and_the_csv_metrics_to_an_offline_run(tiny_config):
     """The offline run carries the resolved config and, step for step, the values the CSV logger wrote."""
     cfg = tiny_config(*SHORT, "tracking.group=table1", "tracking.name=cell-abc")
@@ -72,8 +79,12 @@ def test_distill_run_logs_schedules_throughput_and_validation(teacher, tmp_path)
     """`slim run`'s distillation logs λ, β, LR, tokens/s and the validation KD next to the losses."""
     # The fixture's stats were calibrated on data.heldout_every=20: calibrate on this config's split instead.
     cfg = run_config(teacher, tmp_path, *LOGGED, 'compress.stats=""')
-    run_recipe(cfg)
+    summary = run_recipe(cfg)["distill"]
     _, _, history = offline_run(Path(cfg.run_dir))
+    # the whole-split perplexity of the summary JSON (and the tables) under its own name, beside val/ppl's subset
+    final = offline_summary(Path(cfg.run_dir))
+    assert final["val_perplexity"] == pytest.approx(summary["val_perplexity"])
+    assert final["teacher_val_perplexity"] == pytest.approx(summary["teacher_val_perplexity"])
     for key in ("train/loss", "train/kd", "train/lambda", "train/beta", "train/lr", "train/tokens_per_sec",
                 "val/loss", "val/kd"):
         values = [row[key] for row in history if key in row]

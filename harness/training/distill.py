@@ -20,7 +20,7 @@ from harness.models.io import read_model_config, save_pretrained, tokenizer_voca
 from harness.models.mtp import MTPModule, config_mtp_depth
 from harness.models.mtp_io import save_mtp
 from harness.outputs import check_output_dir, weights_bytes
-from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
+from harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
 from harness.training.distill_module import DistillModule, load_student
 from harness.training.fsdp import gather_unsharded
 from harness.training.router_kd import student_lineage
@@ -152,7 +152,8 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     module = module_factory(cfg.distill, cfg.train, step_offset, total_steps)
     experts = ExpertsPolicy(cfg.model_runtime.experts_implementation,
                             frozen=lambda trained: (trained.teacher.model, trained.teacher.mtp))
-    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=[*callbacks, experts])
+    loggers = wandb_loggers(cfg)
+    result = fit(module, data, cfg.train, run_dir, loggers=loggers, callbacks=[*callbacks, experts])
     trainer = result.trainer
 
     gathered = gather_unsharded((module.student, module.student_mtp), lambda: load_student(cfg.distill.student))
@@ -175,6 +176,8 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         final_beta=final_beta,
         experts_implementation=experts.implementation,
     )
+    finish_runs(loggers, {"val_perplexity": summary.val_perplexity,
+                          "teacher_val_perplexity": summary.teacher_val_perplexity})
     if trainer.is_global_zero:
         write_summary(run_dir, "distill_summary", summary)
     trainer.strategy.barrier()

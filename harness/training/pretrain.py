@@ -16,7 +16,7 @@ from harness.models.build import build_model, validate_model_config
 from harness.models.io import save_pretrained
 from harness.models.params import count_parameters
 from harness.outputs import check_output_dir
-from harness.tracking.wandb_logger import validate_tracking_config, wandb_loggers
+from harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
 from harness.training.fsdp import gather_unsharded
 from harness.training.lm_module import PretrainModule
 from harness.training.run import (
@@ -84,7 +84,8 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
     run_dir = prepare_run(cfg)
     module = PretrainModule(cfg.model, cfg.train)
     experts = ExpertsPolicy(cfg.model_runtime.experts_implementation)
-    result = fit(module, data, cfg.train, run_dir, loggers=wandb_loggers(cfg), callbacks=[experts])
+    loggers = wandb_loggers(cfg)
+    result = fit(module, data, cfg.train, run_dir, loggers=loggers, callbacks=[experts])
     trainer = result.trainer
 
     model = module.model
@@ -106,6 +107,7 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
         tokens_per_second=result.tokens_per_second(tokens_per_step),
         experts_implementation=experts.implementation,
     )
+    finish_runs(loggers, {"val_perplexity": summary.val_perplexity, "unigram_perplexity": summary.unigram_perplexity})
     if trainer.is_global_zero:
         write_summary(run_dir, "pretrain_summary", summary)
     trainer.strategy.barrier()
