@@ -127,3 +127,16 @@ def test_renamed_keys_name_the_new_key(old: str, new: str, tmp_path: Path):
     recipe.write_text(f"data:\n  {old.split('.')[1]}: x\n")
     with pytest.raises(UserError, match=rf"^config key '{old}' was renamed to '{new}'$"):
         load_config(files=[str(recipe)])
+
+
+def test_slim_max_steps_caps_the_step_budget(monkeypatch: pytest.MonkeyPatch):
+    """SLIM_MAX_STEPS=N caps train.max_steps at N, scales the warmup down and keeps at most two validations; a
+    budget already within N is left alone; a bad value is one line naming the variable."""
+    monkeypatch.setenv("SLIM_MAX_STEPS", "12")
+    train = load_config(["train.max_steps=1200", "train.warmup_steps=300", "train.val_every=100"]).train
+    assert (train.max_steps, train.warmup_steps, train.val_every) == (12, 3, 6)
+    train = load_config(["train.max_steps=8", "train.warmup_steps=2", "train.val_every=4"]).train
+    assert (train.max_steps, train.warmup_steps, train.val_every) == (8, 2, 4)
+    monkeypatch.setenv("SLIM_MAX_STEPS", "0")
+    with pytest.raises(UserError, match=r"SLIM_MAX_STEPS='0': need an integer >= 1"):
+        load_config()

@@ -4,11 +4,16 @@ A YAML file may derive from another one: its top-level `base: <path relative to 
 the file's own keys (torchtitan-style named recipes that change a few fields of a parent recipe).
 Every error is a one-line UserError naming the bad key and the valid keys (or expected type),
 raised before any work starts.
+
+`SLIM_MAX_STEPS=N` in the environment caps every resolved config's `train.max_steps` at N, its warmup shrunk by the
+same factor and at most two validations: the README's commands then run as written, in minutes
+(tests/test_readme_walk.py).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,13 +21,14 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from harness.config.schema import CHOICES, SlimConfig
+from harness.config.schema import CHOICES, SlimConfig, TrainConfig
 from harness.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BASE_KEY = "base"  # a YAML file's parent recipe
 # Keys that were renamed: old dotted key -> new one, so an old config fails naming the key to use instead.
 RENAMED_KEYS = {"data.corpus_path": "data.path", "data.tokenizer_dir": "data.tokenizer"}
+MAX_STEPS_ENV = "SLIM_MAX_STEPS"
 T = TypeVar("T")
 
 
@@ -104,6 +110,22 @@ def _preset(group: str, name: str) -> DictConfig:
     return OmegaConf.create({group: _read_yaml(CONF_DIR / group / f"{name}.yaml", group)})
 
 
+def cap_steps(train: TrainConfig) -> None:
+    """Apply `SLIM_MAX_STEPS` (when set) to `train`: max_steps at most N, warmup_steps scaled by N / max_steps
+    (rounded down, below N), val_every at most N // 2 (at least 1)."""
+    raw = os.environ.get(MAX_STEPS_ENV, "")
+    if not raw:
+        return
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"{MAX_STEPS_ENV}={raw!r}: need an integer >= 1 (or leave it unset)")
+    cap = int(raw)
+    if train.max_steps <= cap:
+        return
+    train.warmup_steps = min(train.warmup_steps * cap // train.max_steps, cap - 1)
+    train.val_every = max(1, min(train.val_every, cap // 2))
+    train.max_steps = cap
+
+
 def _parse_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -130,6 +152,8 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | 
         cfg = _merge(cfg, update, defaults, item)
     resolved = OmegaConf.to_object(cfg)
     check_choices(resolved)
+    if isinstance(getattr(resolved, "train", None), TrainConfig):
+        cap_steps(resolved.train)
     return resolved  # type: ignore[return-value]
 
 
