@@ -21,7 +21,7 @@ from harness.models.families.qwen3_next import LINEAR_STATE_CACHE, LinearStateCa
 from harness.models.io import load_pretrained, save_pretrained
 from harness.models.mtp import build_mtp
 
-TEACHER = "assets/tiny-teacher"  # layers 0-2 Gated DeltaNet, layer 3 full attention
+TEACHER = "assets/tiny-teacher"  # 8 layers: Gated DeltaNet except full attention at 3 and 7
 VOCAB = 64
 NEW_TOKENS = 16
 
@@ -92,7 +92,7 @@ def test_drafting_and_timing_run_on_linear_only_student() -> None:
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny teacher without its only full-attention layer (compress.depth last_n, num_drop=1), on disk."""
+    """The tiny teacher cut to its first three layers (all Gated DeltaNet: no attention left), on disk."""
     model, tokenizer = load_pretrained(TEACHER)
     drop_layers(model, [0, 1, 2])
     return save_pretrained(model, tmp_path_factory.mktemp("student") / "model", tokenizer)

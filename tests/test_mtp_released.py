@@ -179,7 +179,7 @@ def test_compress_and_distill_round_trip_in_the_released_layout(released, tokeni
     common = [*TINY_OVERRIDES, f"data.tokenizer={tokenizer_dir}", f"run_dir={tmp_path / 'run'}"]
     student, distilled = tmp_path / "student", tmp_path / "distilled"
     assert main(["compress", *common, f"compress.teacher={directory}", f"compress.output={student}",
-                 "compress.depth.num_drop=1", "compress.width.hidden_size=48", "compress.experts.num_experts=4",
+                 "compress.depth.num_drop=1", "compress.depth.allow_no_attention=true", "compress.width.hidden_size=48", "compress.experts.num_experts=4",
                  "compress.experts.top_k=1", "calibration.num_samples=8", "calibration.batch_size=4",
                  "calibration.probe_tokens=64"]) == 0
     config, names = released_layout(student, num_experts=4)
