@@ -150,7 +150,8 @@ def test_local_task_with_a_filter_is_read_from_the_store(teacher, tmp_path):  # 
     def spec(filter_name: str) -> Path:
         path = tmp_path / f"echo-{filter_name}.yaml"
         path.write_text(f"name: echo\nkind: run_eval\noutput_dir: {tmp_path / 'grid'}\n"
-                        f"base: {{eval.tasks: [echo_words], eval.include_path: [{tasks}]}}\naxes:\n  train.lr: [0.001]\n"
+                        f"base: {{eval.tasks: [echo_words], eval.include_path: [{tasks}]}}\n"
+                        "axes:\n  train.lr: [0.001]\n"
                         f'metrics: [val_perplexity, "echo_words/exact_match,{filter_name}", echo_words/exact_match]\n')
         return path
 
@@ -187,7 +188,8 @@ def test_vllm_backend_is_skipped_where_it_cannot_run():
         validate_eval_config(config)
 
 
-@pytest.mark.parametrize("table, scale, paper", [("table1", "paper", "mmlu/acc"), ("table2", "paper", "bbh/exact_match"),
+@pytest.mark.parametrize("table, scale, paper", [("table1", "paper", "mmlu/acc"),
+                                                 ("table2", "paper", "bbh/exact_match"),
                                                  ("table10", "paper-table10", "mmmlu/acc")])
 def test_paper_scale_files_pick_the_papers_columns(table, scale, paper):
     """With ablations/scale/<paper>.yaml the cells evaluate the paper's lm-eval tasks: every paper column of the
