@@ -190,7 +190,7 @@ def _grid(args: argparse.Namespace, recorded: bool = False):
         files, overrides = last
         if files or overrides:
             print(f"as the last `slim grid` here ran: {' '.join([*files, *overrides])}")
-    return prepare_grid(args.spec, files or None, overrides, args.output_dir), files, overrides
+    return prepare_grid(args.spec, files or None, overrides, args.output_dir)
 
 
 def grid(args: argparse.Namespace) -> int:
@@ -198,16 +198,14 @@ def grid(args: argparse.Namespace) -> int:
     spec's tiny `scale`, overrides apply to every cell; finished cells are skipped, failed ones recorded."""
     from harness.grid import run_grid
     from harness.grid.grid import dry_run_lines
-    from harness.grid.invocation import record_args
     from harness.grid.runner import cell_log
 
-    prepared, files, overrides = _grid(args)
+    prepared = _grid(args)
     if args.dry_run:
         print("\n".join(dry_run_lines(prepared)))
         return 0
     if note := prepared.stale_note():
         print(note)
-    record_args(prepared.output_dir, prepared.spec.name, files, overrides)
     rows = run_grid(prepared, args.launcher, args.workers, args.cluster)
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "failed", "running")}
     print(f"{prepared.spec.name}: {counts['done']}/{len(prepared.cells)} cells done, {counts['failed']} failed "
@@ -235,7 +233,7 @@ def report(args: argparse.Namespace) -> int:
     from harness.grid.figures import write_cell_figures
     from harness.grid.report import no_curve_note, write_grid_markdown, write_grid_report
 
-    prepared, _, _ = _grid(args, recorded=True)
+    prepared = _grid(args, recorded=True)
     if note := prepared.stale_note():
         print(note)
     if args.format == "markdown":

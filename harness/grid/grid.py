@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.grid.expand import Cell, expand, format_override, validate_cells
+from harness.grid.invocation import record_args
 from harness.grid.kinds import cell_kinds
 from harness.grid.launch_submitit import run_submitit
 from harness.grid.lock import grid_lock
@@ -32,6 +33,9 @@ class Grid:
     cells: list[Cell]
     output_dir: Path
     notes: tuple[str, ...] = ()  # e.g. benchmark metrics no cell evaluates at this scale
+    # the command line's recipe files and overrides, recorded by run_grid for `slim report` (harness/grid/invocation)
+    files: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
 
     @property
     def store_path(self) -> Path:
@@ -76,7 +80,8 @@ def prepare_grid(spec_path: str | Path, files: list[str] | None = None, override
     unevaluated = check_task_metrics(spec, cells)
     note = (f"{spec.name}: benchmark metrics no cell evaluates (not in eval.tasks at this scale), left out of the "
             f"report: {', '.join(unevaluated)}")
-    return Grid(without_columns(spec, unevaluated), cells, root, (note,) if unevaluated else ())
+    return Grid(without_columns(spec, unevaluated), cells, root, (note,) if unevaluated else (), tuple(files or ()),
+                tuple(overrides))
 
 
 def check_task_metrics(spec: GridSpec, cells: list[Cell]) -> list[str]:
@@ -136,6 +141,7 @@ def run_grid(grid: Grid, launcher: str = "inprocess", workers: int = 1, cluster:
     if workers < 1:
         raise UserError(f"--workers: must be >= 1, got {workers}")
     with grid_lock(grid.output_dir):
+        record_args(grid.output_dir, grid.spec.name, list(grid.files), list(grid.overrides))
         with ResultsStore(grid.store_path) as store:
             store.add(grid.cells)
             statuses = store.statuses()

@@ -17,8 +17,7 @@ def args_file(output_dir: str | Path, spec_name: str) -> Path:
 
 
 def record_args(output_dir: str | Path, spec_name: str, files: list[str], overrides: list[str]) -> Path:
-    """Write what this `slim grid` runs with (the last run on a folder wins)."""
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    """Write what this `slim grid` runs with, under the folder's grid lock (the last grid run on a folder wins)."""
     return write_text_atomic(args_file(output_dir, spec_name),
                              json.dumps({"files": list(files), "overrides": list(overrides)}, indent=2) + "\n")
 
