@@ -35,8 +35,9 @@ def load_model_config(name: str) -> ModelConfig:
 
 
 def tiny_config(family: str = "qwen3_next", **overrides: object) -> ModelConfig:
-    """conf/model/tiny.yaml, moved to `family` with the fields that family cannot express neutralized."""
-    cfg = load_model_config("tiny")
+    """conf/model/tiny.yaml in the tests' 4-layer, hidden-128 shape (conftest.TINY_OVERRIDES; OLMoE needs
+    head_dim = hidden / heads = 32), moved to `family` with the fields that family cannot express neutralized."""
+    cfg = dataclasses.replace(load_model_config("tiny"), num_hidden_layers=4, hidden_size=128)
     if family != "qwen3_next":
         cfg = dataclasses.replace(cfg, family=family, shared_expert_intermediate_size=0, partial_rotary_factor=1.0)
     return dataclasses.replace(cfg, **overrides)
