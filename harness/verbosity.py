@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 VERBOSE_ENV = "SLIM_VERBOSE"
+QUIET_SET_ENV = "SLIM_QUIET_SET"  # the QUIET_ENVIRONMENT names quiet mode set, which verbose mode takes back
 # Read by the libraries when they are first imported, so set before any of them is.
 QUIET_ENVIRONMENT = {
     "TRANSFORMERS_VERBOSITY": "error",  # "Loading weights" notes, generation-config notices
@@ -50,6 +52,18 @@ QUIET_WARNING_MESSAGES = (
 )
 
 
+def redirect_output(path: Path) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2: C libraries and tqdm too) to `path`, appended:
+    a worker process's progress bars then never interleave with another's on the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def note(message: str) -> None:
     """A harness notice about what a run does (shown quiet or verbose, on stderr), once: by rank 0 of a launch."""
     from harness.distributed import rank
@@ -69,9 +83,13 @@ def configure_output(verbose: bool | None = None) -> None:
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     warnings.filterwarnings("ignore", message=QUIET_WARNING_MESSAGES[-1])  # noise even when verbose
     if verbose:
+        for name in filter(None, os.environ.pop(QUIET_SET_ENV, "").split(",")):
+            os.environ.pop(name, None)
         return
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+    quieted = [name for name in QUIET_ENVIRONMENT if name not in os.environ]
+    os.environ.update({name: QUIET_ENVIRONMENT[name] for name in quieted})
+    if quieted:
+        os.environ[QUIET_SET_ENV] = ",".join(sorted({*os.environ.get(QUIET_SET_ENV, "").split(","), *quieted} - {""}))
     _quiet_loggers()
     for category in QUIET_WARNING_CATEGORIES:
         warnings.filterwarnings("ignore", category=category)

@@ -1,5 +1,6 @@
 """The `slim` command line: help on every subcommand, one-line errors, no tracebacks."""
 
+import os
 import subprocess
 import sys
 
@@ -121,3 +122,17 @@ def test_verbose_flag_before_or_after_the_subcommand():
     parser = build_parser()
     assert parser.parse_args(["--verbose", "config"]).verbose and parser.parse_args(["config", "--verbose"]).verbose
     assert not parser.parse_args(["config"]).verbose
+
+
+def test_verbose_takes_back_the_quiet_environment_a_parent_set(monkeypatch: pytest.MonkeyPatch):
+    """A verbose command started from a quiet one (e.g. a test process that ran `main`) gets the libraries' own
+    settings back; a variable the user set stays."""
+    from harness.verbosity import configure_output
+
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "SLIM_QUIET_SET", "SLIM_VERBOSE"):
+        monkeypatch.delenv(name, raising=False)
+    configure_output(False)
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["TRANSFORMERS_VERBOSITY"] == "info"
+    configure_output(True)
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ and os.environ["TRANSFORMERS_VERBOSITY"] == "info"

@@ -99,6 +99,9 @@ def test_workers_on_the_default_storage_run_each_queued_trial_exactly_once(tmp_p
     assert sorted(evaluated) == list(range(12))
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 12
     assert [trial.params["x"] for trial in study.trials] == list(range(12))
+    # each spawned worker's output went to its own log, not to the terminal where their bars would interleave
+    assert sorted(path.name for path in (tmp_path / "search").glob("worker-*.log")) == [
+        f"worker-{index}.log" for index in range(RACE_WORKERS)]
 
 
 def test_a_rerun_queues_each_enqueue_entry_once(tmp_path):

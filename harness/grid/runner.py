@@ -32,7 +32,7 @@ from harness.grid.calibration import with_shared_stats
 from harness.grid.expand import Cell
 from harness.grid.kinds import CellKind, cell_kinds
 from harness.grid.store import ResultsStore
-from harness.verbosity import configure_output
+from harness.verbosity import configure_output, redirect_output
 
 CELL_LOG = "cell.log"  # a parallel worker's stdout and stderr, in its cell's run_dir
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,21 +101,10 @@ def cell_log(cell: Cell) -> Path:
     return Path(cell.config.run_dir) / CELL_LOG
 
 
-def _log_to(path: Path) -> None:
-    """Send this process's stdout and stderr (file descriptors 1 and 2: C libraries and tqdm too) to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-
-
 def _worker_main(parent_pid: int, store_path: str, cell: Cell, kind: CellKind) -> None:
     """A worker process: tied to the grid process's life, its output in the cell's log, then one cell."""
     die_with_parent(parent_pid)
-    _log_to(cell_log(cell))
+    redirect_output(cell_log(cell))
     execute_cell(store_path, cell, kind)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +30,10 @@ from harness.grid.expand import format_override
 from harness.pipeline import run_recipe
 from harness.search.pruning import StepPruning
 from harness.search.spec import PrunerSpec, SearchSpec, check_spec
-from harness.verbosity import configure_output
+from harness.verbosity import configure_output, redirect_output
 
 RECIPE_FILE = "best_recipe.yaml"
+WORKER_LOG = "worker-{index}.log"  # a spawned worker's stdout and stderr, in the output dir
 SUMMARY_FILE = "search_summary.json"
 ENQUEUED = "enqueued"  # user attr of a queued trial: its spec `enqueue` entry as canonical JSON
 Objective = Callable[[optuna.Trial, SearchSpec], float]
@@ -129,22 +131,35 @@ def worker_shares(remaining: int, workers: int) -> list[int]:
     return [share for i in range(workers) if (share := remaining // workers + (i < remaining % workers))]
 
 
+def worker_log(spec: SearchSpec, index: int) -> Path:
+    return Path(spec.output_dir) / WORKER_LOG.format(index=index)
+
+
+def _spawned_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective) -> None:
+    """A spawned worker: its output in its log file (two workers' progress bars would interleave), then its trials."""
+    redirect_output(worker_log(spec, index))
+    run_worker(spec, index, n_trials, evaluate)
+
+
 def run_workers(spec: SearchSpec, shares: list[int], evaluate: Objective = objective) -> None:
-    """One share in this process; several as spawned processes on the shared storage (`evaluate` must then be a
-    module-level function, so that they can import it)."""
+    """One share in this process; several as spawned processes on the shared storage, each writing its output to
+    `<output_dir>/worker-<i>.log` (`evaluate` must then be a module-level function, so that they can import it)."""
     if len(shares) == 1:
         run_worker(spec, 0, shares[0], evaluate)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(spec, index, share, evaluate),
+    processes = [context.Process(target=_spawned_worker, args=(spec, index, share, evaluate),
                                  name=f"search-worker-{index}") for index, share in enumerate(shares)]
+    print(f"search {spec.name!r}: {len(shares)} workers, output in {worker_log(spec, 0).with_name('worker-*.log')}",
+          file=sys.stderr)
     for process in processes:
         process.start()
     for process in processes:
         process.join()
     failed = [f"{p.name} (exit {p.exitcode})" for p in processes if p.exitcode]
     if failed:
-        raise RuntimeError(f"search {spec.name!r}: {', '.join(failed)} failed; see their output above")
+        raise RuntimeError(f"search {spec.name!r}: {', '.join(failed)} failed; see {worker_log(spec, 0).parent}/"
+                           f"worker-*.log")
 
 
 def export_best(spec: SearchSpec, study: optuna.Study) -> Path:
