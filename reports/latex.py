@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from reports.aggregate import Stat
 from reports.results import CellResult
 from reports.spec import TableSpec
-from reports.table import Line, build_table
+from reports.table import Line, StatMarkup, build_table, format_stat
 
 MISSING = "--"
+MARKUP = StatMarkup(missing=MISSING, bold=r"\textbf{{{}}}", plus_minus=r"\,$\pm$\,")
 _ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -20,22 +20,13 @@ def escape(text: str) -> str:
     return "".join(_ESCAPES.get(char, char) for char in text)
 
 
-def format_stat(stat: Stat | None, fmt: str, bold: bool) -> str:
-    """`44.7\\,$\\pm$\\,1.2` for several seeds, `44.7` for one, `--` when missing; bold marks the mean."""
-    if stat is None:
-        return MISSING
-    mean = fmt.format(stat.mean)
-    mean = rf"\textbf{{{mean}}}" if bold else mean
-    return mean if stat.std is None else rf"{mean}\,$\pm$\,{fmt.format(stat.std)}"
-
-
 def _line(cells: list[str]) -> str:
     return " & ".join(cells) + r" \\"
 
 
 def _table_line(line: Line) -> str:
     return _line([escape(label) for label in line.labels]
-                 + [format_stat(value.stat, value.fmt, value.bold) for value in line.values])
+                 + [format_stat(value.stat, value.fmt, value.bold, MARKUP) for value in line.values])
 
 
 def render_table(results: list[CellResult], spec: TableSpec) -> str:

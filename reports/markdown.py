@@ -7,13 +7,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from reports.aggregate import Stat
 from reports.render import atomic_write
 from reports.results import CellResult
 from reports.spec import TableSpec
-from reports.table import Line, build_table
+from reports.table import Line, StatMarkup, build_table, format_stat
 
 MISSING = "–"
+MARKUP = StatMarkup(missing=MISSING, bold="**{}**", plus_minus=" ± ")
 _ESCAPED = "\\|*_`"
 
 
@@ -22,22 +22,13 @@ def escape(text: str) -> str:
     return "".join(f"\\{char}" if char in _ESCAPED else char for char in text)
 
 
-def format_stat(stat: Stat | None, fmt: str, bold: bool) -> str:
-    """`44.7 ± 1.2` for several seeds, `44.7` for one, `–` when missing; bold marks the mean."""
-    if stat is None:
-        return MISSING
-    mean = fmt.format(stat.mean)
-    mean = f"**{mean}**" if bold else mean
-    return mean if stat.std is None else f"{mean} ± {fmt.format(stat.std)}"
-
-
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
 def _table_line(line: Line) -> str:
     return _row([escape(label) for label in line.labels]
-                + [format_stat(value.stat, value.fmt, value.bold) for value in line.values])
+                + [format_stat(value.stat, value.fmt, value.bold, MARKUP) for value in line.values])
 
 
 def render_markdown(results: list[CellResult], spec: TableSpec) -> str:

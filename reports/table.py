@@ -74,3 +74,21 @@ def build_table(results: list[CellResult], spec: TableSpec) -> Table:
     value_headers = [column.header for column in spec.columns] + ([AVERAGE_HEADER] if spec.average else [])
     teacher = _teacher_line(spec) if spec.teacher is not None else None
     return Table(spec.headers(), value_headers, teacher, _student_lines(build_rows(results, spec), spec))
+
+
+@dataclass(frozen=True)
+class StatMarkup:
+    """How a renderer writes a missing value, a bold mean and the ± between mean and std."""
+
+    missing: str
+    bold: str  # a format string around the mean, e.g. "**{}**"
+    plus_minus: str
+
+
+def format_stat(stat: Stat | None, fmt: str, bold: bool, markup: StatMarkup) -> str:
+    """The mean (bold when best), with ± std for several seeds, or the missing mark."""
+    if stat is None:
+        return markup.missing
+    mean = fmt.format(stat.mean)
+    mean = markup.bold.format(mean) if bold else mean
+    return mean if stat.std is None else f"{mean}{markup.plus_minus}{fmt.format(stat.std)}"
