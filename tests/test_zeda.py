@@ -9,16 +9,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.config.schema import SlimConfig, ZedaConfig
+from harness.config.schema import SlimConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.models.build import build_model
 from harness.models.expert_flops import count_expert_flops, expert_flops_saved
 from harness.models.io import load_pretrained, save_pretrained
 from harness.models.view import view
-from methods.zeda.modeling_zeda import zero_expert_routers
 from methods.zeda.group_balance import group_balance_loss
 from methods.zeda.inject import inject_zero_experts
+from methods.zeda.modeling_zeda import zero_expert_routers
+from methods.zeda.options import ZedaConfig
 from methods.zeda.stages import run_zeda
 
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, vocab 1024, sequences of 64.

@@ -32,21 +32,21 @@ def validate_method_keys(recipe: CompressConfig) -> None:
     _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
     if recipe.experts.budget not in BUDGETS:
         raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; valid: {', '.join(BUDGETS)}")
-    if not 0 <= recipe.experts.intact_ratio < 1:
-        raise UserError(f"compress.experts.intact_ratio: must be in [0, 1) (at least one merge base), "
-                        f"got {recipe.experts.intact_ratio}")
-
-
-# `compress.experts` fields a reducer may take as keyword options of the same name.
-REDUCER_OPTIONS = ("base_choice", "intact_ratio")
+    configured_reducer(recipe)  # refuses a reducer whose options no config declares
 
 
 def configured_reducer(recipe: CompressConfig) -> Callable:
-    """The recipe's reducer with the options it accepts (e.g. partial_preserve's `base_choice`) bound."""
+    """The recipe's reducer with its options bound: each keyword-only parameter (e.g. partial_preserve's
+    `base_choice`) takes the `compress.experts` key of the same name, which the reducer's file declares
+    (harness/config/sections.py)."""
     reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
-    accepted = inspect.signature(reducer).parameters
-    return functools.partial(reducer, **{name: getattr(recipe.experts, name) for name in REDUCER_OPTIONS
-                                         if name in accepted})
+    options = [parameter.name for parameter in inspect.signature(reducer).parameters.values()
+               if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    missing = [name for name in options if not hasattr(recipe.experts, name)]
+    if missing:
+        raise UserError(f"compress.experts.reducer: {recipe.experts.reducer!r} takes options that no config "
+                        f"declares: {', '.join(missing)} (declare them with @config_options('compress.experts'))")
+    return functools.partial(reducer, **{name: getattr(recipe.experts, name) for name in options})
 
 
 def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:

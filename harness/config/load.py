@@ -16,12 +16,13 @@ import difflib
 import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from harness.config.schema import CHOICES, SlimConfig, TrainConfig
+from harness.config.sections import root_schema, validate_sections
 from harness.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -29,7 +30,6 @@ BASE_KEY = "base"  # a YAML file's parent recipe
 # Keys that were renamed: old dotted key -> new one, so an old config fails naming the key to use instead.
 RENAMED_KEYS = {"data.corpus_path": "data.path", "data.tokenizer_dir": "data.tokenizer"}
 MAX_STEPS_ENV = "SLIM_MAX_STEPS"
-T = TypeVar("T")
 
 
 def preset_names(group: str) -> list[str]:
@@ -133,9 +133,10 @@ def _parse_override(item: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | tuple[str, ...] = (),
-                schema: type[T] = SlimConfig) -> T:  # type: ignore[assignment]
-    """Resolve a config: schema defaults, then YAML files, then `key=value` / `group=preset` overrides."""
+def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | tuple[str, ...] = ()) -> SlimConfig:
+    """Resolve a config: schema defaults (the core's and the plug-ins' declared options, harness/config/sections),
+    then YAML files, then `key=value` / `group=preset` overrides."""
+    schema = root_schema()
     defaults = schema()
     cfg = OmegaConf.structured(schema)
     for file in files:
@@ -152,9 +153,9 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), files: list[str] | 
         cfg = _merge(cfg, update, defaults, item)
     resolved = OmegaConf.to_object(cfg)
     check_choices(resolved)
-    if isinstance(getattr(resolved, "train", None), TrainConfig):
-        cap_steps(resolved.train)
-    return resolved  # type: ignore[return-value]
+    validate_sections(resolved)
+    cap_steps(resolved.train)
+    return resolved
 
 
 def to_yaml(cfg: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MODEL_FAMILIES = ("qwen3_next", "qwen3_moe", "olmoe")
 # Field metadata key: a function returning the field's allowed values, checked when a config is loaded.
 CHOICES = "choices"
 
@@ -60,7 +59,7 @@ class ModelConfig:
 @dataclass
 class ModelRuntimeConfig:
     """How every model a command loads computes: training (student, MTP, teacher), calibration, compression,
-    teacher caching, eval and ZEDA all apply it (harness/models/experts_policy.py)."""
+    teacher caching, eval and the MoE adaptations all apply it (harness/models/experts_policy.py)."""
 
     # MoE experts implementation: "auto" = grouped_mm where torch runs the grouped GEMM natively on the device and
     # dtype, else eager; or one transformers registers (eager, grouped_mm, batched_mm, ...). Recorded in summaries.
@@ -170,8 +169,6 @@ class ExpertTarget:
     min_per_layer: int = 1  # floor per layer under the global budget (raised to top_k automatically)
     exempt_first: int = 0  # first N MoE layers keep all experts
     exempt_last: int = 0  # last N MoE layers keep all experts
-    base_choice: str = "next_important"  # partial_preserve: how merge bases are chosen
-    intact_ratio: float = 0.5  # partial_preserve: share of the kept experts left intact, in [0, 1) (paper: half)
 
 
 @dataclass
@@ -271,21 +268,6 @@ class TrackingConfig:
 
 
 @dataclass
-class ZedaConfig:
-    """`slim zeda` (methods/zeda, arXiv 2605.18643): inject zero-output experts into the original MoE, then two-stage
-    self-distillation from it (stage 1: routers only, stage 2: everything) with a group-level balancing loss."""
-
-    teacher: str = "assets/tiny-teacher"  # the original static MoE: source of the student and its frozen KD teacher
-    output: str = ""  # the adapted HF directory; "" = <run_dir>/model (reload with harness.models.io.load_pretrained)
-    num_zero_experts: int = 8  # zero experts injected per MoE layer, >= 1
-    group_size: int = 0  # real experts per balancing group, must divide the expert count; 0 = one group of all
-    balance_weight: float = 0.1  # weight of the group balancing loss, >= 0 (replaces model.router_aux_loss_coef)
-    router_share: float = 0.3  # share of train.max_steps in stage 1 (routers only), in [0, 1]
-    init_bias: float = 0.0  # initial bias of the zero-expert router columns (lower = fewer zero routes at start)
-    loss: str = "kd"  # loss mix key (methods/losses) of both stages; KD targets come from zeda.teacher
-
-
-@dataclass
 class PlanConfig:
     """`slim plan` (harness/planning.py): the cluster whose per-GPU memory a distillation run is estimated for."""
 
@@ -298,7 +280,8 @@ class PlanConfig:
 
 @dataclass
 class SlimConfig:
-    """Root config: every `slim` subcommand reads the sections it needs."""
+    """Root config: every `slim` subcommand reads the sections it needs. Plug-ins add their own options
+    (harness/config/sections.py); `load_config` resolves this class extended with them."""
 
     run_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -309,6 +292,5 @@ class SlimConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    zeda: ZedaConfig = field(default_factory=ZedaConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     model_runtime: ModelRuntimeConfig = field(default_factory=ModelRuntimeConfig)

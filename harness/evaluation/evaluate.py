@@ -169,7 +169,7 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
                                          fewshot)
     if cfg.eval.perplexity_batches:
         loader = DataLoader(heldout(tokenizer, cfg.data.seq_len), batch_size=cfg.eval.batch_size)
-        # Share of routed expert FLOPs skipped (ZEDA's zero experts; 0 for a static MoE), counted in the same pass.
+        # Share of routed expert FLOPs skipped (routes to zero experts; 0 for a static MoE), counted in the same pass.
         with count_expert_flops(model) as counts:
             summary["perplexity"] = model_perplexity(model, loader, cfg.eval.perplexity_batches)
         summary["expert_flops_saved"] = counts.summary()

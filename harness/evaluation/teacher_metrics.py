@@ -1,5 +1,5 @@
 """Teacher-only metrics computed once: the frozen teacher's validation perplexity is the same number in every grid
-cell, progressive stage, ZEDA stage and search trial that reads the same teacher and data, so it is stored in a
+cell, progressive stage, adaptation stage and search trial that reads the same teacher and data, so it is stored in a
 small JSON file per key under `$SLIM_CACHE_DIR/teacher_metrics` (default `$XDG_CACHE_HOME/slim`, else
 `~/.cache/slim`; never inside the teacher's directory) and reused on an exact key match only.
 

@@ -1,7 +1,7 @@
 """`slim report`'s compression figures: beside the `compression_report.json` of every finished cell's student.
 
 `compress` cells point at the compressed student, `run` cells at the distilled one, which carries a copy of its
-compression report; cells without one (`zeda`) have no figures. Figures newer than their report are kept.
+compression report; cells without one (an adaptation's) have no figures. Figures newer than their report are kept.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     earlier stages (`step_offset`) and the whole budget (`total_steps`): LR, λ/β and the batch stream
     then continue where the previous stage stopped. `callbacks` join the trainer's (e.g. search pruning).
     `module_factory(distill_cfg, train_cfg, step_offset, total_steps)` builds the Lightning module (a
-    DistillModule subclass for methods that change what is trained, e.g. methods/zeda)."""
+    DistillModule subclass for methods that change what is trained, e.g. the MoE adaptations in methods/adaptations)."""
     validate_distill_config(cfg, total_steps)
     _check_student_mtp(cfg, validate_pair(cfg.distill.student, cfg.distill.teacher))
     check_distill_outputs(cfg)

@@ -189,7 +189,7 @@ class DistillModule(pl.LightningModule):
 
     def balance_loss(self, router_logits: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
         """(balance term, its weight in the total loss): the global-batch loss at config.router_aux_loss_coef.
-        A subclass may swap in another balance loss (methods/zeda balances groups of experts)."""
+        A subclass may swap in another balance loss (an adaptation may balance groups of experts)."""
         config = self.student.config
         return global_batch_balance_loss(router_logits, config.num_experts_per_tok), config.router_aux_loss_coef
 

@@ -2,8 +2,8 @@
 
 `NonFiniteGuard` stops a run before the optimizer applies a NaN/inf loss or gradient; `GoodCheckpoint` writes
 `last.ckpt` only from a state whose training loss, validation loss and parameters are all finite, so a rerun
-always resumes from a good state. Both work for every Lightning module of the harness (pretrain, distill, ZEDA)
-and under FSDP (every rank takes the same decision).
+always resumes from a good state. Both work for every Lightning module of the harness (pretrain, distill, the
+adaptations' stages) and under FSDP (every rank takes the same decision).
 """
 
 from __future__ import annotations

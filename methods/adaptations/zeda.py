@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from harness.grid.cells.run import DISTILL_CURVES
 from methods.adaptations import Adaptation, adaptations
 from methods.zeda.stages import run_zeda, validate_zeda
 
-adaptations.register("zeda")(Adaptation(__doc__, validate_zeda, run_zeda))
+METRICS = ("val_perplexity", "teacher_val_perplexity", "expert_flops_saved", "steps", "wall_seconds")
+# Both stages log what distillation logs, plus the share of expert FLOPs skipped (methods/zeda/module.py).
+CURVES = (*DISTILL_CURVES, "train/expert_flops_saved", "train/expert_flops_saved/layer_*")
+
+adaptations.register("zeda")(Adaptation(__doc__, validate_zeda, run_zeda, METRICS, CURVES))

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.config.schema import DistillConfig, SlimConfig, TrainConfig, ZedaConfig
+from harness.config.schema import DistillConfig, SlimConfig, TrainConfig
 from harness.data.datamodule import CorpusDataModule
 from harness.errors import UserError
 from harness.models.expert_flops import expert_flops_saved
@@ -27,6 +27,7 @@ from harness.training.distill import distill, validate_distill_config
 from harness.training.run import check_run_dir
 from methods.zeda.inject import check_injection, inject_zero_experts
 from methods.zeda.module import ZedaDistillModule
+from methods.zeda.options import ZedaConfig
 
 SUMMARY_NAME = "zeda_summary.json"
 
