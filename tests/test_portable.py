@@ -22,13 +22,14 @@ import torch
 
 from harness.compression import modeling_slim
 from harness.compression import compress as compress_module
-from harness.config.schema import ZedaConfig
+from harness.config.load import load_config
 from harness.evaluation.local_tasks import TASKS_DIR
 from harness.models.expert_flops import count_expert_flops
 from harness.models.io import load_pretrained, save_pretrained
 from methods.zeda import modeling_zeda
 from methods.zeda.inject import inject_zero_experts
 from methods.zeda.modeling_zeda import zero_expert_routers
+from methods.zeda.options import ZedaConfig
 from tests.tiny_families import Teacher, make_teacher
 
 # Name -> (teacher family, recipe): every family, and a global budget that leaves layers with different counts.
@@ -42,6 +43,8 @@ STUDENTS = {
     "mixtral": ("mixtral", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
                             "compress.experts.num_experts=4", "compress.experts.reducer=prune"]),
 }
+# The demo's pruned student: the shipped tiny teacher under the tiny recipe (what `make demo`'s Pruned cells train).
+DEMO_RECIPE = "conf/recipes/tiny-slimqwen.yaml"
 # Name -> the model ZEDA adapts: the original teacher, a global-budget student (both structures in one checkpoint),
 # and a Mixtral student (a router without norm_topk_prob).
 ZEDA_MODELS = {"zeda": ("teacher", "qwen3_next"), "zeda_global_budget": ("student", "global_budget"),
@@ -147,7 +150,7 @@ def _adapt(directory: Path, output: Path) -> tuple[Path, torch.nn.Module]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, tuple[Path, torch.nn.Module]]:
     """Name -> (directory, the harness's in-memory model: the student as surgery left it, the model ZEDA injected
-    zero experts into) for every student and ZEDA model."""
+    zero experts into) for every student, the demo's pruned student and every ZEDA model."""
     root = tmp_path_factory.mktemp("portable")
     teachers: dict[str, Teacher] = {}
     made: dict[str, tuple[Path, torch.nn.Module]] = {}
@@ -155,6 +158,9 @@ def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dic
         if family not in teachers:
             teachers[family] = make_teacher(root, family, tokenizer_dir)
         made[name] = (root / name, _compress(teachers[family].recipe(root / name, *recipe)))
+    demo = load_config([f"compress.output={root / 'demo_pruned'}", f"run_dir={root / 'demo_run'}",
+                        "calibration.num_samples=16"], files=[DEMO_RECIPE])
+    made["demo_pruned"] = (root / "demo_pruned", _compress(demo))
     for name, (kind, source) in ZEDA_MODELS.items():
         made[name] = _adapt(teachers[source].directory if kind == "teacher" else made[source][0], root / name)
     return made
