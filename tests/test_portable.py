@@ -190,14 +190,18 @@ def test_global_budget_and_zeda_checkpoints_name_their_own_architecture(models):
     assert "num_experts_per_layer" in json.loads((models["global_budget"][0] / "config.json").read_text())
 
 
-def test_harness_reloads_portable_models_with_their_logits(models):
-    """load_pretrained reads a portable directory back as its family: same structure, bit-identical logits."""
+def test_harness_reloads_portable_models_with_their_logits(models, monkeypatch):
+    """load_pretrained reads a portable directory back as its family: same structure, bit-identical logits, and
+    never stops to ask on stdin whether to run its modeling file (a ZEDA grid cell waited on that prompt)."""
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "N")
     for name in PORTABLE:
         directory, model = models[name]
         reloaded, tokenizer = load_pretrained(directory)
         assert tokenizer is not None and reloaded.config.model_type == model.config.model_type
         assert torch.equal(_logits(reloaded), _logits(model)), name
     assert len(zero_expert_routers(load_pretrained(models["zeda_global_budget"][0])[0])) == 4
+    assert asked == []
 
 
 @pytest.mark.parametrize("path", [Path(modeling_slim.__file__), Path(modeling_zeda.__file__)], ids=lambda p: p.name)

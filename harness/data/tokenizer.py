@@ -60,7 +60,8 @@ def load_tokenizer(tokenizer_dir: str) -> PreTrainedTokenizerFast:
         raise UserError(f"data.tokenizer: no tokenizer in {tokenizer_dir}; point it at a Hugging Face tokenizer "
                         "directory (the teacher's checkpoint directory works)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        # never remote code: a portable checkpoint's auto_map must not make transformers ask on stdin
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     except Exception as e:  # any failure of the HF loader means the directory is not a usable tokenizer
         raise UserError(f"data.tokenizer: cannot load a tokenizer from {tokenizer_dir} "
                         f"({type(e).__name__}: {e})") from e

@@ -82,7 +82,7 @@ def tokenizer_vocab(path: str | Path, field: str) -> dict[str, int]:
     compared between models, so each needs its own)."""
     if not has_tokenizer(path):
         raise UserError(f"{field}: no tokenizer files in {path}; token ids are compared, so the model needs its own")
-    return AutoTokenizer.from_pretrained(path).get_vocab()
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False).get_vocab()
 
 
 def _check_weights(path: Path, label: str) -> None:
@@ -167,5 +167,7 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
         raise UserError(f"checkpoint {path}: missing_keys {sorted(info['missing_keys'])} (config.json expects them)")
     _own_cpu_memory(model)
     prepare_decoding(model)
-    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
+    # The tokenizer is never remote code, but AutoTokenizer reads config.json, whose auto_map (a portable student or
+    # ZEDA model) would otherwise make transformers stop and ask on stdin whether to run the modeling file.
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if has_tokenizer(path) else None
     return model, tokenizer
