@@ -168,6 +168,6 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     _own_cpu_memory(model)
     prepare_decoding(model)
     # The tokenizer is never remote code, but AutoTokenizer reads config.json, whose auto_map (a portable student or
-    # ZEDA model) would otherwise make transformers stop and ask on stdin whether to run the modeling file.
+    # adapted model) would otherwise make transformers stop and ask on stdin whether to run the modeling file.
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if has_tokenizer(path) else None
     return model, tokenizer
