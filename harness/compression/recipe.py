@@ -32,13 +32,13 @@ def validate_method_keys(recipe: CompressConfig) -> None:
     _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
     if recipe.experts.budget not in BUDGETS:
         raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; valid: {', '.join(BUDGETS)}")
-    configured_reducer(recipe)  # refuses a reducer whose options no config declares
+    reducer_options(recipe)
 
 
-def configured_reducer(recipe: CompressConfig) -> Callable:
-    """The recipe's reducer with its options bound: each keyword-only parameter (e.g. partial_preserve's
-    `base_choice`) takes the `compress.experts` key of the same name, which the reducer's file declares
-    (harness/config/sections.py)."""
+def reducer_options(recipe: CompressConfig) -> dict[str, object]:
+    """The reducer's options: each keyword-only parameter (e.g. partial_preserve's `base_choice`) takes the
+    `compress.experts` key of the same name, which the reducer's file declares (harness/config/sections.py); a
+    parameter no config declares is refused."""
     reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
     options = [parameter.name for parameter in inspect.signature(reducer).parameters.values()
                if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -46,7 +46,13 @@ def configured_reducer(recipe: CompressConfig) -> Callable:
     if missing:
         raise UserError(f"compress.experts.reducer: {recipe.experts.reducer!r} takes options that no config "
                         f"declares: {', '.join(missing)} (declare them with @config_options('compress.experts'))")
-    return functools.partial(reducer, **{name: getattr(recipe.experts, name) for name in options})
+    return {name: getattr(recipe.experts, name) for name in options}
+
+
+def configured_reducer(recipe: CompressConfig) -> Callable:
+    """The recipe's reducer with its options bound."""
+    reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
+    return functools.partial(reducer, **reducer_options(recipe))
 
 
 def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:
