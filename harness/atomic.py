@@ -39,12 +39,22 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def give_plain_modes(root: Path) -> None:
+    """Every file at or under `root` gets the mode a plain `open(path, "w")` would give it, 0666 minus the umask:
+    safetensors writes its files owner-only (0600), which other users of a shared checkpoint could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root] if root.is_file() else [path for path in root.rglob("*") if path.is_file()]:
+        path.chmod(0o666 & ~umask)
+
+
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
-    """`safetensors.torch.save_file`, atomically."""
+    """`safetensors.torch.save_file`, atomically, with the file mode of a plain write."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        give_plain_modes(tmp)
     return Path(path)
 
 

@@ -135,6 +135,24 @@ def test_save_reload_gives_identical_logits_and_config(tmp_path: Path) -> None:
     assert tokenizer("in the beginning").input_ids == tiny_tokenizer()("in the beginning").input_ids
 
 
+def test_saved_files_take_the_umask_not_owner_only(tmp_path: Path) -> None:
+    """Weights, the MTP file an extra writes and the rest are 0666 minus the umask (safetensors alone writes 0600,
+    which other users of a shared checkpoint cannot read)."""
+    from harness.atomic import save_safetensors_atomic
+
+    umask = os.umask(0o027)
+    try:
+        def extra(directory: Path) -> None:
+            save_safetensors_atomic({"w": torch.ones(2)}, directory / "extra.safetensors", metadata={})
+
+        out_dir = save_pretrained(build_model(tiny_config()), tmp_path / "student", tiny_tokenizer(), extras=extra)
+    finally:
+        os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out_dir.iterdir() if path.is_file()}
+    assert {"model.safetensors", "extra.safetensors", "config.json"} <= modes.keys()
+    assert set(modes.values()) == {0o640}, modes
+
+
 def test_real_config_parameter_counts() -> None:
     """The real Qwen3-Next-80B-A3B preset builds on meta: ~79.7B total, ~3.9B active (SlimQwen's numbers)."""
     cfg = load_model_config("qwen3-next-80b-a3b")

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from harness.atomic import swap_in
+from harness.atomic import give_plain_modes, swap_in
 from harness.errors import UserError
 from harness.models.families import model_families, prepare_decoding
 from harness.models.linear_attention_path import install_device_dispatch
@@ -53,6 +53,7 @@ def save_pretrained(
             tokenizer.save_pretrained(tmp_dir)
         if extras is not None:
             extras(tmp_dir)
+        give_plain_modes(tmp_dir)
         mark(tmp_dir)
     except BaseException as error:
         shutil.rmtree(tmp_dir, ignore_errors=True)
