@@ -39,12 +39,19 @@ CALIBRATION_DIR = "calibration"
 KEY_VERSION = 1
 
 
-def calibration_key(cfg: SlimConfig) -> dict:
-    """Everything a calibration pass of `cfg` depends on (module docstring)."""
+def pass_settings(cfg: SlimConfig) -> dict:
+    """The config a calibration pass of `cfg` depends on (every calibration field but `output`, the experts
+    implementation, the data config); with the teacher, cells with equal settings share one pass."""
     settings = {name: value for name, value in asdict(cfg.calibration).items() if name != "output"}
+    return {"calibration": settings, "experts_implementation": cfg.model_runtime.experts_implementation,
+            "data": asdict(cfg.data)}
+
+
+def calibration_key(cfg: SlimConfig) -> dict:
+    """Everything a calibration pass of `cfg` depends on (module docstring): its settings, the teacher's file
+    contents and the calibration text."""
     return {"version": KEY_VERSION, "teacher_files": teacher_files_digest(cfg.compress.teacher),
-            "calibration": settings, "experts_implementation": cfg.model_runtime.experts_implementation,
-            "text": calibration_data(cfg.data, cfg.calibration), "data": asdict(cfg.data)}
+            "text": calibration_data(cfg.data, cfg.calibration), **pass_settings(cfg)}
 
 
 def _digest(key: dict) -> str:

@@ -4,11 +4,12 @@ holding the output folder's lock so that no other grid runs the same cells at th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.grid.calibration import pass_settings
 from harness.grid.expand import Cell, expand, format_override, validate_cells
 from harness.grid.invocation import record_args
 from harness.grid.kinds import cell_kinds
@@ -124,8 +125,8 @@ def dry_run_lines(grid: Grid) -> list[str]:
         lines.append(f"  {cell.key}  {cell.kind:<9} {statuses.get(cell.key, 'new'):<8} {overrides}")
     calibrating = [cell.config for cell in grid.cells
                    if cell_kinds.get(cell.kind).calibrates and not cell.config.compress.stats]
-    passes = {json.dumps([config.compress.teacher, asdict(config.calibration) | {"output": ""}, asdict(config.data),
-                          config.model_runtime.experts_implementation], sort_keys=True) for config in calibrating}
+    # by teacher path, not file contents: a listing reads no weights (the cells' pass key hashes them)
+    passes = {json.dumps([config.compress.teacher, pass_settings(config)], sort_keys=True) for config in calibrating}
     if calibrating:
         lines.append(f"{grid.spec.name}: {len(calibrating)} cells calibrate in {len(passes)} shared pass"
                      f"{'es' if len(passes) > 1 else ''} (one per teacher, calibration and data config)")
