@@ -8,7 +8,7 @@ All runs use the same model and batches in one process; each is warmed up once a
 causal LM (with the LM head, as evaluation runs it, in the model's own experts implementation);
 `plain_base_s` times the base model without the head, which is what `calibrate` runs, for the stricter
 comparison. `calibrate_s` runs the routed experts as grouped GEMMs, `calibrate_loop_s` with the per-expert
-loop reference (`kernels.grouped_experts`), `calibrate_no_probe_s` without the `expert_outputs` probe (every
+loop reference (`slim.kernels.grouped_experts`), `calibrate_no_probe_s` without the `expert_outputs` probe (every
 expert on `--probe-tokens` tokens, a fixed cost that a full-size calibration set amortizes). `--experts`
 repeats all of it on random-init models with `model.num_experts` set to each count, one point each.
 """
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from harness.calibration.collect import calibrate
-from harness.config.load import load_config
-from harness.config.schema import CalibrationConfig
-from harness.models.build import build_model
-from harness.models.io import load_pretrained
-from kernels.grouped_experts import expert_outputs_grouped, expert_outputs_loop
+from slim.harness.calibration.collect import calibrate
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import CalibrationConfig
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained
+from slim.harness.provenance import stamped
+from slim.kernels.grouped_experts import expert_outputs_grouped, expert_outputs_loop
 
 TARGET_RATIO = 1.3
 
@@ -147,7 +148,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(stamped(result), indent=2) + "\n")
     print(f"-> {out}")
 
 

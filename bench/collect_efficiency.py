@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+from slim.harness.provenance import stamped
+
 
 def run_record(output_dir: Path) -> dict:
     """The single cell's eval summary of one grid output directory, reduced to its efficiency numbers."""
@@ -32,7 +34,7 @@ def main() -> None:
     runs = [run_record(directory) for directory in args.output_dirs]
     numeric = [key for key, value in runs[0].items() if isinstance(value, float)]
     result = {"runs": runs, "median": {key: statistics.median(run[key] for run in runs) for key in numeric}}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(stamped(result), indent=2) + "\n")
     print(json.dumps(result["median"], indent=2))
 
 

@@ -3,9 +3,10 @@
     python bench/distill_step.py --trees OLD_CHECKOUT NEW_CHECKOUT [--out bench/results/distill_step.json]
 
 Each tree is a checkout of this repository (e.g. `git worktree add --detach /tmp/old <commit>`); its code runs in
-a child process with PYTHONPATH=<tree>, alternating trees for `--rounds` rounds so load from other jobs hits both
-alike. The student is the teacher itself (same shapes as a real step; its MTP module starts fresh), `loss=full`,
-random token batches of --batch x --seq-len, `--steps` timed steps after 2 untimed ones, `--threads` threads.
+a child process whose PYTHONPATH imports slim.* from <tree> (slim.harness.source_tree), alternating trees for
+`--rounds` rounds so load from other jobs hits both alike. The student is the teacher itself (same shapes as a real
+step; its MTP module starts fresh), `loss=full`, random token batches of --batch x --seq-len, `--steps` timed steps
+after 2 untimed ones, `--threads` threads.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from slim.harness.provenance import stamped
+from slim.harness.source_tree import python_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "assets" / "tiny-teacher"
@@ -41,8 +46,8 @@ def worker(args: argparse.Namespace) -> dict:
     """In the tree on PYTHONPATH: build the DistillModule and time `steps` forward+backward steps."""
     import torch
 
-    from harness.config.load import load_config
-    from harness.training.distill_module import DistillModule
+    from slim.harness.config.load import load_config
+    from slim.harness.training.distill_module import DistillModule
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -67,11 +72,13 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     runs: dict[str, list[dict]] = {tree: [] for tree in args.trees}
+    shims = Path(tempfile.mkdtemp(prefix="distill-step-"))
+    paths = {tree: python_path(Path(tree), shims / str(index)) for index, tree in enumerate(args.trees)}
     for _ in range(args.rounds):
         for tree in args.trees:
             command = [sys.executable, __file__, "--worker", "--trees", tree, "--batch", str(args.batch),
                        "--seq-len", str(args.seq_len), "--steps", str(args.steps), "--threads", str(args.threads)]
-            env = {**os.environ, "PYTHONPATH": tree}
+            env = {**os.environ, "PYTHONPATH": paths[tree]}
             result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
             runs[tree].append(json.loads(result.stdout.strip().splitlines()[-1]))
     baseline = statistics.median(run["tokens_per_s"] for run in runs[args.trees[0]])
@@ -87,7 +94,7 @@ def main() -> None:
               "steps": args.steps, "rounds": args.rounds, "threads": args.threads, "trees": trees,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(stamped(report), indent=2) + "\n")
     print(f"-> {args.out}")
 
 

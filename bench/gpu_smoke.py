@@ -16,17 +16,21 @@ import argparse
 import csv
 import datetime
 import importlib
-import inspect
 import json
 import tempfile
 from pathlib import Path
 
 import torch
 
-from harness.config.load import load_config
-from harness.models import linear_attention_path
-from harness.models.linear_attention_path import PATCHED_MODULES, install_device_dispatch, linear_attention_backend
-from harness.pipeline import run_recipe
+from slim.harness.config.load import load_config
+from slim.harness.models.linear_attention_path import (
+    PATCHED_MODULES,
+    install_device_dispatch,
+    linear_attention_backend,
+    torch_reference,
+)
+from slim.harness.pipeline import run_recipe
+from slim.harness.provenance import stamped
 
 TINY_RECIPE = ["conf/recipes/tiny-slimqwen.yaml", "ablations/tiny.yaml"]
 FAST_PATH = ["train.precision=bf16-mixed", "distill.kd_kernel=triton", "train.activation_checkpointing=true"]
@@ -44,7 +48,7 @@ def gated_delta_rule_check() -> dict:
     """fla kernel vs torch reference on one random problem: max relative error of the output and of each grad."""
     install_device_dispatch()
     bound = importlib.import_module(PATCHED_MODULES[0]).torch_chunk_gated_delta_rule
-    reference = inspect.unwrap(bound)
+    reference = torch_reference(bound)
     torch.manual_seed(0)
     batch, length, heads, dim = 2, 257, 4, 64
     q, k, v = (torch.randn(batch, length, heads, dim, device="cuda") for _ in range(3))
@@ -102,7 +106,7 @@ def main() -> None:
         result["gated_delta_rule_vs_torch"] = gated_delta_rule_check()
     except RuntimeError as error:  # fla refuses its Hopper backward with Triton < 3.7.1 (fla #640)
         result["gated_delta_rule_vs_torch"] = {"refused": str(error).splitlines()[0]}
-        linear_attention_path.KERNEL_DEVICE_TYPES = frozenset()  # distill below on the torch path instead
+        install_device_dispatch(kernel_devices=frozenset())  # distill below on the torch path instead
     result["linear_attention_in_runs"] = linear_attention_backend("cuda")
     print(json.dumps(result["gated_delta_rule_vs_torch"]), flush=True)
     with tempfile.TemporaryDirectory() as work:
@@ -116,7 +120,7 @@ def main() -> None:
         "peak_memory_ratio": fast["peak_memory_gib"] / fp32["peak_memory_gib"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(stamped(result), indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -3,11 +3,11 @@
     python bench/kd_loss.py [--out bench/results/kd_loss.json] [--device cpu|cuda]
     python bench/kd_loss.py --case step [--out bench/results/kd_loss_step.json]
 
-The baseline is `kernels.kd_loss.reference`, the implementation the tests check the others against.
+The baseline is `slim.kernels.kd_loss.reference`, the implementation the tests check the others against.
 `--case step` times the whole eq-12 head loss of one distillation step instead: LM + KD on the backbone
 and MTP-LM + MTP-KD on one MTP depth, at the `full` mix's weights, forward + backward. "naive" builds each
-term's logits as harness.training.loss_terms does (the pre-fusion step); "fused" / "fused-triton" is
-`harness.training.distill_terms.head_terms` (one chunked pass per head). On CPU hidden STEP_HIDDEN with
+term's logits as slim.harness.training.loss_terms does (the pre-fusion step); "fused" / "fused-triton" is
+`slim.harness.training.distill_terms.head_terms` (one chunked pass per head). On CPU hidden STEP_HIDDEN with
 N = 4d tokens, so the [V, d] weight-gradient floor does not hide the saving; on CUDA d = 2048, N = 4096. Targets: memory <= 0.2x,
 time <= 1.0x.
 Every (vocab, implementation) pair runs in a fresh child process (this file with --worker), one after the
@@ -32,12 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.training.distill_terms import HiddenStates, head_terms  # noqa: E402
-from harness.training.loss_terms import kd_loss_from_logits, lm_loss, mtp_kd_loss, mtp_lm_loss  # noqa: E402
-from kernels.kd_loss import kd_implementations  # noqa: E402
-from kernels.kd_loss.chunked import default_chunk_size  # noqa: E402
-from kernels.kd_loss.fused_head import head_implementations  # noqa: E402
-from kernels.kd_loss.reference import kd_loss_reference  # noqa: E402
+from slim.harness.provenance import stamped
+from slim.harness.training.distill_terms import HiddenStates, head_terms  # noqa: E402
+from slim.harness.training.loss_terms import kd_loss_from_logits, lm_loss, mtp_kd_loss, mtp_lm_loss  # noqa: E402
+from slim.kernels.kd_loss import kd_implementations  # noqa: E402
+from slim.kernels.kd_loss.chunked import default_chunk_size  # noqa: E402
+from slim.kernels.kd_loss.fused_head import head_implementations  # noqa: E402
+from slim.kernels.kd_loss.reference import kd_loss_reference  # noqa: E402
 
 VOCAB_SIZES = (32000, 151936)
 HIDDEN = 2048
@@ -232,7 +233,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(stamped(report), indent=2) + "\n")
     print(f"{'V':>7} {'N':>5} {'impl':>13} {'time s':>8} {'peak MiB':>9} {'time x':>7} {'mem x':>6}  verdict")
     for shape in shapes:
         for name, result in shape["results"].items():

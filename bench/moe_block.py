@@ -23,6 +23,8 @@ from transformers import Qwen3NextConfig
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
 
+from slim.harness.provenance import stamped
+
 GOAL_RATIO_E64_CUDA = 0.33
 
 
@@ -130,7 +132,7 @@ def main() -> None:
         "goal": f"best/eager <= {GOAL_RATIO_E64_CUDA} at E=64 on CUDA", "points": points,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(stamped(result), indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

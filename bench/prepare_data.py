@@ -28,7 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from harness.data.corpus import read_chapters
+from slim.harness.data.corpus import read_chapters
+from slim.harness.provenance import stamped
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "assets" / "tiny-teacher"
@@ -93,8 +94,8 @@ class TreeSampler(threading.Thread):
 
 def run_prepare(corpus: Path, output: Path, num_proc: int) -> dict:
     """One `slim prepare-data` in a child process, its summary plus the sampled memory."""
-    command = [sys.executable, "-m", "harness.cli.main", "prepare-data", "data.source=jsonl", f"data.path={corpus}",
-               f"data.tokenizer={TEACHER}", f"data.output={output}", f"data.num_proc={num_proc}"]
+    command = [sys.executable, "-m", "slim.harness.cli.main", "prepare-data", "data.source=jsonl",
+               f"data.path={corpus}", f"data.tokenizer={TEACHER}", f"data.output={output}", f"data.num_proc={num_proc}"]
     start = time.perf_counter()
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     sampler = TreeSampler(child.pid)
@@ -151,7 +152,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     peaks = [entry["peak_rss_bytes"] for entry in results["sizes"].values()]
     results["peak_rss_under_1gib"] = max(peaks) < 1 << 30
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(stamped(results), indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 

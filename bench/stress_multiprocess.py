@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from slim.harness.provenance import stamped
+
 SELECTION = [
     "tests/test_grid_safety.py::test_second_grid_on_one_folder_is_refused_naming_the_holder",
     "tests/test_grid_safety.py::test_workers_die_with_a_killed_grid",
@@ -68,7 +70,7 @@ def main() -> None:
         "tests": args.tests, "runs": runs, "passed": sum(run["passed"] for run in runs), "of": args.runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(stamped(result), indent=2) + "\n")
     print(f"{result['passed']}/{args.runs} runs passed; wrote {args.out}")
 
 

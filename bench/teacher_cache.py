@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from harness.compression.compress import compress
-from harness.config.load import load_config
-from harness.data.datamodule import CorpusDataModule
-from harness.training.distill import distill
-from harness.training.distill_module import DistillModule
-from harness.training.teacher_cache import cache_teacher
+from slim.harness.compression.compress import compress
+from slim.harness.config.load import load_config
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.provenance import stamped
+from slim.harness.training.distill import distill
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.teacher_cache import cache_teacher
 
 TEACHER = "assets/tiny-teacher"
 
@@ -68,7 +69,7 @@ def main() -> None:
                                    "wall_seconds": round(time.perf_counter() - start, 1)}
         print(k, results["runs"][str(k)], flush=True)
     out = Path("bench/results/teacher_cache.json")
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(stamped(results), indent=2))
     print(json.dumps(results, indent=2))
 
 

@@ -2,7 +2,7 @@
 
     python bench/teacher_scores.py [--limit 300] [--out bench/results/tiny_teacher_scores.json]
 
-The twin has the teacher's config with every weight redrawn (harness.compression.scratch.reinitialize_), so the
+The twin has the teacher's config with every weight redrawn (slim.harness.compression.scratch.reinitialize_), so the
 gap between them is what pretraining learned; it runs the multiple-choice tasks only (its exact match is 0).
 """
 
@@ -16,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.compression.scratch import reinitialize_  # noqa: E402
-from harness.evaluation.lm_eval_runner import run_lm_eval, task_manager  # noqa: E402
-from harness.evaluation.local_tasks import BUILDERS  # noqa: E402
-from harness.models.io import load_pretrained  # noqa: E402
+from slim.harness.compression.scratch import reinitialize_  # noqa: E402
+from slim.harness.evaluation.lm_eval_runner import run_lm_eval, task_manager  # noqa: E402
+from slim.harness.evaluation.local_tasks import BUILDERS  # noqa: E402
+from slim.harness.models.io import load_pretrained  # noqa: E402
+from slim.harness.provenance import stamped
 
 TEACHER = "assets/tiny-teacher"
 MULTIPLE_CHOICE = ["kjv_cloze", "kjv_next_verse"]
@@ -39,7 +40,7 @@ def main() -> None:
         results[name] = run_lm_eval(model.eval(), tokenizer, tasks, manager, args.limit, batch_size=32)
     report = {"teacher": TEACHER, "limit": args.limit, "scores": results,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(stamped(report), indent=2) + "\n")
     print(json.dumps(results, indent=1))
 
 

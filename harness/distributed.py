@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 WAIT_TIMEOUT = timedelta(hours=24)  # longest a rank waits for rank 0 (compressing or evaluating a large model)
 _wait_group: dist.ProcessGroup | None = None

@@ -10,30 +10,29 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.registry import Registry
+from slim.harness.registry import Registry, package_folder
 
 # family module -> attribute holding its Registry
 METHOD_PACKAGES: dict[str, str] = {
-    "methods.criteria": "criteria",
-    "methods.similarity": "similarities",
-    "methods.reducers": "reducers",
-    "methods.depth": "depth_selectors",
-    "methods.width": "width_selectors",
-    "methods.plans": "plans",
-    "methods.losses": "loss_mixes",
-    "methods.schedules": "weight_schedules",
-    "methods.adaptations": "adaptations",
-    "methods.variants": "model_variants",
-    "kernels.kd_loss": "kd_implementations",
-    "kernels.kd_loss.cached_reference": "cached_kd_implementations",
-    "kernels.kd_loss.fused_head": "head_implementations",
-    "kernels.grouped_experts": "expert_output_implementations",
-    "harness.models.families": "model_families",
-    "harness.data.sources": "sources",
+    "slim.methods.criteria": "criteria",
+    "slim.methods.similarity": "similarities",
+    "slim.methods.reducers": "reducers",
+    "slim.methods.depth": "depth_selectors",
+    "slim.methods.width": "width_selectors",
+    "slim.methods.plans": "plans",
+    "slim.methods.losses": "loss_mixes",
+    "slim.methods.schedules": "weight_schedules",
+    "slim.methods.adaptations": "adaptations",
+    "slim.methods.variants": "model_variants",
+    "slim.kernels.kd_loss": "kd_implementations",
+    "slim.kernels.kd_loss.cached_reference": "cached_kd_implementations",
+    "slim.kernels.kd_loss.fused_head": "head_implementations",
+    "slim.kernels.grouped_experts": "expert_output_implementations",
+    "slim.harness.models.families": "model_families",
+    "slim.harness.data.sources": "sources",
 }
 
 
@@ -53,11 +52,10 @@ class StaticEntry:
 
 
 def _source_path(module: str) -> Path:
-    """The file of `module` (its `__init__.py` for a package), found without importing anything below the top-level
-    package (whose `__init__` files are empty)."""
-    top, *rest = module.split(".")
-    root = Path(importlib.util.find_spec(top).origin).parent
-    path = root.joinpath(*rest)
+    """The file of `module` (its `__init__.py` for a package), found without importing anything below the top code
+    package (`slim.methods`, `slim.kernels`, `slim.harness`: namespace packages, which run no code)."""
+    namespace, top, *rest = module.split(".")
+    path = package_folder(f"{namespace}.{top}").joinpath(*rest)
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 

@@ -7,13 +7,12 @@ directory may be replaced by a new output.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.models.checkpoint_state import weight_paths
+from slim.harness.errors import UserError
+from slim.harness.models.checkpoint_state import weight_paths
 
 MARKER = ".slim-output"
 

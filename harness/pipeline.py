@@ -1,6 +1,6 @@
 """`slim run recipe.yaml`: calibrate -> compress -> (scratch re-init) -> distill -> save, one-shot or progressive.
 
-A progressive plan (`compress.plan`) repeats compress -> distill per stage (harness.progressive). A rerun
+A progressive plan (`compress.plan`) repeats compress -> distill per stage (slim.harness.progressive). A rerun
 of a killed run skips finished stages, reuses a stage's compressed student when its recipe is unchanged
 and resumes the interrupted distillation from its last checkpoint.
 
@@ -20,19 +20,20 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from harness.atomic import write_text_atomic
-from harness.compression.compress import REPORT_NAME, compress
-from harness.compression.recipe import validate_recipe
-from harness.compression.scratch import write_scratch_student
-from harness.config.schema import SlimConfig
-from harness.data.packing import check_data
-from harness.distributed import check_launch, init_distributed, on_rank_zero, uses_cuda
-from harness.errors import UserError
-from harness.models.io import read_model_config
-from harness.outputs import check_output_dir, weights_bytes
-from harness.progressive import StagePlan, plan_stages
-from harness.training.distill import distill, validate_distill_config
-from harness.training.run import check_run_dir
+from slim.harness.atomic import write_text_atomic
+from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.compression.recipe import validate_recipe
+from slim.harness.compression.scratch import write_scratch_student
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.packing import check_data
+from slim.harness.distributed import check_launch, init_distributed, on_rank_zero, uses_cuda
+from slim.harness.errors import UserError
+from slim.harness.models.io import read_model_config
+from slim.harness.outputs import check_output_dir, weights_bytes
+from slim.harness.progressive import StagePlan, plan_stages
+from slim.harness.provenance import stamped
+from slim.harness.training.distill import distill, validate_distill_config
+from slim.harness.training.run import check_run_dir
 
 
 def _json(value: object) -> object:
@@ -124,5 +125,6 @@ def run_recipe(cfg: SlimConfig, callbacks: Sequence[Callback] = ()) -> dict:
         "distill": records[-1]["distill"],
         "experts_implementation": records[-1]["distill"].get("experts_implementation"),
     }
-    on_rank_zero(lambda: write_text_atomic(Path(cfg.run_dir) / "run_summary.json", json.dumps(summary, indent=2)))
+    on_rank_zero(lambda: write_text_atomic(Path(cfg.run_dir) / "run_summary.json",
+                                           json.dumps(stamped(summary), indent=2)))
     return summary

@@ -1,7 +1,7 @@
 """`slim plan`: the per-GPU memory of a distillation run and whether it fits N GPUs of M GiB.
 
 Shapes come from meta-device models (nothing is allocated): the teacher is `model`, the student is `model` cut by
-the `compress` recipe (harness.compression.shapes), each with its MTP module of depth D. Under train.strategy=fsdp
+the `compress` recipe (slim.harness.compression.shapes), each with its MTP module of depth D. Under train.strategy=fsdp
 every model is sharded over all W = plan.gpus x plan.nodes GPUs (otherwise W = 1 below and nothing is all-gathered).
 With P parameters (MTP included) and c bytes per compute element (2 under train.precision=bf16-mixed, 4 under
 32-true), bytes per GPU:
@@ -35,15 +35,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.compression.shapes import student_shape
-from harness.config.schema import ModelConfig, PlanConfig, SlimConfig
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.mtp import construct_mtp
-from harness.models.params import ParamCount, count_parameters
-from harness.models.view import MoEView, moe_view, view
-from harness.training.run import check_batch_split
-from methods.losses import loss_mixes
+from slim.harness.compression.shapes import student_shape
+from slim.harness.config.schema import ModelConfig, PlanConfig, SlimConfig
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.mtp import construct_mtp
+from slim.harness.models.params import ParamCount, count_parameters
+from slim.harness.models.view import MoEView, moe_view, view
+from slim.harness.training.run import check_batch_split
+from slim.methods.losses import loss_mixes
 
 GIB = 2**30
 COMPUTE_BYTES = {"bf16-mixed": 2, "32-true": 4}  # bytes per element of compute (and the frozen teacher)
@@ -53,7 +53,7 @@ COMPUTE_BYTES = {"bf16-mixed": 2, "32-true": 4}  # bytes per element of compute 
 class ModelShape:
     """What the plan needs of one model: its parameter counts (MTP included) and its layers' shapes."""
 
-    params: ParamCount  # the backbone, by harness.models.params' convention
+    params: ParamCount  # the backbone, by slim.harness.models.params' convention
     mtp_params: int
     root_params: int  # the FSDP root units: embedding, LM head, final norm, MTP norms and projections
     largest_unit: int  # parameters of the largest decoder-layer unit (backbone or MTP block)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
-from harness.compression.recipe import student_top_k
-from harness.config.schema import CompressConfig, SlimConfig
-from harness.errors import UserError
-from methods.plans import Shape, plans
+from slim.harness.compression.recipe import student_top_k
+from slim.harness.config.schema import CompressConfig, SlimConfig
+from slim.harness.errors import UserError
+from slim.methods.plans import Shape, plans
 
 
 @dataclass

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Generic, TypeVar
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 T = TypeVar("T")
 
@@ -79,6 +81,15 @@ class Registry(Generic[T]):
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             rows.append((key, doc[0] if doc else ""))
         return rows
+
+
+def package_folder(package: str) -> Path:
+    """The folder of `package`, found without running its code: the top code packages (`slim.methods`, ...) are
+    namespace packages mapped onto the repository's folders, so they have no `__init__.py` to take a parent of."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not an importable package")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def all_registries() -> dict[str, Registry]:

@@ -66,7 +66,7 @@ def redirect_output(path: Path) -> None:
 
 def note(message: str) -> None:
     """A harness notice about what a run does (shown quiet or verbose, on stderr), once: by rank 0 of a launch."""
-    from harness.distributed import rank
+    from slim.harness.distributed import rank
 
     if rank() == 0:
         print(message, file=sys.stderr)

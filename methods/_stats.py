@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 S = TypeVar("S")
 F = TypeVar("F", bound=Callable)

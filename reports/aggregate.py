@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from reports.results import CellResult
-from reports.spec import RowKey, TableSpec
+from slim.reports.results import CellResult
+from slim.reports.spec import RowKey, TableSpec
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,17 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from reports.compression import (DROPPED, MERGED, DepthCurves, ExpertMatrix, WidthImportance, depth_curves,
-                                 expert_matrix, width_importance)
-from reports.render import atomic_write
+from slim.reports.compression import (
+    DROPPED,
+    MERGED,
+    DepthCurves,
+    ExpertMatrix,
+    WidthImportance,
+    depth_curves,
+    expert_matrix,
+    width_importance,
+)
+from slim.reports.render import atomic_write
 
 ANNOTATE_MAX_EXPERTS = 32  # write the student expert id in each merge-map cell up to this many teacher experts
 

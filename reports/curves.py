@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FormatStrFormatter
 
-from reports.aggregate import group_results
-from reports.results import CellResult, load_run_metrics, metric_series
-from reports.spec import TableSpec
+from slim.reports.aggregate import group_results
+from slim.reports.results import CellResult, load_run_metrics, metric_series
+from slim.reports.spec import TableSpec
 
 
 @dataclass(frozen=True)

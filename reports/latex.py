@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reports.results import CellResult
-from reports.spec import TableSpec
-from reports.table import Line, StatMarkup, build_table, format_stat
+from slim.reports.results import CellResult
+from slim.reports.spec import TableSpec
+from slim.reports.table import Line, StatMarkup, build_table, format_stat
 
 MISSING = "--"
 MARKUP = StatMarkup(missing=MISSING, bold=r"\textbf{{{}}}", plus_minus=r"\,$\pm$\,")

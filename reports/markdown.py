@@ -1,4 +1,4 @@
-"""Markdown for a TableSpec: the LaTeX table's lines, values and bolding (reports.table) as a GitHub table, and the
+"""Markdown for a TableSpec: the LaTeX table's lines, values and bolding (slim.reports.table) as a GitHub table, and the
 JSON a committed table is re-rendered from (`docs/results/<table>.json` beside `<table>.md`)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from reports.render import atomic_write
-from reports.results import CellResult
-from reports.spec import TableSpec
-from reports.table import Line, StatMarkup, build_table, format_stat
+from slim.reports.render import atomic_write
+from slim.reports.results import CellResult
+from slim.reports.spec import TableSpec
+from slim.reports.table import Line, StatMarkup, build_table, format_stat
 
 MISSING = "–"
 MARKUP = StatMarkup(missing=MISSING, bold="**{}**", plus_minus=" ± ")

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.atomic import atomic_path
-from reports.curves import CurveSpec, build_lines, plot_lines
-from reports.latex import render_table, standalone
-from reports.results import CellResult
-from reports.spec import TableSpec
+from slim.harness.atomic import atomic_path
+from slim.reports.curves import CurveSpec, build_lines, plot_lines
+from slim.reports.latex import render_table, standalone
+from slim.reports.results import CellResult
+from slim.reports.spec import TableSpec
 
 BOOKTABS = Path(__file__).parent / "texmf" / "booktabs.sty"
 

@@ -1,7 +1,7 @@
 """What a report reads: one finished grid cell as plain data, and its Lightning CSV metrics.
 
 Reports never open the results store; the store's reader hands them `CellResult`s. A run's metrics
-live in `metrics/version_N/metrics.csv` (one version per (re)start, see `harness.training.trainer`),
+live in `metrics/version_N/metrics.csv` (one version per (re)start, see `slim.harness.training.trainer`),
 so a resumed run's curve is the versions stitched together.
 """
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reports.aggregate import Row, Stat, average_of, best_rows, build_rows
-from reports.results import CellResult
-from reports.spec import TableSpec
+from slim.reports.aggregate import Row, Stat, average_of, best_rows, build_rows
+from slim.reports.results import CellResult
+from slim.reports.spec import TableSpec
 
 AVERAGE_HEADER = "Avg."
 

@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 import torch
 
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig
 
 # One intra-op thread: with two threads on a 2-core machine that is busy with anything else, torch's
 # threads wait on each other and tiny models run ~100x slower; alone, one thread costs little.
@@ -48,7 +47,7 @@ def tiny_config(tmp_path: Path, tokenizer_dir: Path):
 
 @pytest.fixture(scope="session", autouse=True)
 def slim_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The harness's shared caches (harness.evaluation.teacher_metrics) in a session temp dir, not in ~/.cache;
+    """The harness's shared caches (slim.harness.evaluation.teacher_metrics) in a session temp dir, not in ~/.cache;
     subprocesses inherit it."""
     path = tmp_path_factory.mktemp("slim-cache")
     os.environ["SLIM_CACHE_DIR"] = str(path)

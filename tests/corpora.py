@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig
-from harness.data.corpus import read_chapters
-from harness.data.shards import TokenStream, read_index
-from harness.data.sources import SPLITS
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.corpus import read_chapters
+from slim.harness.data.shards import TokenStream, read_index
+from slim.harness.data.sources import SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
 KJV = ROOT / "data" / "corpus" / "kjv.txt.gz"

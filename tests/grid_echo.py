@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from harness.config.schema import SlimConfig
-from harness.grid import CellOutput, register_kind
+from slim.harness.config.schema import SlimConfig
+from slim.harness.grid import CellOutput, register_kind
 
 KILL_MARKER = "kill-armed"
 BLOCK_MARKER = "block"  # while this file is in the grid folder, `test_block` cells wait

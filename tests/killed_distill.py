@@ -12,8 +12,8 @@ import sys
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from harness.config.load import load_config
-from harness.training.distill import distill
+from slim.harness.config.load import load_config
+from slim.harness.training.distill import distill
 
 
 class Killed(RuntimeError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 
-from harness.search.spec import SearchSpec
+from slim.harness.search.spec import SearchSpec
 
 RACE_WORKERS = 3
 

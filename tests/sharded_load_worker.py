@@ -19,12 +19,12 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from transformers import PreTrainedModel
 
-from harness.models.io import empty_model, load_pretrained
-from harness.models.mtp import MTPModule
-from harness.models.mtp_io import load_mtp
-from harness.training.fsdp import full_state_dict, shard_with_mtp
-from harness.training.precision import cast_parameters
-from harness.training.sharded_load import empty_with_mtp, fill_pretrained
+from slim.harness.models.io import empty_model, load_pretrained
+from slim.harness.models.mtp import MTPModule
+from slim.harness.models.mtp_io import load_mtp
+from slim.harness.training.fsdp import full_state_dict, shard_with_mtp
+from slim.harness.training.precision import cast_parameters
+from slim.harness.training.sharded_load import empty_with_mtp, fill_pretrained
 
 
 def memory_mib(field: str) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.grid import prepare_grid, run_grid
-from harness.grid.report import write_grid_report
+from slim.harness.grid import prepare_grid, run_grid
+from slim.harness.grid.report import write_grid_report
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 BUDGET = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2",
@@ -63,7 +63,7 @@ def test_table10_scratch_vs_pruned_more_benchmarks(teacher, tmp_path):  # noqa: 
 
 def test_table11_efficiency_two_seeds(teacher, tmp_path):  # noqa: F811
     """Speed and memory vs the teacher for 2 seeds (mean ± std); vLLM is recorded as skipped where it cannot run."""
-    from harness.evaluation.backends import inference_backends
+    from slim.harness.evaluation.backends import inference_backends
 
     rows, tex = run_table("table11", teacher, tmp_path, *SLIMQWEN_SHAPE, "seeds=[0, 1]")
     assert [row["seed"] for row in rows] == [0, 1]

@@ -10,16 +10,16 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig, TrainConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.data.sampler import ResumableBatchSampler
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.io import save_pretrained
-from harness.training.distill_module import DistillModule
-from harness.training.run import validate_train_config
-from harness.training.trainer import build_trainer
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig, TrainConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.data.sampler import ResumableBatchSampler
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.io import save_pretrained
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.run import validate_train_config
+from slim.harness.training.trainer import build_trainer
 from tests.conftest import TINY_OVERRIDES
 
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, one MTP depth.

@@ -10,16 +10,16 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from harness.cli.main import main
-from harness.compression.depth import drop_layers
-from harness.config.schema import ModelConfig
-from harness.evaluation.efficiency import measure_efficiency
-from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
-from harness.models.build import build_model
-from harness.models.families import TRANSFORMERS_CACHE, prepare_decoding
-from harness.models.families.qwen3_next import LINEAR_STATE_CACHE, LinearStateCache
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp
+from slim.harness.cli.main import main
+from slim.harness.compression.depth import drop_layers
+from slim.harness.config.schema import ModelConfig
+from slim.harness.evaluation.efficiency import measure_efficiency
+from slim.harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
+from slim.harness.models.build import build_model
+from slim.harness.models.families import TRANSFORMERS_CACHE, prepare_decoding
+from slim.harness.models.families.qwen3_next import LINEAR_STATE_CACHE, LinearStateCache
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.mtp import build_mtp
 
 TEACHER = "assets/tiny-teacher"  # 8 layers: Gated DeltaNet except full attention at 3 and 7
 VOCAB = 64

@@ -11,22 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.calibration import moe_stats
-from harness.calibration.collect import calibrate
-from harness.calibration.fingerprint import model_fingerprint
-from harness.calibration.instrument import StatsCollector
-from harness.calibration.io import check_fingerprint, load_stats, save_stats
-from harness.calibration.layerwise import calibrate_layerwise
-from harness.calibration.run import calibration_batches, run_calibration
-from harness.calibration.stats import CalibrationStats
-from harness.config.load import load_config
-from harness.config.schema import CalibrationConfig, ModelConfig
-from harness.data.packing import PackedDataset
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.view import MoEView, view
-from kernels.grouped_experts import expert_outputs_grouped, expert_outputs_loop
+from slim.harness.calibration import moe_stats
+from slim.harness.calibration.collect import calibrate
+from slim.harness.calibration.fingerprint import model_fingerprint
+from slim.harness.calibration.instrument import StatsCollector
+from slim.harness.calibration.io import check_fingerprint, load_stats, save_stats
+from slim.harness.calibration.layerwise import calibrate_layerwise
+from slim.harness.calibration.run import calibration_batches, run_calibration
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import CalibrationConfig, ModelConfig
+from slim.harness.data.packing import PackedDataset
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.view import MoEView, view
+from slim.kernels.grouped_experts import expert_outputs_grouped, expert_outputs_loop
 
 PROBE_TOKENS = 40  # more than one batch (2 x 16 tokens), so the probe set spans batches
 CALIBRATION = CalibrationConfig(probe_tokens=PROBE_TOKENS, batch_size=2)
@@ -305,7 +305,7 @@ def test_missing_or_corrupt_stats_file_is_user_error(tmp_path) -> None:
 def test_short_calibration_split_is_used_whole_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     """Asking for more samples than the split holds calibrates on all of them and warns once."""
     dataset = PackedDataset(torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(4)))
-    with caplog.at_level(logging.WARNING, logger="harness.calibration.run"):
+    with caplog.at_level(logging.WARNING, logger="slim.harness.calibration.run"):
         batches = calibration_batches(dataset, CalibrationConfig(num_samples=5, batch_size=2))
     assert [batch.shape for batch in batches] == [(2, 8), (1, 8)]
     assert torch.equal(torch.cat(batches), dataset.sequences[:, :-1])

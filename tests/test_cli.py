@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from harness.cli.main import SUBCOMMANDS, TAKES_NO_CONFIG
+from slim.harness.cli.main import SUBCOMMANDS, TAKES_NO_CONFIG
 
 
 def run_slim(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "slim.harness.cli.main", *args], capture_output=True, text=True,
                           timeout=120)
 
 
@@ -60,7 +60,7 @@ def test_config_prints_resolved_yaml():
 def test_methods_catalog_read_from_the_sources_matches_the_imported_registries():
     """The listing `slim methods` reads from the source files has each registry's family, names and doc lines; an
     entry registered under a condition (triton installed) is listed with it and matches where it is imported."""
-    from harness.methods_catalog import METHOD_PACKAGES, method_registries, static_family
+    from slim.harness.methods_catalog import METHOD_PACKAGES, method_registries, static_family
 
     for (module, attr), registry in zip(METHOD_PACKAGES.items(), method_registries(), strict=True):
         family, entries = static_family(module, attr)
@@ -72,7 +72,7 @@ def test_methods_catalog_read_from_the_sources_matches_the_imported_registries()
 def test_methods_imports_no_torch():
     """`slim methods` lists names and docs without importing torch, transformers or Lightning (it took ~20 s in a
     fresh clone when it imported every entry's module)."""
-    code = ("import sys; from harness.cli.main import main; main(['methods']); "
+    code = ("import sys; from slim.harness.cli.main import main; main(['methods']); "
             "print(sorted(name for name in ('torch', 'transformers', 'lightning') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "[]", result.stderr
@@ -80,7 +80,7 @@ def test_methods_imports_no_torch():
 
 def test_methods_lists_every_registered_entry():
     """`slim methods` prints every entry of every method family with its one-line doc."""
-    from harness.methods_catalog import method_registries
+    from slim.harness.methods_catalog import method_registries
 
     result = run_slim("methods")
     assert result.returncode == 0
@@ -92,7 +92,7 @@ def test_methods_lists_every_registered_entry():
 
 LIBRARY_NOTICES = """
 import sys, warnings
-from harness.verbosity import configure_output
+from slim.harness.verbosity import configure_output
 configure_output(sys.argv[1] == "verbose")
 from lightning.pytorch.utilities import rank_zero_info
 from transformers.utils import logging as transformers_logging
@@ -117,7 +117,7 @@ def test_library_notices_only_with_verbose(mode: str):
 
 def test_verbose_flag_before_or_after_the_subcommand():
     """`slim --verbose COMMAND` and `slim COMMAND --verbose` both turn verbose output on."""
-    from harness.cli.main import build_parser
+    from slim.harness.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["--verbose", "config"]).verbose and parser.parse_args(["config", "--verbose"]).verbose
@@ -127,7 +127,7 @@ def test_verbose_flag_before_or_after_the_subcommand():
 def test_verbose_takes_back_the_quiet_environment_a_parent_set(monkeypatch: pytest.MonkeyPatch):
     """A verbose command started from a quiet one (e.g. a test process that ran `main`) gets the libraries' own
     settings back; a variable the user set stays."""
-    from harness.verbosity import configure_output
+    from slim.harness.verbosity import configure_output
 
     monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "SLIM_QUIET_SET", "SLIM_VERBOSE"):

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.calibration.io import save_stats
-from harness.calibration.run import run_calibration
-from harness.compression.compress import REPORT_NAME, compress
-from harness.config.load import load_config
-from harness.data.packing import build_corpus_data
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp, run_mtp
-from harness.models.mtp_io import load_mtp, save_mtp
-from harness.models.params import count_parameters
+from slim.harness.calibration.io import save_stats
+from slim.harness.calibration.run import run_calibration
+from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.config.load import load_config
+from slim.harness.data.packing import build_corpus_data
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.mtp import build_mtp, run_mtp
+from slim.harness.models.mtp_io import load_mtp, save_mtp
+from slim.harness.models.params import count_parameters
 from tests.conftest import TINY_OVERRIDES
 
 # two hybrid groups (attention at layers 1 and 3), so a 1-layer last_n cut keeps attention as the paper's cut does

@@ -8,12 +8,11 @@ import math
 
 from PIL import Image
 
-from harness.cli.main import main
-from harness.compression.compress import REPORT_NAME, compress
-from harness.grid.figures import write_cell_figures
-from reports.compression import (DROPPED, KEPT, MERGED, depth_curves, expert_matrix, expert_status,
-                                 width_importance)
-from reports.compression_figures import PLOTS, figure_names, merge_colors, row_normalized
+from slim.harness.cli.main import main
+from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.grid.figures import write_cell_figures
+from slim.reports.compression import DROPPED, KEPT, MERGED, depth_curves, expert_matrix, expert_status, width_importance
+from slim.reports.compression_figures import PLOTS, figure_names, merge_colors, row_normalized
 from tests.test_compress import recipe, teacher  # noqa: F401 - the module-scoped tiny teacher fixture
 
 
@@ -133,13 +132,13 @@ def test_the_report_records_the_criterion_scores_the_plan_used(teacher, tmp_path
 def test_a_plotting_failure_keeps_the_student(teacher, tmp_path, monkeypatch, caplog):  # noqa: F811
     """When plotting raises, the student and its report are written, `slim compress` succeeds and one warning line
     says why."""
-    import reports.compression_figures
+    import slim.reports.compression_figures
 
     def broken(report, out_dir):
         raise RuntimeError("no backend")
 
-    monkeypatch.setattr(reports.compression_figures, "write_compression_figures", broken)
-    with caplog.at_level(logging.WARNING, logger="harness.compression.compress"):
+    monkeypatch.setattr(slim.reports.compression_figures, "write_compression_figures", broken)
+    with caplog.at_level(logging.WARNING, logger="slim.harness.compression.compress"):
         assert slim_compress(teacher, tmp_path, "compress.experts.num_experts=4") == 0
     assert (tmp_path / "student" / REPORT_NAME).is_file() and (tmp_path / "student" / "config.json").is_file()
     assert [record.getMessage() for record in caplog.records] == [

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness.config.load import CONF_DIR, load_config, preset_names
-from harness.config.schema import ModelConfig, SlimConfig
-from harness.errors import UserError
-from harness.training.distill import validate_distill_config
+from slim.harness.config.load import CONF_DIR, load_config, preset_names
+from slim.harness.config.schema import ModelConfig, SlimConfig
+from slim.harness.errors import UserError
+from slim.harness.training.distill import validate_distill_config
 
 
 def test_overrides_are_typed_and_applied():

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config.schema import DataConfig
-from harness.data import packing, tokenizer as tokenizer_module
-from harness.data.corpus import read_chapters, split_corpus
-from harness.data.datamodule import CorpusDataModule
-from harness.data.packing import CorpusData, build_corpus_data, pack_texts
-from harness.data.tokenizer import load_or_train_tokenizer
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data import packing
+from slim.harness.data import tokenizer as tokenizer_module
+from slim.harness.data.corpus import read_chapters, split_corpus
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.data.packing import CorpusData, build_corpus_data, pack_texts
+from slim.harness.data.tokenizer import load_or_train_tokenizer
+from slim.harness.errors import UserError
 
 CORPUS = str(Path(__file__).resolve().parents[1] / "data" / "corpus" / "kjv.txt.gz")
 HELDOUT_EVERY = 20

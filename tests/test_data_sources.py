@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from harness.config.schema import DataConfig
-from harness.data.corpus import read_chapters, split_corpus
-from harness.data.documents import DocumentStream, split_texts
-from harness.data.prepare import prepare_data
-from harness.data.sources import get_source, hash_split, sources
-from harness.errors import UserError
-from harness.methods_catalog import format_catalog
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.corpus import read_chapters, split_corpus
+from slim.harness.data.documents import DocumentStream, split_texts
+from slim.harness.data.prepare import prepare_data
+from slim.harness.data.sources import get_source, hash_split, sources
+from slim.harness.errors import UserError
+from slim.harness.methods_catalog import format_catalog
 from tests.corpora import (
     KJV,
     TEACHER,

@@ -1,4 +1,4 @@
-"""harness.distributed in one process: the launch is read from torchrun's and srun's variables, shards cover the
+"""slim.harness.distributed in one process: the launch is read from torchrun's and srun's variables, shards cover the
 calibration batches once, the helpers are no-ops without a launch, and a launch that does not match
 train.devices x train.num_nodes is refused before any work."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import distributed
-from harness.calibration import reduce
-from harness.config.schema import CalibrationConfig
-from harness.errors import UserError
-from harness.evaluation.evaluate import resolve_device
-from harness.pipeline import run_recipe
+from slim.harness import distributed
+from slim.harness.calibration import reduce
+from slim.harness.config.schema import CalibrationConfig
+from slim.harness.errors import UserError
+from slim.harness.evaluation.evaluate import resolve_device
+from slim.harness.pipeline import run_recipe
 
 LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE",
                     "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID",

@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.calibration.io import DEPTH_COUNTS, DEPTH_SUMS, MOE_COUNTS, MOE_SUMS, load_stats
-from harness.calibration.run import calibrate_teacher
-from harness.calibration.stats import CalibrationStats
-from harness.config.load import load_config
-from harness.data.packing import build_corpus_data
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp
-from harness.models.mtp_io import save_mtp
-from harness.pipeline import run_recipe
+from slim.harness.calibration.io import DEPTH_COUNTS, DEPTH_SUMS, MOE_COUNTS, MOE_SUMS, load_stats
+from slim.harness.calibration.run import calibrate_teacher
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.config.load import load_config
+from slim.harness.data.packing import build_corpus_data
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.mtp import build_mtp
+from slim.harness.models.mtp_io import save_mtp
+from slim.harness.pipeline import run_recipe
 from tests.conftest import TINY_OVERRIDES
 from tests.test_distributed import LAUNCH_VARIABLES
 from tests.test_fsdp import LOGITS_TOL, RUN, TINY_MODEL
@@ -75,8 +75,8 @@ def srun_slim(command: str, *args: str, tasks: int = 2) -> list[str]:
         env = {**_environment(), "SLURM_NTASKS": str(tasks), "SLURM_NTASKS_PER_NODE": str(tasks),
                "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task), "SLURM_NODEID": "0",
                "SLURM_JOB_NAME": "slim-test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        processes.append(subprocess.Popen([sys.executable, "-m", "harness.cli.main", command, *args], cwd=REPO, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(subprocess.Popen([sys.executable, "-m", "slim.harness.cli.main", command, *args], cwd=REPO,
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [process.communicate(timeout=900)[0] for process in processes]
     for task, (process, output) in enumerate(zip(processes, outputs, strict=True)):
         assert process.returncode == 0, f"task {task}:\n{output[-3000:]}"
@@ -84,9 +84,9 @@ def srun_slim(command: str, *args: str, tasks: int = 2) -> list[str]:
 
 
 def torchrun_slim(command: str, *args: str, processes: int = 2) -> None:
-    """`torchrun --standalone --nproc_per_node <processes> -m harness.cli.main <command> ...`."""
+    """`torchrun --standalone --nproc_per_node <processes> -m slim.harness.cli.main <command> ...`."""
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "-m", "harness.cli.main", command, *args],
+                           f"--nproc_per_node={processes}", "-m", "slim.harness.cli.main", command, *args],
                           cwd=REPO, env=_environment(), capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
 

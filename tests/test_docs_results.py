@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 import tests.grid_echo  # noqa: F401 - registers the cheap `test_echo` cell kind
-from harness.cli.main import main
-from reports import CellResult, TableSpec
-from reports.latex import render_table
-from reports.markdown import load_results_json, render_markdown, results_json, write_markdown_report
+from slim.harness.cli.main import main
+from slim.reports.latex import render_table
+from slim.reports.markdown import load_results_json, render_markdown, results_json, write_markdown_report
+from slim.reports.results import CellResult
+from slim.reports.spec import TableSpec
 from tests.grid_echo import write_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,18 +11,19 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from harness.cli.main import main
-from harness.compression.scratch import reinitialize_
-from harness.config.schema import DataConfig, ModelConfig
-from harness.data.corpus import read_chapters, split_corpus
-from harness.errors import UserError
-from harness.evaluation.efficiency import CPU_MEMORY, measure_efficiency
-from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
-from harness.evaluation.local_tasks import BUILDERS, TASKS_DIR, write_local_tasks
-from harness.evaluation.mtp_acceptance import Drafter, acceptance_rates, greedy_continuation, mtp_drafter
-from harness.models.build import build_model
-from harness.models.io import load_pretrained
-from harness.models.mtp import build_mtp
+from slim.harness.cli.main import main
+from slim.harness.compression.scratch import reinitialize_
+from slim.harness.config.schema import DataConfig, ModelConfig
+from slim.harness.data.corpus import read_chapters, split_corpus
+from slim.harness.errors import UserError
+from slim.harness.evaluation.efficiency import CPU_MEMORY, measure_efficiency
+from slim.harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
+from slim.harness.evaluation.local_tasks import BUILDERS, TASKS_DIR, write_local_tasks
+from slim.harness.evaluation.mtp_acceptance import Drafter, acceptance_rates, greedy_continuation, mtp_drafter
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained
+from slim.harness.models.mtp import build_mtp
+from slim.harness.provenance import software
 
 TEACHER = "assets/tiny-teacher"
 LOCAL = list(BUILDERS)
@@ -179,6 +180,7 @@ def test_slim_eval_writes_summary(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "eval_summary.json").read_text())
     assert set(summary["lm_eval"]["kjv_cloze"]) == {"acc", "acc_norm"}
     assert 1 < summary["perplexity"] < 100
+    assert summary["software"] == software()
     assert summary["expert_flops_saved"]["overall"] == 0.0  # a static MoE skips nothing
     assert len(summary["expert_flops_saved"]["per_layer"]) == 8  # the tiny teacher's 8 MoE layers
     assert summary["mtp_acceptance"]["acc"] is None and "no MTP weights" in summary["mtp_acceptance"]["note"]

@@ -9,21 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cli.main import main
-from harness.config.load import load_config
-from harness.config.schema import ModelConfig
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.experts_policy import (
+from slim.harness.cli.main import main
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import ModelConfig
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.experts_policy import (
     apply_experts_policy,
     experts_modules,
     grouped_mm_runs,
     implementations_in,
     resolve_experts_implementation,
 )
-from harness.models.mtp import build_mtp, run_mtp
-from harness.training.distill_module import DistillModule
-from harness.training.run import ExpertsPolicy
+from slim.harness.models.mtp import build_mtp, run_mtp
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.run import ExpertsPolicy
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher with MTP + tokenizer)
 
 CPU = torch.device("cpu")

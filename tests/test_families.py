@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from harness.compression.compress import compress
-from harness.errors import UserError
-from harness.models.io import load_pretrained
+from slim.harness.compression.compress import compress
+from slim.harness.errors import UserError
+from slim.harness.models.io import load_pretrained
 from tests.tiny_families import Teacher, make_teacher
 
 FAMILIES = ("olmoe", "mixtral")

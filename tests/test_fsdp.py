@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.compression.surgery import drop_layers
-from harness.config.load import load_config
-from harness.config.schema import TrainConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.data.sampler import ResumableBatchSampler
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp
-from harness.models.mtp_io import has_mtp_weights, save_mtp
-from harness.training.run import validate_train_config
+from slim.harness.compression.surgery import drop_layers
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import TrainConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.data.sampler import ResumableBatchSampler
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.mtp import build_mtp
+from slim.harness.models.mtp_io import has_mtp_weights, save_mtp
+from slim.harness.training.run import validate_train_config
 from tests.conftest import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def slim_distill(run_dir: Path, pair: tuple[Path, Path, Path], *overrides: str, 
     output = run_dir.parent / f"{run_dir.name}-student"
     args = [*TINY_OVERRIDES, *RUN, f"data.tokenizer={tokenizer_dir}", f"run_dir={run_dir}",
             f"distill.teacher={teacher}", f"distill.student={student}", f"distill.output={output}", *overrides]
-    command = (["-m", "harness.cli.main", "distill"] if not kill_at
+    command = (["-m", "slim.harness.cli.main", "distill"] if not kill_at
                else [str(REPO / "tests/killed_distill.py"), str(kill_at)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, *command, *args], cwd=REPO, env=env, capture_output=True, text=True,

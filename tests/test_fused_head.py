@@ -1,13 +1,13 @@
 """The fused LM + KD head pass (kernels/kd_loss/fused_head.py) against independent references: autograd through
-full logits with harness.training.loss_terms, a per-token loop, and identities."""
+full logits with slim.harness.training.loss_terms, a per-token loop, and identities."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness.training.loss_terms import kd_loss_from_logits, lm_loss
-from kernels.kd_loss.fused_head import head_implementations
+from slim.harness.training.loss_terms import kd_loss_from_logits, lm_loss
+from slim.kernels.kd_loss.fused_head import head_implementations
 
 N, D, D_T, V = 37, 12, 16, 50
 IMPLEMENTATIONS = head_implementations.keys()

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli.main import main
-from harness.errors import UserError
-from harness.grid import ResultsStore, cell_kinds, expand, load_spec, prepare_grid, run_grid
-from harness.grid.figures import write_cell_figures
-from harness.grid.report import cell_results
-from harness.grid.runner import cell_log
-from reports import load_run_metrics
+from slim.harness.cli.main import main
+from slim.harness.errors import UserError
+from slim.harness.grid import ResultsStore, cell_kinds, expand, load_spec, prepare_grid, run_grid
+from slim.harness.grid.figures import write_cell_figures
+from slim.harness.grid.report import cell_results
+from slim.harness.grid.runner import cell_log
+from slim.reports.results import load_run_metrics
 from tests.grid_echo import KILL_MARKER, SimulatedKill, calls, write_spec
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
@@ -42,9 +42,9 @@ def test_cell_key_hashes_the_full_config_and_the_results_version_but_not_output_
     import hashlib
     from dataclasses import asdict
 
-    import harness
-    from harness.config.schema import SlimConfig
-    from harness.grid.expand import PATH_FIELDS, cell_key
+    from slim.harness import provenance
+    from slim.harness.config.schema import SlimConfig
+    from slim.harness.grid.expand import PATH_FIELDS, cell_key
 
     config = SlimConfig()
     config.train.lr, config.run_dir = 0.5, "anywhere"
@@ -53,7 +53,7 @@ def test_cell_key_hashes_the_full_config_and_the_results_version_but_not_output_
     for dotted in PATH_FIELDS:
         section, _, leaf = dotted.rpartition(".")
         (stripped[section] if section else stripped)[leaf] = ""
-    payload = json.dumps({"kind": "run", "version": harness.RESULTS_VERSION, "config": stripped}, sort_keys=True)
+    payload = json.dumps({"kind": "run", "version": provenance.RESULTS_VERSION, "config": stripped}, sort_keys=True)
     assert cell_key("run", config) == hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -186,7 +186,7 @@ def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):  # 
 
 def test_teacher_row_comes_from_the_first_finished_cell_reporting_it():
     """report.teacher_from fills the teacher row from a metric every cell measures; unfinished cells are ignored."""
-    from harness.grid.report import teacher_row
+    from slim.harness.grid.report import teacher_row
 
     rows = [{"status": "failed", "metrics": {"teacher_ppl": 1.0}},
             {"status": "done", "metrics": {"teacher_ppl": 36.7, "ppl": 44.0}},

@@ -1,4 +1,4 @@
-"""Grid cells on one teacher share one calibration pass (harness.grid.calibration)."""
+"""Grid cells on one teacher share one calibration pass (slim.harness.grid.calibration)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import harness.calibration.run
-import harness.compression.compress
-from harness.grid import prepare_grid, run_grid
-from harness.grid.calibration import CALIBRATION_DIR
+import slim.harness.calibration.run
+import slim.harness.compression.compress
+from slim.harness.grid import prepare_grid, run_grid
+from slim.harness.grid.calibration import CALIBRATION_DIR
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 COMPRESS = ["compress.depth.num_drop=0", "compress.width.hidden_size=0", "compress.experts.num_experts=4",
@@ -22,14 +22,14 @@ def passes(monkeypatch) -> list[str]:
     """The calibration passes run in this process, by teacher directory: the shared one (calibrate_teacher) and
     any a cell would run itself inside compress."""
     seen: list[str] = []
-    original = harness.calibration.run.run_calibration
+    original = slim.harness.calibration.run.run_calibration
 
     def counting(model, data_cfg, calib_cfg, model_dir=None):
         seen.append(str(model_dir))
         return original(model, data_cfg, calib_cfg, model_dir)
 
-    monkeypatch.setattr(harness.calibration.run, "run_calibration", counting)
-    monkeypatch.setattr(harness.compression.compress, "run_calibration", counting)
+    monkeypatch.setattr(slim.harness.calibration.run, "run_calibration", counting)
+    monkeypatch.setattr(slim.harness.compression.compress, "run_calibration", counting)
     return seen
 
 

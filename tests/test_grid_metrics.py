@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli.main import main
-from harness.errors import UserError
-from harness.evaluation.task_metrics import check_task_metric, evaluated_tasks, store_metrics, task_index
-from harness.grid import expand, load_spec, prepare_grid, run_grid
-from harness.grid.expand import select_cells
+from slim.harness.cli.main import main
+from slim.harness.errors import UserError
+from slim.harness.evaluation.task_metrics import check_task_metric, evaluated_tasks, store_metrics, task_index
+from slim.harness.grid import expand, load_spec, prepare_grid, run_grid
+from slim.harness.grid.expand import select_cells
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 TINY_SCALE = "scale: [conf/recipes/tiny-slimqwen.yaml, ablations/tiny.yaml]\n"
@@ -168,10 +168,10 @@ def test_local_task_with_a_filter_is_read_from_the_store(teacher, tmp_path):  # 
 def test_vllm_backend_is_skipped_where_it_cannot_run():
     """Without vllm (or a GPU) the backend is recorded as skipped with the reason and adds no metric; a backend that
     ran adds `<backend>_<ratio>` metrics; an unknown backend name is refused with the closest one."""
-    from harness.config.schema import EfficiencyConfig, EvalConfig
-    from harness.evaluation.backends import backend_summaries, inference_backends
-    from harness.evaluation.evaluate import validate_eval_config
-    from harness.grid.cells.run_eval import eval_metrics
+    from slim.harness.config.schema import EfficiencyConfig, EvalConfig
+    from slim.harness.evaluation.backends import backend_summaries, inference_backends
+    from slim.harness.evaluation.evaluate import validate_eval_config
+    from slim.harness.grid.cells.run_eval import eval_metrics
 
     reason = inference_backends.get("vllm").unavailable()
     if reason is None:

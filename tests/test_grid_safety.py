@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-import harness
-from harness.cli.main import main
-from harness.config.schema import TrainConfig
-from harness.errors import UserError
-from harness.grid import ResultsStore, prepare_grid, run_grid
-from harness.grid.lock import grid_lock
+from slim.harness import provenance
+from slim.harness.cli.main import main
+from slim.harness.config.schema import TrainConfig
+from slim.harness.errors import UserError
+from slim.harness.grid import ResultsStore, prepare_grid, run_grid
+from slim.harness.grid.lock import grid_lock
 from tests.grid_echo import BLOCK_MARKER, PIDS_DIR, calls, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # The real `slim` entry point, with the test cell kinds registered first.
 CLI = [sys.executable, "-c",
-       "import sys, tests.grid_echo; from harness.cli.main import main; sys.exit(main(sys.argv[1:]))"]
+       "import sys, tests.grid_echo; from slim.harness.cli.main import main; sys.exit(main(sys.argv[1:]))"]
 LR_AXIS = "axes:\n  train.lr: [0.1, 0.2, 0.3]\nmetrics: [value]\n"
 REPORT = "report: {caption: Toy, label: tab:toy, rows: [train.lr], columns: [[value, Value]]"
 BOUND_S = 180.0  # an upper bound for a condition to come true, not a timing measurement
@@ -74,7 +74,7 @@ def test_cells_of_an_older_default_or_version_are_stale_and_rerun(tmp_path, monk
     if change == "default":
         change_default(monkeypatch, TrainConfig, "warmup_steps", TrainConfig().warmup_steps + 1)
     else:
-        monkeypatch.setattr(harness, "RESULTS_VERSION", harness.RESULTS_VERSION + 1)
+        monkeypatch.setattr(provenance, "RESULTS_VERSION", provenance.RESULTS_VERSION + 1)
     capsys.readouterr()
     assert main(["grid", str(spec)]) == 0
     out = capsys.readouterr().out

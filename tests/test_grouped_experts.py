@@ -1,4 +1,4 @@
-"""kernels.grouped_experts: the grouped-GEMM expert outputs equal the per-expert loop reference."""
+"""slim.kernels.grouped_experts: the grouped-GEMM expert outputs equal the per-expert loop reference."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.grouped_experts import expert_output_implementations, expert_outputs_grouped, expert_outputs_loop
-from kernels.grouped_experts.grouped import grouped_mm_fits
+from slim.kernels.grouped_experts import expert_output_implementations, expert_outputs_grouped, expert_outputs_loop
+from slim.kernels.grouped_experts.grouped import grouped_mm_fits
 
 
 def sorted_problem(num_experts: int, rows: int, dtype: torch.dtype,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kernels.kd_loss import kd_implementations
+from slim.kernels.kd_loss import kd_implementations
 
 FAST_IMPLEMENTATIONS = [name for name in kd_implementations.keys() if name != "reference"]
 NUM_TOKENS, STUDENT_DIM, TEACHER_DIM, VOCAB = 63, 32, 48, 1001

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig, TrainConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.io import save_pretrained
-from harness.training.distill_module import DistillModule
-from harness.training.layer_switches import decoder_blocks
-from harness.training.lm_module import PretrainModule, next_token_loss
-from harness.training.load_balance import global_batch_balance_loss
-from harness.training.run import validate_train_config
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig, TrainConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.io import save_pretrained
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.layer_switches import decoder_blocks
+from slim.harness.training.lm_module import PretrainModule, next_token_loss
+from slim.harness.training.load_balance import global_batch_balance_loss
+from slim.harness.training.run import validate_train_config
 from tests.conftest import TINY_OVERRIDES
 
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, one MTP depth.

@@ -7,17 +7,17 @@ import math
 import pytest
 import torch
 
-from harness.errors import UserError
-from harness.training.loss_terms import (
+from slim.harness.errors import UserError
+from slim.harness.training.loss_terms import (
     kd_loss_from_logits,
     lm_loss,
     main_head_targets,
     mtp_kd_loss,
     mtp_lm_loss,
 )
-from kernels.kd_loss.reference import kd_loss_reference
-from methods.losses import TERMS, LossMix, loss_mixes
-from methods.schedules import weight_schedules
+from slim.kernels.kd_loss.reference import kd_loss_reference
+from slim.methods.losses import TERMS, LossMix, loss_mixes
+from slim.methods.schedules import weight_schedules
 
 B, T, V, D = 2, 6, 7, 2
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.calibration.stats import MoELayerStats
-from harness.errors import UserError
-from methods.criteria import criteria
-from methods.similarity import similarities
+from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.errors import UserError
+from slim.methods.criteria import criteria
+from slim.methods.similarity import similarities
 
 E, K, D, I, T, PROBE = 6, 2, 5, 3, 40, 7
 LOGIT_BIAS = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, -50.0], dtype=torch.float64)  # uneven routing; E-1 never

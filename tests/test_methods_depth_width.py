@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.calibration.stats import CalibrationStats, DepthStats
-from harness.compression.budget import allocate_experts, uniform_budget
-from harness.errors import UserError
-from methods.criteria import criteria
-from methods.depth import depth_selectors
-from methods.reducers import reducers
-from methods.similarity import similarities
-from methods.width import width_selectors
+from slim.harness.calibration.stats import CalibrationStats, DepthStats
+from slim.harness.compression.budget import allocate_experts, uniform_budget
+from slim.harness.errors import UserError
+from slim.methods.criteria import criteria
+from slim.methods.depth import depth_selectors
+from slim.methods.reducers import reducers
+from slim.methods.similarity import similarities
+from slim.methods.width import width_selectors
 
 
 def depth_calibration(pooled_cos: list[float] | None = None, token_cos: list[float] | None = None,

@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from harness.compression.width import shrink_hidden, sync_width_attributes
-from harness.config.schema import ModelConfig
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import MTPModule, build_mtp, mtp_hidden_params, run_mtp
-from harness.models.mtp_io import HARNESS_FILE, load_mtp, save_mtp
-from harness.training.loss_terms import mtp_lm_loss
+from slim.harness.compression.width import shrink_hidden, sync_width_attributes
+from slim.harness.config.schema import ModelConfig
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.mtp import MTPModule, build_mtp, mtp_hidden_params, run_mtp
+from slim.harness.models.mtp_io import HARNESS_FILE, load_mtp, save_mtp
+from slim.harness.training.loss_terms import mtp_lm_loss
 
 DEPTH, BATCH, SEQ, VOCAB = 2, 2, 10, 256
 

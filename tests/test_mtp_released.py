@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.cli.main import main
-from harness.config.load import load_config
-from harness.data.packing import build_corpus_data
-from harness.models.build import build_model
-from harness.models.io import load_pretrained
-from harness.models.mtp import build_mtp, run_mtp
-from harness.models.mtp_io import HARNESS_FILE, INDEX_FILE, MTP_SHARD, from_released, load_mtp, save_mtp
-from harness.models.view import view
-from harness.training.distill_module import DistillModule, load_teacher
+from slim.harness.cli.main import main
+from slim.harness.config.load import load_config
+from slim.harness.data.packing import build_corpus_data
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained
+from slim.harness.models.mtp import build_mtp, run_mtp
+from slim.harness.models.mtp_io import HARNESS_FILE, INDEX_FILE, MTP_SHARD, from_released, load_mtp, save_mtp
+from slim.harness.models.view import view
+from slim.harness.training.distill_module import DistillModule, load_teacher
 from tests.conftest import TINY_OVERRIDES
 
 WIDTH, EXPERTS, INTERMEDIATE = 64, 8, 32

@@ -15,23 +15,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.atomic import write_text_atomic
-from harness.calibration.fingerprint import model_fingerprint
-from harness.calibration.io import load_stats, save_stats
-from harness.calibration.run import calibrate_teacher
-from harness.compression.compress import compress
-from harness.config.load import load_config, to_yaml
-from harness.errors import UserError
-from harness.evaluation.evaluate import evaluate
-from harness.grid.report import write_grid_report
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.outputs import MARKER
-from harness.pipeline import run_recipe
-from harness.training.distill import distill
-from harness.training.pretrain import pretrain
-from harness.training.run import check_run_dir
-from methods.zeda.stages import run_zeda
+from slim.harness.atomic import write_text_atomic
+from slim.harness.calibration.fingerprint import model_fingerprint
+from slim.harness.calibration.io import load_stats, save_stats
+from slim.harness.calibration.run import calibrate_teacher
+from slim.harness.compression.compress import compress
+from slim.harness.config.load import load_config, to_yaml
+from slim.harness.errors import UserError
+from slim.harness.evaluation.evaluate import evaluate
+from slim.harness.grid.report import write_grid_report
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.outputs import MARKER
+from slim.harness.pipeline import run_recipe
+from slim.harness.training.distill import distill
+from slim.harness.training.pretrain import pretrain
+from slim.harness.training.run import check_run_dir
+from slim.methods.zeda.stages import run_zeda
 from tests.conftest import TINY_OVERRIDES
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
@@ -74,7 +74,7 @@ def _run_config(tmp_path: Path, *overrides: str):
 
 def test_compress_refuses_a_directory_it_did_not_write_before_any_work(tmp_path, monkeypatch):
     """compress.output holding other files is refused in one line before the teacher is loaded; they stay."""
-    monkeypatch.setattr("harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
     output = _foreign_dir(tmp_path / "student")
     cfg = load_config([f"compress.teacher={TEACHER}", f"compress.output={output}"])
     with pytest.raises(UserError, match=rf"^compress.output: {output} holds files the harness did not write"):
@@ -86,8 +86,8 @@ def test_compress_refuses_a_directory_it_did_not_write_before_any_work(tmp_path,
 def test_every_model_output_refuses_foreign_files_before_any_work(entry, tmp_path, monkeypatch):
     """distill.output, slim run's outputs and zeda.output go through the same refusal, before any model is
     trained, compressed or injected."""
-    for target in ("harness.training.distill.CorpusDataModule", "harness.pipeline.compress",
-                   "methods.zeda.stages.write_injected"):
+    for target in ("slim.harness.training.distill.CorpusDataModule", "slim.harness.pipeline.compress",
+                   "slim.methods.zeda.stages.write_injected"):
         monkeypatch.setattr(target, _no_work)
     output = _foreign_dir(tmp_path / "out")
     if entry == "distill":
@@ -136,8 +136,8 @@ def test_a_full_disk_mid_save_leaves_no_temporary_and_keeps_the_old_output(tiny_
 
 def test_no_room_for_the_student_is_refused_before_compressing(tmp_path, monkeypatch):
     """A filesystem with less free space than the teacher's weights is refused before the teacher is loaded."""
-    monkeypatch.setattr("harness.compression.compress.load_pretrained", _no_work)
-    monkeypatch.setattr("harness.outputs.shutil.disk_usage", lambda path: SimpleNamespace(free=1024))
+    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.outputs.shutil.disk_usage", lambda path: SimpleNamespace(free=1024))
     cfg = load_config([f"compress.teacher={TEACHER}", f"compress.output={tmp_path / 'student'}"])
     with pytest.raises(UserError, match=r"^compress.output: .* has 0 MiB free, the output needs about 15 MiB"):
         compress(cfg)
@@ -148,7 +148,7 @@ def test_no_room_for_the_student_is_refused_before_compressing(tmp_path, monkeyp
 def test_calibrate_refuses_a_tokenizer_of_another_vocabulary(tmp_path, monkeypatch):
     """A tokenizer still to be trained at data.vocab_size=1024, for the 4096-token teacher, is refused before loading
     it (and before training it)."""
-    monkeypatch.setattr("harness.calibration.run.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.calibration.run.load_pretrained", _no_work)
     cfg = load_config([*TINY_OVERRIDES, f"compress.teacher={TEACHER}", f"data.tokenizer={tmp_path / 'tok'}",
                        f"calibration.output={tmp_path / 'stats.safetensors'}"])
     with pytest.raises(UserError, match=rf"^data.vocab_size: 1024, but the model at {TEACHER} has vocab_size 4096"):
@@ -181,7 +181,7 @@ def test_compress_refuses_stats_calibrated_on_other_data_or_tokenizer(change, te
     if change == "tokenizer":
         stats = dataclasses.replace(load_stats(stats_path), tokenizer_fingerprint="0" * 64)
         stats_path = save_stats(stats, tmp_path / "other-tokenizer.safetensors")
-    monkeypatch.setattr("harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
     cfg = load_config([*base, f"compress.teacher={teacher_dir}", f"compress.stats={stats_path}",
                        f"compress.output={tmp_path / 'student'}", *overrides])
     reason = "another tokenizer" if change == "tokenizer" else "other data than this config"
@@ -212,7 +212,7 @@ def _other_run_in(run_dir: Path, *overrides: str) -> str:
 def test_distill_refuses_a_run_dir_of_another_config_before_training(tmp_path, monkeypatch):
     """slim distill in a run_dir of another config is refused before any data or model work, and its
     config.yaml stays the old run's."""
-    monkeypatch.setattr("harness.training.distill.CorpusDataModule", _no_work)
+    monkeypatch.setattr("slim.harness.training.distill.CorpusDataModule", _no_work)
     cfg = _distill_config(tmp_path)
     saved = _other_run_in(Path(cfg.run_dir))
     with pytest.raises(UserError, match=rf"^run_dir: {cfg.run_dir} holds a run with another config"):
@@ -233,8 +233,8 @@ def test_same_run_may_change_its_step_budget_or_start_over(tmp_path):
 def test_run_pretrain_and_zeda_refuse_another_run_before_any_work(entry, tmp_path, monkeypatch):
     """slim run refuses before compressing (it used to overwrite its student first), pretrain before reading data,
     zeda before injecting."""
-    for target in ("harness.pipeline.compress", "harness.training.pretrain.CorpusDataModule",
-                   "methods.zeda.stages.write_injected"):
+    for target in ("slim.harness.pipeline.compress", "slim.harness.training.pretrain.CorpusDataModule",
+                   "slim.methods.zeda.stages.write_injected"):
         monkeypatch.setattr(target, _no_work)
     run_dir = tmp_path / "run"
     if entry == "run":
@@ -255,8 +255,8 @@ def test_run_pretrain_and_zeda_refuse_another_run_before_any_work(entry, tmp_pat
 @pytest.mark.parametrize("entry", ["distill", "pretrain", "eval"])
 def test_run_dir_naming_a_file_is_one_line_before_work(entry, tmp_path, monkeypatch):
     """run_dir pointing at a regular file: one line naming run_dir, not a FileExistsError after the work."""
-    for target in ("harness.training.distill.CorpusDataModule", "harness.training.pretrain.CorpusDataModule",
-                   "harness.evaluation.evaluate.load_pretrained"):
+    for target in ("slim.harness.training.distill.CorpusDataModule", "slim.harness.training.pretrain.CorpusDataModule",
+                   "slim.harness.evaluation.evaluate.load_pretrained"):
         monkeypatch.setattr(target, _no_work)
     run_file = tmp_path / "run"
     run_file.write_text("not a directory")
@@ -273,8 +273,8 @@ def test_run_dir_naming_a_file_is_one_line_before_work(entry, tmp_path, monkeypa
 @pytest.mark.parametrize("field", ["compress.output", "calibration.output"])
 def test_an_output_under_a_regular_file_is_refused_before_work(field, tmp_path, monkeypatch):
     """An output whose parent is a file can never be written: refused before the teacher is loaded."""
-    monkeypatch.setattr("harness.compression.compress.load_pretrained", _no_work)
-    monkeypatch.setattr("harness.calibration.run.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.calibration.run.load_pretrained", _no_work)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     cfg = load_config([f"compress.teacher={TEACHER}", f"{field}={blocker / 'out'}"])
@@ -286,7 +286,7 @@ def test_a_read_only_output_location_is_refused_before_work(tmp_path, monkeypatc
     """compress.output in a read-only directory: one line naming the field, before the teacher is loaded."""
     if os.geteuid() == 0:
         pytest.skip("root writes through read-only permission bits")
-    monkeypatch.setattr("harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
@@ -300,7 +300,7 @@ def test_a_read_only_output_location_is_refused_before_work(tmp_path, monkeypatc
 
 def test_a_truncated_eval_teacher_fails_before_the_student_is_evaluated(tmp_path, monkeypatch):
     """eval.teacher with its weights cut short is refused while validating, not after the whole evaluation."""
-    monkeypatch.setattr("harness.evaluation.evaluate.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.evaluation.evaluate.load_pretrained", _no_work)
     truncated = Path(shutil.copytree(TEACHER, tmp_path / "teacher"))
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -329,7 +329,7 @@ def test_a_resumed_run_reports_tokens_per_second_of_its_own_steps(tiny_config, m
     overrides = [*TINY_MODEL, *SHORT, "train.num_threads=1"]
     pretrain(tiny_config(*overrides, "train.max_steps=2"))
     clock = iter([0.0, 10.0])
-    monkeypatch.setattr("harness.training.run.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("slim.harness.training.run.perf_counter", lambda: next(clock))
     resumed = pretrain(tiny_config(*overrides, "train.max_steps=4"))
     tokens_per_step = 4 * 64
     assert (resumed.steps, resumed.tokens_seen, resumed.wall_seconds) == (4, 4 * tokens_per_step, 10.0)

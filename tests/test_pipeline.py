@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config.load import load_config
-from harness.errors import UserError
-from harness.models.experts_policy import resolve_experts_implementation
-from harness.models.io import load_pretrained
-from harness.pipeline import run_recipe
+from slim.harness.config.load import load_config
+from slim.harness.errors import UserError
+from slim.harness.models.experts_policy import resolve_experts_implementation
+from slim.harness.models.io import load_pretrained
+from slim.harness.pipeline import run_recipe
+from slim.harness.provenance import software
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 TRAIN = ["train.max_steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=3",
@@ -36,6 +37,8 @@ def test_one_shot_run_writes_a_distilled_student(teacher, tmp_path):  # noqa: F8
     assert saved["params"]["student"]["total"] < saved["params"]["teacher"]["total"]
     expected = resolve_experts_implementation("auto", "cpu", [torch.float32])  # model_runtime's default
     assert saved["experts_implementation"] == saved["distill"]["experts_implementation"] == expected
+    distill_saved = json.loads((tmp_path / "run" / "distill_summary.json").read_text())
+    assert saved["software"] == distill_saved["software"] == software()  # versions on every summary
 
 
 def test_scratch_init_keeps_the_shape_and_redraws_every_weight(teacher, tmp_path):  # noqa: F811

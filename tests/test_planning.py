@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cli.main import main
-from harness.compression.shapes import student_shape
-from harness.config.load import load_config
-from harness.config.schema import ModelConfig
-from harness.errors import UserError
-from harness.models.params import ParamCount
-from harness.planning import GIB, ModelShape, model_shape, plan_memory, plan_run
+from slim.harness.cli.main import main
+from slim.harness.compression.shapes import student_shape
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import ModelConfig
+from slim.harness.errors import UserError
+from slim.harness.models.params import ParamCount
+from slim.harness.planning import GIB, ModelShape, model_shape, plan_memory, plan_run
 
 # d = 64: one Gated DeltaNet layer, one gated full-attention layer, 8 experts top-2 (I = 32), shared expert 64, D = 1.
 TINY = ModelConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, full_attention_interval=2,

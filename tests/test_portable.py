@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.compression import modeling_slim
-from harness.compression import compress as compress_module
-from harness.config.load import load_config
-from harness.evaluation.local_tasks import TASKS_DIR
-from harness.models.expert_flops import count_expert_flops
-from harness.models.io import load_pretrained, save_pretrained
-from methods.zeda import modeling_zeda
-from methods.zeda.inject import inject_zero_experts
-from methods.zeda.modeling_zeda import zero_expert_routers
-from methods.zeda.options import ZedaConfig
+from slim.harness.compression import compress as compress_module
+from slim.harness.compression import modeling_slim
+from slim.harness.config.load import load_config
+from slim.harness.evaluation.local_tasks import TASKS_DIR
+from slim.harness.models.expert_flops import count_expert_flops
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.methods.zeda import modeling_zeda
+from slim.methods.zeda.inject import inject_zero_experts
+from slim.methods.zeda.modeling_zeda import zero_expert_routers
+from slim.methods.zeda.options import ZedaConfig
 from tests.tiny_families import Teacher, make_teacher
 
 # Name -> (teacher family, recipe): every family, and a global budget that leaves layers with different counts.
@@ -53,19 +53,19 @@ PORTABLE = {"global_budget": "Slim", "zeda": "Zeda", "zeda_global_budget": "Zeda
 IDS = torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(0))
 PROMPT = "in the beginning god created the heaven"
 
-# Runs first in every child: the installed packages without their .pth files, and no harness among them. A clean
-# venv of transformers and lm-eval lacks Gated DeltaNet's optional CUDA kernel packages too; installed here without a
-# GPU, they would take every CPU tensor and fail, so the child does not import them.
+# Runs first in every child: the installed packages without their .pth files (so no editable `slim` finder), and no
+# harness among them. A clean venv of transformers and lm-eval lacks Gated DeltaNet's optional CUDA kernel packages
+# too; installed here without a GPU, they would take every CPU tensor and fail, so the child does not import them.
 CLEAN_PRELUDE = f"""
 import sys
 sys.path += {sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})!r}
 sys.modules.update(fla=None, causal_conv1d=None)
-for package in ("harness", "methods"):
-    try:
-        __import__(package)
-    except ModuleNotFoundError:
-        continue
-    raise SystemExit(f"{{package}} is importable in the clean child")
+try:
+    __import__("slim.harness")
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("slim.harness is importable in the clean child")
 """
 
 LOAD_AND_GENERATE = """

@@ -10,14 +10,14 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig, TrainConfig
-from harness.models.build import build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp
-from harness.models.mtp_io import save_mtp
-from harness.training.distill_module import DistillModule
-from harness.training.trainer import build_trainer
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig, TrainConfig
+from slim.harness.models.build import build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.mtp import build_mtp
+from slim.harness.models.mtp_io import save_mtp
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.trainer import build_trainer
 from tests.conftest import TINY_OVERRIDES
 
 TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",

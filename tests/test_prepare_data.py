@@ -15,15 +15,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from harness.cli.main import main as slim
-from harness.config.load import load_config
-from harness.data.datamodule import CorpusDataModule
-from harness.data.packing import build_corpus_data, validation_windows, window_rows
-from harness.data.prepare import prepare_data
-from harness.data.sampler import ResumableBatchSampler
-from harness.data.shards import INDEX_FILE, read_index
-from harness.data.sources import SPLITS
-from harness.errors import UserError
+from slim.harness.cli.main import main as slim
+from slim.harness.config.load import load_config
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.data.packing import build_corpus_data, validation_windows, window_rows
+from slim.harness.data.prepare import prepare_data
+from slim.harness.data.sampler import ResumableBatchSampler
+from slim.harness.data.shards import INDEX_FILE, read_index
+from slim.harness.data.sources import SPLITS
+from slim.harness.errors import UserError
 from tests.corpora import ROOT, TEACHER, documents, split_streams, write_jsonl
 
 TEXTS = documents()
@@ -31,8 +31,8 @@ TEXTS = documents()
 # record is already renamed into place, the other splits' open shards are temp files. No timing involved.
 KILLED_CHILD = """
 import os, signal, sys
-from harness.config.load import load_config
-from harness.data import prepare
+from slim.harness.config.load import load_config
+from slim.harness.data import prepare
 kill_before, real, calls = int(sys.argv[1]), prepare.write_text_atomic, []
 def write_then_maybe_die(*args, **kwargs):
     calls.append(1)

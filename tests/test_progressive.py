@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from harness.data.datamodule import CorpusDataModule
-from harness.errors import UserError
-from harness.models.io import load_pretrained, read_model_config
-from harness.pipeline import run_recipe
-from harness.progressive import plan_stages, stage_steps
-from methods.plans import Shape
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.errors import UserError
+from slim.harness.models.io import load_pretrained, read_model_config
+from slim.harness.pipeline import run_recipe
+from slim.harness.progressive import plan_stages, stage_steps
+from slim.methods.plans import Shape
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 from tests.test_pipeline import run_config
 

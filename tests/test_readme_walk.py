@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from slim.harness.source_tree import python_path
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 CLUSTER = "cluster"  # the fence info word that marks commands the walk skips
@@ -107,9 +109,11 @@ class Walk:
     done: dict[str, str]
 
     def environment(self) -> dict[str, str]:
-        # PYTHONPATH: the copy's code, not the checkout the venv's editable install points at; one thread per
-        # process on the shared 2 cores (see tests/conftest.py)
-        return os.environ | {"SLIM_MAX_STEPS": WALK_MAX_STEPS, "PYTHONPATH": str(self.root), "OMP_NUM_THREADS": "1"}
+        # PYTHONPATH: the copy's code, not the checkout the venv's editable install maps (a link folder beside
+        # the copy, so the copy holds only what a clone has); one thread per process on the shared 2 cores
+        # (see tests/conftest.py)
+        path = python_path(self.root, self.root.parent / f"{self.root.name}-imports")
+        return os.environ | {"SLIM_MAX_STEPS": WALK_MAX_STEPS, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
     def run_through(self, section: Section) -> None:
         """Run every section up to `section` not yet run; fail naming the first command that exits non-zero."""

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from reports import CellResult, Column, CurveSpec, TableSpec, load_run_metrics, write_report
-from reports.latex import escape, render_table
+from slim.reports.curves import CurveSpec
+from slim.reports.latex import escape, render_table
+from slim.reports.render import write_report
+from slim.reports.results import CellResult, load_run_metrics
+from slim.reports.spec import TableSpec
 
 
 def cell(method: str, seed: int, **metrics: float) -> CellResult:

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from harness.compression.compress import REPORT_NAME, compress
-from harness.compression.lineage import compose, identity_lineage, read_lineage
-from harness.config.load import load_config
-from harness.errors import UserError
-from harness.training.distill_module import DistillModule
-from harness.training.router_kd import RouterMap, router_kd_loss, student_lineage
+from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.compression.lineage import compose, identity_lineage, read_lineage
+from slim.harness.config.load import load_config
+from slim.harness.errors import UserError
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.router_kd import RouterMap, router_kd_loss, student_lineage
 from tests.test_compress import recipe, teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 

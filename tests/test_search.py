@@ -14,11 +14,12 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from harness.cli.main import main
-from harness.config.load import CONF_DIR, load_config
-from harness.errors import UserError
-from harness.search.spec import Param, SearchSpec, check_spec, parse_spec
-from harness.search.study import RECIPE_FILE, check_storage, create_study, run_search, run_workers, worker_shares
+from slim.harness.cli.main import main
+from slim.harness.config.load import CONF_DIR, load_config
+from slim.harness.errors import UserError
+from slim.harness.provenance import software
+from slim.harness.search.spec import Param, SearchSpec, check_spec, parse_spec
+from slim.harness.search.study import RECIPE_FILE, check_storage, create_study, run_search, run_workers, worker_shares
 from tests.search_echo import RACE_WORKERS, record_evaluation
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
@@ -71,6 +72,7 @@ def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(te
     assert recipe.run_dir == str((tmp_path / "search" / "best").resolve())
     summary = json.loads((tmp_path / "search" / "search_summary.json").read_text())
     assert summary["trials"]["pruned"] == len(pruned) and summary["best"]["params"] == {"train.lr": GOOD_LR}
+    assert summary["software"] == software()
     best_dir = tmp_path / "search" / "trials" / f"{study.best_trial.number:04d}"
     assert list((best_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # each trial is a tracked run
 
@@ -123,7 +125,7 @@ def test_storage_refuses_an_old_default_study_and_warns_on_shared_sqlite(tmp_pat
     with pytest.raises(UserError, match=r"race.yaml: storage: .*study.db holds this search's study from an older"):
         check_storage(race_spec(tmp_path), workers=1)
     sqlite = race_spec(tmp_path, storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
-    with caplog.at_level(logging.WARNING, logger="harness.search.study"):
+    with caplog.at_level(logging.WARNING, logger="slim.harness.search.study"):
         check_storage(sqlite, workers=1)
         assert not caplog.records
         check_storage(sqlite, workers=2)

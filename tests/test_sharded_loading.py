@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.calibration.fingerprint import model_fingerprint
-from harness.compression.plan import ExpertGroup, ExpertPlan
-from harness.compression.surgery import reduce_experts
-from harness.config.load import load_config
-from harness.models.build import build_model
-from harness.models.checkpoint_state import read_state_dict
-from harness.models.io import empty_model, load_pretrained, save_pretrained
-from harness.models.mtp import build_mtp
-from harness.models.mtp_io import save_mtp
-from methods.zeda.modeling_zeda import install_zero_experts
+from slim.harness.calibration.fingerprint import model_fingerprint
+from slim.harness.compression.plan import ExpertGroup, ExpertPlan
+from slim.harness.compression.surgery import reduce_experts
+from slim.harness.config.load import load_config
+from slim.harness.models.build import build_model
+from slim.harness.models.checkpoint_state import read_state_dict
+from slim.harness.models.io import empty_model, load_pretrained, save_pretrained
+from slim.harness.models.mtp import build_mtp
+from slim.harness.models.mtp_io import save_mtp
+from slim.methods.zeda.modeling_zeda import install_zero_experts
 from tests.conftest import TINY_OVERRIDES
 from tests.test_fsdp import FSDP, LOSS_TOL, step_losses
 
@@ -117,7 +117,7 @@ def slim_pretrain(run_dir: Path, tokenizer_dir: Path, *overrides: str) -> dict[i
             "train.max_steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=3",
             "train.val_batches=1", "train.log_every=1", "train.accelerator=cpu", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "harness.cli.main", "pretrain", *args], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", "slim.harness.cli.main", "pretrain", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return step_losses(run_dir)

@@ -10,15 +10,15 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from harness.compression.plan import ExpertGroup, ExpertPlan
-from harness.compression.shapes import student_shape
-from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
-from harness.config.schema import ModelConfig
-from harness.errors import UserError
-from harness.models.build import build_hf_config, build_model
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.params import count_parameters
-from harness.models.view import view
+from slim.harness.compression.plan import ExpertGroup, ExpertPlan
+from slim.harness.compression.shapes import student_shape
+from slim.harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
+from slim.harness.config.schema import ModelConfig
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_hf_config, build_model
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.params import count_parameters
+from slim.harness.models.view import view
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("qwen3_next", "qwen3_moe", "mixtral")

@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from harness.cli.main import main as slim
-from harness.config.load import load_config
-from harness.data.packing import PackedDataset, build_corpus_data
-from harness.errors import UserError
-from harness.models.io import load_pretrained
-from harness.training import teacher_cache
-from harness.training.distill import distill
-from harness.training.distill_module import DistillModule
-from harness.training.teacher_cache import CacheManifest, TeacherCache, shard_path, write_shards
-from kernels.kd_loss.cached_reference import cached_kd_implementations, kd_loss_cached_reference
-from kernels.kd_loss.reference import kd_loss_reference
+from slim.harness.cli.main import main as slim
+from slim.harness.config.load import load_config
+from slim.harness.data.packing import PackedDataset, build_corpus_data
+from slim.harness.errors import UserError
+from slim.harness.models.io import load_pretrained
+from slim.harness.training import teacher_cache
+from slim.harness.training.distill import distill
+from slim.harness.training.distill_module import DistillModule
+from slim.harness.training.teacher_cache import CacheManifest, TeacherCache, shard_path, write_shards
+from slim.kernels.kd_loss.cached_reference import cached_kd_implementations, kd_loss_cached_reference
+from slim.kernels.kd_loss.reference import kd_loss_reference
 from tests.test_distill import SHORT, student_dir, teacher_dir  # noqa: F401  (session fixtures)
 
 NUM_TOKENS, DIM, VOCAB, TOP_K = 63, 16, 101, 7

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from harness.data.datamodule import CorpusDataModule
-from harness.data.packing import file_sha256
-from harness.evaluation import teacher_metrics
-from harness.evaluation.perplexity import model_perplexity
-from harness.evaluation.teacher_metrics import cached_file_sha256, teacher_perplexity
-from harness.models.io import load_pretrained, save_pretrained
-from harness.training.distill import distill
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.data.packing import file_sha256
+from slim.harness.evaluation import teacher_metrics
+from slim.harness.evaluation.perplexity import model_perplexity
+from slim.harness.evaluation.teacher_metrics import cached_file_sha256, teacher_perplexity
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.training.distill import distill
 from tests.test_distill import _distill_config, student_dir, teacher_dir  # noqa: F401 (fixtures)
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from wandb.proto import wandb_internal_pb2
 
-from harness.errors import UserError
-from harness.pipeline import run_recipe
-from harness.training.pretrain import pretrain
-from tests.test_pipeline import run_config
+from slim.harness.errors import UserError
+from slim.harness.pipeline import run_recipe
+from slim.harness.training.pretrain import pretrain
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+from tests.test_pipeline import run_config
 
 # Log every step, tracking on (the shared test overrides may turn it off for other tests), and only a few
 # validation chapters, so each run's final perplexities take seconds.

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers.models.qwen3_next.modeling_qwen3_next import load_balancing_loss_func
 
-from harness.training.load_balance import global_batch_balance_loss
-from harness.training.schedule import warmup_cosine
+from slim.harness.training.load_balance import global_batch_balance_loss
+from slim.harness.training.schedule import warmup_cosine
 
 
 def test_warmup_cosine_endpoints():

@@ -9,18 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.config.schema import SlimConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.expert_flops import count_expert_flops, expert_flops_saved
-from harness.models.io import load_pretrained, save_pretrained
-from harness.models.view import view
-from methods.zeda.group_balance import group_balance_loss
-from methods.zeda.inject import inject_zero_experts
-from methods.zeda.modeling_zeda import zero_expert_routers
-from methods.zeda.options import ZedaConfig
-from methods.zeda.stages import run_zeda
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.expert_flops import count_expert_flops, expert_flops_saved
+from slim.harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.view import view
+from slim.harness.provenance import software
+from slim.methods.zeda.group_balance import group_balance_loss
+from slim.methods.zeda.inject import inject_zero_experts
+from slim.methods.zeda.modeling_zeda import zero_expert_routers
+from slim.methods.zeda.options import ZedaConfig
+from slim.methods.zeda.stages import run_zeda
 
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, vocab 1024, sequences of 64.
 TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",
@@ -177,4 +178,5 @@ def test_two_stage_run_trains_routers_first_then_everything(cfg, tiny_config, tm
     assert any(not torch.equal(stage1[name], final[name]) for name in stage1 if name not in is_router)
     assert [stage["steps"] for stage in summary["stages"]] == [2, 2]
     assert 0 <= summary["expert_flops_saved"] <= 1 and summary["expert_flops_saved_per_layer"]
-    assert json.loads((run_dir / "zeda_summary.json").read_text())["val_perplexity"] == summary["val_perplexity"]
+    saved = json.loads((run_dir / "zeda_summary.json").read_text())
+    assert saved["val_perplexity"] == summary["val_perplexity"] and saved["software"] == software()

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.calibration.io import save_stats
-from harness.calibration.run import run_calibration
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig
-from harness.data.packing import build_corpus_data
-from harness.models.build import build_model
-from harness.models.io import save_pretrained
+from slim.harness.calibration.io import save_stats
+from slim.harness.calibration.run import run_calibration
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.packing import build_corpus_data
+from slim.harness.models.build import build_model
+from slim.harness.models.io import save_pretrained
 from tests.conftest import TINY_OVERRIDES
 
 # 4 layers, hidden 64, 8 experts top-2, no MTP module; qwen3_next's layer 3 is its full-attention layer.

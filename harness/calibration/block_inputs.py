@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from harness.calibration.instrument import replaced_forward
+from slim.harness.calibration.instrument import replaced_forward
 
 
 @dataclass

@@ -8,12 +8,12 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from harness.calibration.fingerprint import model_fingerprint
-from harness.calibration.instrument import StatsCollector
-from harness.calibration.stats import CalibrationStats
-from harness.config.schema import CalibrationConfig
-from harness.errors import UserError
-from kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
+from slim.harness.calibration.fingerprint import model_fingerprint
+from slim.harness.calibration.instrument import StatsCollector
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.config.schema import CalibrationConfig
+from slim.harness.errors import UserError
+from slim.kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
 
 
 def check_calibration_config(cfg: CalibrationConfig) -> None:
@@ -36,7 +36,7 @@ def calibrate(model: PreTrainedModel, batches: Iterable[torch.Tensor], cfg: Cali
     """Run `model` (where it is) once over each batch of input ids [B, S] and collect every statistic.
 
     The base model runs without the LM head: no statistic needs logits. `expert_outputs` runs the routed
-    experts (`kernels.grouped_experts`: grouped GEMMs, or the per-expert loop reference).
+    experts (`slim.kernels.grouped_experts`: grouped GEMMs, or the per-expert loop reference).
     """
     check_calibration_config(cfg)
     fingerprint = model_fingerprint(model)

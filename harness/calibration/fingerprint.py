@@ -14,9 +14,9 @@ from collections.abc import Mapping
 import torch
 from transformers import PreTrainedModel
 
-from harness.config.schema import CalibrationConfig, DataConfig
-from harness.data.packing import corpus_sha256
-from harness.data.tokenizer import tokenizer_sha256  # noqa: F401 - re-exported: stats and caches stamp it
+from slim.harness.config.schema import CalibrationConfig, DataConfig
+from slim.harness.data.packing import corpus_sha256
+from slim.harness.data.tokenizer import tokenizer_sha256  # noqa: F401 - re-exported: stats and caches stamp it
 
 # Config fields that change on save/reload or with the runtime, not with the model itself.
 VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")

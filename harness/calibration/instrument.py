@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from harness.calibration.moe_stats import MoEStatsForward
-from harness.calibration.stats import CalibrationStats, DepthStats
-from harness.calibration.sums import RunningSums
-from harness.models.view import ModelView, view
-from kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
+from slim.harness.calibration.moe_stats import MoEStatsForward
+from slim.harness.calibration.stats import CalibrationStats, DepthStats
+from slim.harness.calibration.sums import RunningSums
+from slim.harness.models.view import ModelView, view
+from slim.kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
 
 DEPTH_SUMS = ("token_cos_sum", "pooled_cos_sum")
 
@@ -67,7 +67,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 class StatsCollector:
     """Accumulates every `CalibrationStats` sum of `model` while installed; `expert_outputs` runs the routed
-    experts (`kernels.grouped_experts`)."""
+    experts (`slim.kernels.grouped_experts`)."""
 
     def __init__(self, model: PreTrainedModel, probe_tokens: int,
                  expert_outputs: ExpertOutputs = expert_outputs_grouped) -> None:

@@ -16,12 +16,12 @@ import torch
 from safetensors import safe_open
 from transformers import PreTrainedModel
 
-from harness.calibration.fingerprint import calibration_data, model_fingerprint, tokenizer_sha256
-from harness.atomic import save_safetensors_atomic
-from harness.calibration.stats import CalibrationStats, DepthStats, MoELayerStats
-from harness.config.schema import SlimConfig
-from harness.data.tokenizer import load_tokenizer
-from harness.errors import UserError
+from slim.harness.atomic import save_safetensors_atomic
+from slim.harness.calibration.fingerprint import calibration_data, model_fingerprint, tokenizer_sha256
+from slim.harness.calibration.stats import CalibrationStats, DepthStats, MoELayerStats
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.tokenizer import load_tokenizer
+from slim.harness.errors import UserError
 
 FORMAT = "slim-calibration-stats/1"
 MOE_COUNTS = ("num_tokens", "probe_tokens")

@@ -17,12 +17,12 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from harness.calibration.block_inputs import LayerCall, decoder_layer_calls
-from harness.calibration.collect import check_calibration_config
-from harness.calibration.fingerprint import model_fingerprint
-from harness.calibration.instrument import StatsCollector, layer_output
-from harness.calibration.stats import CalibrationStats
-from harness.config.schema import CalibrationConfig
+from slim.harness.calibration.block_inputs import LayerCall, decoder_layer_calls
+from slim.harness.calibration.collect import check_calibration_config
+from slim.harness.calibration.fingerprint import model_fingerprint
+from slim.harness.calibration.instrument import StatsCollector, layer_output
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.config.schema import CalibrationConfig
 
 
 def module_device(module: nn.Module) -> torch.device:

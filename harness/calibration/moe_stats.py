@@ -1,7 +1,7 @@
 """The instrumented MoE block forward: the block's output plus every routing/expert statistic, in one go.
 
 The block routes once and sorts its (token, expert) assignments by expert; all routed expert outputs come
-from one `kernels.grouped_experts` call on the sorted tokens (grouped GEMMs by default, the per-expert loop
+from one `slim.kernels.grouped_experts` call on the sorted tokens (grouped GEMMs by default, the per-expert loop
 as the reference), and the per-expert sums (`freq`, `soft`, `reap`, `ean`) are segment sums over that
 sorted order. The first `probe_tokens` tokens a layer sees are additionally run through every expert for
 the `expert_outputs` similarity.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from harness.calibration.sums import RunningSums
-from harness.models.view import MoEView
-from kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
+from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.calibration.sums import RunningSums
+from slim.harness.models.view import MoEView
+from slim.kernels.grouped_experts import ExpertOutputs, expert_outputs_grouped
 
 PROBE_CHUNK_VALUES = 1 << 26
 
@@ -40,7 +40,7 @@ def all_expert_output_sums(moe: MoEView, x: torch.Tensor) -> torch.Tensor:
 class MoEStatsForward:
     """Replaces one MoE block's forward: same output, and accumulates the layer's `MoELayerStats` sums.
 
-    `expert_outputs` computes the routed experts (`kernels.grouped_experts`; the grouped GEMMs by default).
+    `expert_outputs` computes the routed experts (`slim.kernels.grouped_experts`; the grouped GEMMs by default).
     """
 
     def __init__(self, moe: MoEView, probe_tokens: int, expert_outputs: ExpertOutputs = expert_outputs_grouped) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import torch
 
-from harness.calibration.io import DEPTH_COUNTS, DEPTH_SUMS, MOE_COUNTS, MOE_SUMS
-from harness.calibration.stats import CalibrationStats, DepthStats, MoELayerStats
-from harness.config.schema import CalibrationConfig
-from harness.distributed import all_reduce_sum, rank, shard, world_size
+from slim.harness.calibration.io import DEPTH_COUNTS, DEPTH_SUMS, MOE_COUNTS, MOE_SUMS
+from slim.harness.calibration.stats import CalibrationStats, DepthStats, MoELayerStats
+from slim.harness.config.schema import CalibrationConfig
+from slim.harness.distributed import all_reduce_sum, rank, shard, world_size
 
 
 def rank_share(batches: list[torch.Tensor], cfg: CalibrationConfig) -> tuple[list[torch.Tensor], CalibrationConfig]:

@@ -11,21 +11,21 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.calibration.collect import calibrate, check_calibration_config
-from harness.calibration.fingerprint import calibration_data, tokenizer_sha256
-from harness.calibration.io import save_stats
-from harness.calibration.layerwise import calibrate_layerwise, placed_on
-from harness.calibration.reduce import all_reduce_stats, rank_share
-from harness.calibration.stats import CalibrationStats
-from harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
-from harness.data.packing import WindowDataset, build_corpus_data, check_data
-from harness.data.sources import get_source
-from harness.data.tokenizer import load_tokenizer, needs_training
-from harness.distributed import init_distributed, on_rank_zero
-from harness.errors import UserError
-from harness.models.experts_policy import apply_experts_policy
-from harness.models.io import has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
-from harness.outputs import check_output_file
+from slim.harness.calibration.collect import calibrate, check_calibration_config
+from slim.harness.calibration.fingerprint import calibration_data, tokenizer_sha256
+from slim.harness.calibration.io import save_stats
+from slim.harness.calibration.layerwise import calibrate_layerwise, placed_on
+from slim.harness.calibration.reduce import all_reduce_stats, rank_share
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.config.schema import CalibrationConfig, DataConfig, SlimConfig
+from slim.harness.data.packing import WindowDataset, build_corpus_data, check_data
+from slim.harness.data.sources import get_source
+from slim.harness.data.tokenizer import load_tokenizer, needs_training
+from slim.harness.distributed import init_distributed, on_rank_zero
+from slim.harness.errors import UserError
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.models.io import has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
+from slim.harness.outputs import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def run_calibration(model: PreTrainedModel, data_cfg: DataConfig, calib_cfg: Cal
 
     layerwise: one decoder block at a time on `calibration.device`; otherwise the whole model moves there.
     Under a multi-process launch every rank calls this with the same model: each calibrates its share of the
-    batches and all get the statistics of all of them (harness.calibration.reduce).
+    batches and all get the statistics of all of them (slim.harness.calibration.reduce).
     """
     check_calibration_config(calib_cfg)
     check_vocab_size(data_cfg, model.config, model_dir)

@@ -53,6 +53,6 @@ class CalibrationStats:
     norm_tokens: dict[str, int] = field(default_factory=dict)
     depth: DepthStats | None = None
     # What the pass read, so stats are never applied to a recipe that would calibrate on something else:
-    # tokenizer_sha256 of the tokenizer and calibration_data() of the config (harness.calibration.fingerprint).
+    # tokenizer_sha256 of the tokenizer and calibration_data() of the config (slim.harness.calibration.fingerprint).
     tokenizer_fingerprint: str = ""
     data_fingerprint: dict[str, str | int] = field(default_factory=dict)

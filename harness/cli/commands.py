@@ -7,8 +7,8 @@ import json
 import sys
 from dataclasses import asdict
 
-from harness.config.load import load_config, to_yaml
-from harness.config.schema import SlimConfig
+from slim.harness.config.load import load_config, to_yaml
+from slim.harness.config.schema import SlimConfig
 
 
 def _sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -25,7 +25,7 @@ def _config(args: argparse.Namespace) -> SlimConfig:
 
 def _say(text: str) -> None:
     """Print the result once: on rank 0 alone under torchrun or srun, whose ranks all run the command."""
-    from harness.distributed import rank
+    from slim.harness.distributed import rank
 
     if rank() == 0:
         print(text)
@@ -33,7 +33,7 @@ def _say(text: str) -> None:
 
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain the teacher on the shipped corpus; writes <run_dir>/model as a Hugging Face directory."""
-    from harness.training.pretrain import pretrain as run_pretrain
+    from slim.harness.training.pretrain import pretrain as run_pretrain
 
     summary = run_pretrain(_config(args))
     print(json.dumps(asdict(summary), indent=2))
@@ -44,7 +44,7 @@ def prepare_data(args: argparse.Namespace) -> int:
     """Tokenize data.source (kjv, text, jsonl, parquet, hf_disk) at data.path with data.tokenizer into token shards
     under data.output (data.num_proc processes; a rerun writes only missing or damaged shards); later commands given
     the same overrides read them."""
-    from harness.data.prepare import prepare_data as run_prepare_data
+    from slim.harness.data.prepare import prepare_data as run_prepare_data
 
     summary = run_prepare_data(_config(args))
     print(json.dumps(asdict(summary), indent=2))
@@ -53,7 +53,7 @@ def prepare_data(args: argparse.Namespace) -> int:
 
 def calibrate(args: argparse.Namespace) -> int:
     """One calibration pass over the teacher (compress.teacher); writes calibration.output (safetensors)."""
-    from harness.calibration.run import calibrate_teacher
+    from slim.harness.calibration.run import calibrate_teacher
 
     cfg = _config(args)
     stats = calibrate_teacher(cfg)
@@ -64,9 +64,10 @@ def calibrate(args: argparse.Namespace) -> int:
 def compress(args: argparse.Namespace) -> int:
     """Compress the teacher by a recipe (`slim compress recipe.yaml`); writes a student HF dir, its report and the
     compression figures (PNG + PDF) beside it."""
-    from harness.compression.compress import compress as run_compress, write_figures
-    from harness.distributed import rank
-    from harness.models.params import format_count
+    from slim.harness.compression.compress import compress as run_compress
+    from slim.harness.compression.compress import write_figures
+    from slim.harness.distributed import rank
+    from slim.harness.models.params import format_count
 
     cfg = _config(args)
     report = run_compress(cfg)
@@ -80,7 +81,7 @@ def compress(args: argparse.Namespace) -> int:
 
 def distill(args: argparse.Namespace) -> int:
     """Distill the student (distill.student) from the frozen teacher (distill.teacher); writes distill.output."""
-    from harness.training.distill import distill as run_distill
+    from slim.harness.training.distill import distill as run_distill
 
     summary = run_distill(_config(args))
     print(json.dumps(asdict(summary), indent=2))
@@ -90,7 +91,7 @@ def distill(args: argparse.Namespace) -> int:
 def cache_teacher(args: argparse.Namespace) -> int:
     """Write the teacher's top-k log-probs over the train split to distill.teacher_cache (k =
     distill.teacher_cache_top_k; resumes a partial cache); `slim distill` then reads its kd targets from there."""
-    from harness.training.teacher_cache import cache_teacher as run_cache_teacher
+    from slim.harness.training.teacher_cache import cache_teacher as run_cache_teacher
 
     summary = run_cache_teacher(_config(args))
     print(json.dumps(asdict(summary), indent=2))
@@ -100,7 +101,7 @@ def cache_teacher(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate eval.model (lm-eval tasks, perplexity, MTP acceptance, speed/memory vs eval.teacher); writes
     <run_dir>/eval_summary.json."""
-    from harness.evaluation.evaluate import evaluate as run_evaluate
+    from slim.harness.evaluation.evaluate import evaluate as run_evaluate
 
     summary = run_evaluate(_config(args))
     _say(json.dumps(summary, indent=2))
@@ -109,8 +110,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def params(args: argparse.Namespace) -> int:
     """Build the configured model on the meta device and report total / active parameters."""
-    from harness.models.build import build_model, validate_model_config
-    from harness.models.params import count_parameters, format_count
+    from slim.harness.models.build import build_model, validate_model_config
+    from slim.harness.models.params import count_parameters, format_count
 
     cfg = _config(args)
     validate_model_config(cfg.model)
@@ -123,7 +124,7 @@ def params(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of distilling the `compress` recipe's student from `model` on plan.nodes x plan.gpus GPUs of
     plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), and whether it fits."""
-    from harness.planning import format_plan, plan_run
+    from slim.harness.planning import format_plan, plan_run
 
     cfg = _config(args)
     print(format_plan(plan_run(cfg), cfg.plan))
@@ -138,7 +139,7 @@ def show_config(args: argparse.Namespace) -> int:
 
 def methods(args: argparse.Namespace) -> int:
     """List every registered method (criteria, similarities, reducers, depth/width selectors, families)."""
-    from harness.methods_catalog import format_catalog
+    from slim.harness.methods_catalog import format_catalog
 
     print(format_catalog())
     return 0
@@ -147,7 +148,7 @@ def methods(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Calibrate, compress, distill and save in one command (`slim run recipe.yaml`; distill.init=scratch for
     the random-init baseline)."""
-    from harness.pipeline import run_recipe
+    from slim.harness.pipeline import run_recipe
 
     summary = run_recipe(_config(args))
     _say(json.dumps(summary["distill"], indent=2))
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 def zeda(args: argparse.Namespace) -> int:
     """ZEDA: inject zero experts into zeda.teacher, adapt routers then the whole model by self-distillation;
     writes zeda.output and <run_dir>/zeda_summary.json (val perplexity, expert FLOPs skipped)."""
-    from methods.adaptations import adaptations
+    from slim.methods.adaptations import adaptations
 
     summary = adaptations.get("zeda").run(_config(args))
     print(json.dumps({key: value for key, value in summary.items() if key != "stages"}, indent=2))
@@ -182,8 +183,8 @@ def grid_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _grid(args: argparse.Namespace, recorded: bool = False):
     """The grid of the command line's spec, recipe files and overrides; with `recorded` and none of them given, those
     the last `slim grid` of the spec on the output folder ran with (harness/grid/invocation.py)."""
-    from harness.grid import prepare_grid
-    from harness.grid.invocation import recorded_args
+    from slim.harness.grid import prepare_grid
+    from slim.harness.grid.invocation import recorded_args
 
     files, overrides = _sources(args)
     if recorded and not files and not overrides and (last := recorded_args(args.spec, args.output_dir)):
@@ -196,9 +197,9 @@ def _grid(args: argparse.Namespace, recorded: bool = False):
 def grid(args: argparse.Namespace) -> int:
     """Run an ablation grid (`slim grid ablations/table3.yaml [recipe.yaml] [key=value]`): recipe files replace the
     spec's tiny `scale`, overrides apply to every cell; finished cells are skipped, failed ones recorded."""
-    from harness.grid import run_grid
-    from harness.grid.grid import dry_run_lines
-    from harness.grid.runner import cell_log
+    from slim.harness.grid import run_grid
+    from slim.harness.grid.grid import dry_run_lines
+    from slim.harness.grid.runner import cell_log
 
     prepared = _grid(args)
     if args.dry_run:
@@ -230,12 +231,13 @@ def report(args: argparse.Namespace) -> int:
     """Render a grid's table (LaTeX, or Markdown with its rows as JSON) and loss curves from its results store, and
     the compression figures beside each finished cell's student. Without recipe files or overrides it takes those the
     last `slim grid` of the spec on the folder ran with."""
-    from harness.grid.figures import write_cell_figures
-    from harness.grid.report import no_curve_note, write_grid_markdown, write_grid_report
+    from slim.harness.grid.figures import write_cell_figures
+    from slim.harness.grid.report import no_curve_note, write_grid_markdown, write_grid_report
 
     prepared = _grid(args, recorded=True)
-    if note := prepared.stale_note():
-        print(note)
+    for note in (prepared.stale_note(), prepared.software_note()):
+        if note:
+            print(note)
     if args.format == "markdown":
         paths = write_grid_markdown(prepared, args.out)
     else:
@@ -261,8 +263,8 @@ def search(args: argparse.Namespace) -> int:
     """Run an Optuna search (`slim search conf/search/tiny.yaml [recipe.yaml] [key=value] [--workers N]
     [--n-trials N]`): recipe files replace the spec's `scale`, overrides apply to every trial; writes
     <output_dir>/best_recipe.yaml."""
-    from harness.search.spec import parse_spec
-    from harness.search.study import run_search
+    from slim.harness.search.spec import parse_spec
+    from slim.harness.search.study import run_search
 
     files, overrides = _sources(args)
     print(json.dumps(run_search(parse_spec(args.spec, files, overrides, args.n_trials), args.workers), indent=2))

@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from harness.cli import commands
-from harness.errors import UserError
-from harness.verbosity import configure_output
+from slim.harness.cli import commands
+from slim.harness.errors import UserError
+from slim.harness.verbosity import configure_output
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prepare-data": commands.prepare_data,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 
 def check_kept(ids: Sequence[int], size: int, field: str, ordered: bool) -> list[int]:

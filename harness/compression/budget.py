@@ -11,8 +11,8 @@ from collections.abc import Collection, Mapping
 
 import torch
 
-from harness.compression.ranking import ranked
-from harness.errors import UserError
+from slim.harness.compression.ranking import ranked
+from slim.harness.errors import UserError
 
 EPS = 1e-12
 

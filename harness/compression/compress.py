@@ -2,7 +2,7 @@
 
 All selections (layers, hidden dims, expert plans) are made on the teacher's statistics first, then
 applied as surgery: experts (teacher layer indices), then depth, then width; a teacher MTP module is
-compressed alongside (harness.compression.mtp). The student directory
+compressed alongside (slim.harness.compression.mtp). The student directory
 gets `compression_report.json` with parameter counts, kept layers/dims, per-layer expert maps,
 the methods used and the stats fingerprint.
 """
@@ -17,34 +17,34 @@ from pathlib import Path
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.calibration.fingerprint import model_fingerprint
-from harness.calibration.io import check_fingerprint, check_stats_data, load_stats
-from harness.calibration.run import check_vocab_size, run_calibration
-from harness.calibration.stats import CalibrationStats
-from harness.compression.budget import allocate_experts, uniform_budget
-from harness.compression.depth import check_keeps_attention
-from harness.compression.lineage import LINEAGE_KEY, Lineage, compose, identity_lineage, read_lineage
-from harness.compression.plan import ExpertPlan
-from harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
-from harness.compression.mtp import reduce_mtp_experts
-from harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
-from harness.compression.width import sync_width_attributes
-from harness.config.schema import CompressConfig, SlimConfig
-from harness.distributed import init_distributed, on_rank_zero, rank
-from harness.errors import UserError
-from harness.models.experts_policy import apply_experts_policy
-from harness.models.io import load_pretrained, read_model_config, save_pretrained
-from harness.models.mtp import mtp_hidden_params
-from harness.models.mtp_io import find_mtp, save_mtp
-from harness.models.params import count_parameters
-from harness.models.view import ModelView, view
-from harness.outputs import check_output_dir, weights_bytes
-from harness.registry import Registry
-from methods._stats import SCORES_HOOK
-from methods.criteria import criteria
-from methods.depth import depth_selectors
-from methods.similarity import similarities
-from methods.width import width_selectors
+from slim.harness.calibration.fingerprint import model_fingerprint
+from slim.harness.calibration.io import check_fingerprint, check_stats_data, load_stats
+from slim.harness.calibration.run import check_vocab_size, run_calibration
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.compression.budget import allocate_experts, uniform_budget
+from slim.harness.compression.depth import check_keeps_attention
+from slim.harness.compression.lineage import LINEAGE_KEY, Lineage, compose, identity_lineage, read_lineage
+from slim.harness.compression.mtp import reduce_mtp_experts
+from slim.harness.compression.plan import ExpertPlan
+from slim.harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
+from slim.harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
+from slim.harness.compression.width import sync_width_attributes
+from slim.harness.config.schema import CompressConfig, SlimConfig
+from slim.harness.distributed import init_distributed, on_rank_zero, rank
+from slim.harness.errors import UserError
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.models.io import load_pretrained, read_model_config, save_pretrained
+from slim.harness.models.mtp import mtp_hidden_params
+from slim.harness.models.mtp_io import find_mtp, save_mtp
+from slim.harness.models.params import count_parameters
+from slim.harness.models.view import ModelView, view
+from slim.harness.outputs import check_output_dir, weights_bytes
+from slim.harness.registry import Registry
+from slim.methods._stats import SCORES_HOOK
+from slim.methods.criteria import criteria
+from slim.methods.depth import depth_selectors
+from slim.methods.similarity import similarities
+from slim.methods.width import width_selectors
 
 REPORT_NAME = "compression_report.json"
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _stored_stats(cfg: SlimConfig, teacher_cfg: PretrainedConfig) -> Calibration
 def _report(cfg: SlimConfig, teacher_cfg: PretrainedConfig, before, after, kept_layers, kept_dims, plans, importance,
             stats, top_k) -> dict:
     """What was cut and why: counts, kept layers/dims, per-layer expert maps with the criterion's scores, and the
-    depth / width selectors' scores on these statistics (what reports.compression_figures plots)."""
+    depth / width selectors' scores on these statistics (what slim.reports.compression_figures plots)."""
     return {
         "teacher": cfg.compress.teacher,
         "recipe": asdict(cfg.compress),
@@ -207,11 +207,11 @@ def _cut(cfg: SlimConfig, teacher_cfg: PretrainedConfig, model: PreTrainedModel,
 
 
 def write_figures(report: dict, directory: str | Path) -> list[Path]:
-    """The compression figures (reports.compression_figures) beside the report in student `directory`, for
+    """The compression figures (slim.reports.compression_figures) beside the report in student `directory`, for
     `slim compress` and `slim report`; a plotting failure costs one warning line, never the student. (Not part of
     `compress` itself: a grid or test that compresses many times pays for figures only when it asks for them.)"""
     try:
-        from reports.compression_figures import write_compression_figures
+        from slim.reports.compression_figures import write_compression_figures
 
         return write_compression_figures(report, directory)
     except Exception as error:  # noqa: BLE001 - any plotting failure is a warning, the student is already written

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from harness.compression._kept import check_kept
-from harness.config.schema import DepthTarget
-from harness.errors import UserError
-from harness.compression.experts import record_expert_counts
-from harness.models.view import view
+from slim.harness.compression._kept import check_kept
+from slim.harness.compression.experts import record_expert_counts
+from slim.harness.config.schema import DepthTarget
+from slim.harness.errors import UserError
+from slim.harness.models.view import view
 
 
 def _renumber(layer: nn.Module, index: int) -> None:

@@ -3,9 +3,9 @@
 Layers may keep different numbers of experts (global budget). transformers' config has one
 `num_experts`, so the per-layer counts ride along as `config.num_experts_per_layer` (one entry per
 decoder layer, 0 for dense layers; absent when all MoE layers agree) with `config.num_experts` their
-maximum; `harness.models.io.load_pretrained` rebuilds those shapes, and such a student is saved as a portable
-architecture of its own (harness/compression/modeling_slim.py, harness.models.portable). Tensors are swapped through
-`.data`, so Parameter objects (and views, ties) survive; only sizes change.
+maximum; `slim.harness.models.io.load_pretrained` rebuilds those shapes, and such a student is saved as a portable
+architecture of its own (harness/compression/modeling_slim.py, slim.harness.models.portable). Tensors are swapped
+through `.data`, so Parameter objects (and views, ties) survive; only sizes change.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 import torch
 from transformers import PreTrainedModel
 
-from harness.compression.plan import ExpertPlan, apply_plan
-from harness.errors import UserError
-from harness.models.view import MoEView, view
+from slim.harness.compression.plan import ExpertPlan, apply_plan
+from slim.harness.errors import UserError
+from slim.harness.models.view import MoEView, view
 
 
 def _moe_layers(model: PreTrainedModel, layers: Mapping[int, object]) -> dict[int, MoEView]:

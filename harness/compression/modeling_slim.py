@@ -1,6 +1,6 @@
 """Portable modeling code for a student whose MoE layers keep different numbers of experts (a global budget).
 
-This file imports only torch and transformers: `harness.models.portable` copies it into such a student's directory
+This file imports only torch and transformers: `slim.harness.models.portable` copies it into such a student's directory
 and names its classes in config.json's `auto_map`, so `AutoModelForCausalLM.from_pretrained(directory,
 trust_remote_code=True)` and `lm_eval --model hf` load the student without the harness, while loading without
 `trust_remote_code` fails on the unknown model type instead of dropping or mis-sizing weights.

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 from transformers import PretrainedConfig
 
-from harness.compression.width import hidden_dims
-from harness.config.schema import CompressConfig
-from harness.errors import UserError
-from harness.methods_catalog import method_registries
+from slim.harness.compression.width import hidden_dims
+from slim.harness.config.schema import CompressConfig
+from slim.harness.errors import UserError
+from slim.harness.methods_catalog import method_registries
 
 BUDGETS = ("uniform", "global")
 

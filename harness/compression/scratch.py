@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from harness.models.io import load_pretrained, save_pretrained
+from slim.harness.models.io import load_pretrained, save_pretrained
 
 
 def reinitialize_(model: PreTrainedModel, seed: int) -> PreTrainedModel:

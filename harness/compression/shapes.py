@@ -1,5 +1,5 @@
 """Plan a student without weights: the teacher is built on the meta device and cut by the same surgery
-that compresses real models, then counted (harness.models.params convention)."""
+that compresses real models, then counted (slim.harness.models.params convention)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.compression.surgery import drop_layers, resize_experts, shrink_hidden
-from harness.config.schema import ModelConfig
-from harness.errors import UserError
-from harness.models.build import build_model
-from harness.models.params import ParamCount, count_parameters
-from harness.models.view import view
+from slim.harness.compression.surgery import drop_layers, resize_experts, shrink_hidden
+from slim.harness.config.schema import ModelConfig
+from slim.harness.errors import UserError
+from slim.harness.models.build import build_model
+from slim.harness.models.params import ParamCount, count_parameters
+from slim.harness.models.view import view
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from harness.compression._kept import check_kept
-from harness.errors import UserError
-from harness.models.families import model_families
+from slim.harness.compression._kept import check_kept
+from slim.harness.errors import UserError
+from slim.harness.models.families import model_families
 
 LAYER_INDEX = re.compile(r"(?<=^model\.layers\.)\d+(?=\.)")
 # Module attributes that hold the model width in transformers' MoE modules (decoder layers, routers,

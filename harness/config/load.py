@@ -21,9 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from harness.config.schema import CHOICES, SlimConfig, TrainConfig
-from harness.config.sections import root_schema, validate_sections
-from harness.errors import UserError
+from slim.harness.config.schema import CHOICES, SlimConfig, TrainConfig
+from slim.harness.config.sections import root_schema, validate_sections
+from slim.harness.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BASE_KEY = "base"  # a YAML file's parent recipe

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 from dataclasses import Field, dataclass, field, fields, is_dataclass, make_dataclass
-from pathlib import Path
 from typing import Any, get_type_hints
 
-from harness.config.schema import SlimConfig
+from slim.harness.config.schema import SlimConfig
+from slim.harness.registry import package_folder
 
-PLUGIN_PACKAGES = ("methods", "kernels")  # whose modules may declare options
+PLUGIN_PACKAGES = ("slim.methods", "slim.kernels")  # whose modules may declare options
 DECORATOR = "config_options("
 GENERATED_PREFIX = f"Resolved{SlimConfig.__name__}"
 
@@ -48,11 +47,11 @@ def _declaring_modules() -> list[str]:
     """Modules under PLUGIN_PACKAGES whose source uses the decorator, found without importing the others."""
     modules = []
     for package in PLUGIN_PACKAGES:
-        root = Path(importlib.util.find_spec(package).origin).parent
+        root = package_folder(package)
         for path in sorted(root.rglob("*.py")):
             if "@" + DECORATOR in path.read_text():
-                parts = path.relative_to(root.parent).with_suffix("").parts
-                modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+                parts = path.relative_to(root).with_suffix("").parts
+                modules.append(".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts))))
     return modules
 
 

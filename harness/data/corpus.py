@@ -12,7 +12,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 VERSE_LINE = re.compile(r"(?P<book>\d?[A-Za-z]+)(?P<chapter>\d+):(?P<verse>\d+) (?P<text>.+)")
 

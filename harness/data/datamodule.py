@@ -7,10 +7,10 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerFast
 
-from harness.config.schema import DataConfig
-from harness.data.packing import CorpusData, WindowDataset, build_corpus_data
-from harness.data.sampler import ResumableBatchSampler
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.packing import CorpusData, WindowDataset, build_corpus_data
+from slim.harness.data.sampler import ResumableBatchSampler
+from slim.harness.errors import UserError
 
 
 class CorpusDataModule(pl.LightningDataModule):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness.config.schema import DataConfig
-from harness.data.corpus import CorpusSplit
-from harness.data.sources import BadDocument, Document, Source
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.corpus import CorpusSplit
+from slim.harness.data.sources import BadDocument, Document, Source
+from slim.harness.errors import UserError
 
 
 class DocumentStream:

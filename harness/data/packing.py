@@ -19,14 +19,15 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from harness.atomic import save_safetensors_atomic
-from harness.config.schema import DataConfig
-from harness.data.corpus import CorpusSplit
-from harness.data.documents import split_texts
-from harness.data.shards import PreparedDataset, complete_index, index_digest, load_prepared
-from harness.data.sources import SPLITS, Source, get_source
-from harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer, tokenizer_sha256
-from harness.errors import UserError
+from slim.harness.atomic import save_safetensors_atomic
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.corpus import CorpusSplit
+from slim.harness.data.documents import split_texts
+from slim.harness.data.shards import PreparedDataset, complete_index, index_digest, load_prepared
+from slim.harness.data.sources import SPLITS, Source, get_source
+from slim.harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer, tokenizer_sha256
+from slim.harness.errors import UserError
+
 MIN_SEQ_LEN = 8
 NOT_PREPARED = ("data.output: empty, and data.source={source} is read from prepared shards only; run "
                 "`slim prepare-data` with the same overrides plus data.output=DIR, then pass that data.output")

@@ -25,16 +25,16 @@ import numpy as np
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from harness.atomic import write_text_atomic
-from harness.config.schema import DataConfig, SlimConfig
-from harness.data.documents import DocumentStream
-from harness.data.shard_writer import SplitWriter
-from harness.data.shards import INDEX_FILE, expected_identity, identity_difference, read_index, shard_problem
-from harness.data.sources import SPLITS, Source, get_source
-from harness.data.tokenize import encode_batch, init_worker
-from harness.data.tokenizer import load_or_train_tokenizer
-from harness.errors import UserError
-from harness.outputs import check_output_dir, mark
+from slim.harness.atomic import write_text_atomic
+from slim.harness.config.schema import DataConfig, SlimConfig
+from slim.harness.data.documents import DocumentStream
+from slim.harness.data.shard_writer import SplitWriter
+from slim.harness.data.shards import INDEX_FILE, expected_identity, identity_difference, read_index, shard_problem
+from slim.harness.data.sources import SPLITS, Source, get_source
+from slim.harness.data.tokenize import encode_batch, init_worker
+from slim.harness.data.tokenizer import load_or_train_tokenizer
+from slim.harness.errors import UserError
+from slim.harness.outputs import check_output_dir, mark
 
 BATCH_DOCUMENTS = 256  # documents per tokenizer task
 BATCH_BYTES = 1 << 20  # or fewer when their text reaches this size
@@ -140,7 +140,7 @@ def _damaged(output: Path, index: dict) -> dict[str, set[int]]:
 
 
 def _remove_stale_temps(output: Path) -> None:
-    """Temp files a killed run left in its split folders (harness.atomic names them `.<name>.<pid>-<hex>.tmp`)."""
+    """Temp files a killed run left in its split folders (slim.harness.atomic names them `.<name>.<pid>-<hex>.tmp`)."""
     for split in SPLITS:
         for temp in (output / split).glob(".shard-*.tmp"):
             temp.unlink()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic import atomic_path
-from harness.data.shards import shard_name
-from harness.errors import UserError
+from slim.harness.atomic import atomic_path
+from slim.harness.data.shards import shard_name
+from slim.harness.errors import UserError
 
 
 class ShardWriter:

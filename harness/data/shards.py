@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from harness.config.schema import DataConfig
-from harness.data.sources import SPLITS, Source, files_fingerprint
-from harness.data.tokenizer import tokenizer_sha256
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.sources import SPLITS, Source, files_fingerprint
+from slim.harness.data.tokenizer import tokenizer_sha256
+from slim.harness.errors import UserError
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 1
@@ -126,7 +126,7 @@ class TokenStream:
 
 class PreparedDataset(Dataset):
     """Disjoint windows of seq_len + 1 tokens of a prepared split, as {"input_ids", "labels", "index"} like
-    harness.data.packing.PackedDataset (the partial tail is dropped)."""
+    slim.harness.data.packing.PackedDataset (the partial tail is dropped)."""
 
     def __init__(self, stream: TokenStream, seq_len: int, digest: str) -> None:
         self.stream = stream

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from harness.config.schema import DataConfig
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.errors import UserError
 
 SPECIAL_TOKEN = "<|endoftext|>"
 # 256 byte symbols plus the special token.

@@ -1,7 +1,7 @@
 """Prefill / decode throughput and peak memory of a causal LM (SlimQwen Table 11 analog).
 
 Prefill: one forward over a [B, P] prompt batch that fills the cache (attention keys and values, Gated
-DeltaNet conv and recurrent states; harness.models.families.prepare_decoding gives every model one). Decode:
+DeltaNet conv and recurrent states; slim.harness.models.families.prepare_decoding gives every model one). Decode:
 `generate` of G tokens (greedy, exactly G); its first token comes from the prefill, so decode throughput is
 B·(G-1) tokens over (generate time - prefill time). Each is the mean of `repeats` timed runs after `warmup`
 untimed ones. Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed runs (weights
@@ -22,7 +22,7 @@ import psutil
 import torch
 from transformers import PreTrainedModel
 
-from harness.evaluation.mtp_acceptance import greedy_continuation
+from slim.harness.evaluation.mtp_acceptance import greedy_continuation
 
 CUDA_MEMORY = "cuda_max_memory_allocated"
 CPU_MEMORY = "cpu_weights_plus_peak_rss_rise"

@@ -14,24 +14,25 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.atomic import write_text_atomic
-from harness.config.schema import EvalConfig, SlimConfig
-from harness.data.packing import WindowDataset, validation_windows
-from harness.distributed import init_distributed, local_rank, on_rank_zero
-from harness.errors import UserError
-from harness.evaluation.backends import backend_summaries, inference_backends
-from harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
-from harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
-from harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
-from harness.evaluation.perplexity import model_perplexity
-from harness.evaluation.task_metrics import include_paths
-from harness.models.expert_flops import count_expert_flops
-from harness.models.experts_policy import apply_experts_policy
-from harness.models.families import prepare_decoding
-from harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
-from harness.models.mtp import mtp_depth
-from harness.models.mtp_io import find_mtp
-from harness.outputs import check_work_dir
+from slim.harness.atomic import write_text_atomic
+from slim.harness.config.schema import EvalConfig, SlimConfig
+from slim.harness.data.packing import WindowDataset, validation_windows
+from slim.harness.distributed import init_distributed, local_rank, on_rank_zero
+from slim.harness.errors import UserError
+from slim.harness.evaluation.backends import backend_summaries, inference_backends
+from slim.harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
+from slim.harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
+from slim.harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
+from slim.harness.evaluation.perplexity import model_perplexity
+from slim.harness.evaluation.task_metrics import include_paths
+from slim.harness.models.expert_flops import count_expert_flops
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.models.families import prepare_decoding
+from slim.harness.models.io import TOKENIZER_FILES, check_checkpoint, has_tokenizer, load_pretrained, read_model_config
+from slim.harness.models.mtp import mtp_depth
+from slim.harness.models.mtp_io import find_mtp
+from slim.harness.outputs import check_work_dir
+from slim.harness.provenance import stamped
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -158,7 +159,7 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
     heldout = validation_windows(cfg.data)  # text the evaluated models never trained on
     model, tokenizer = load_pretrained(cfg.eval.model, device=str(device))
     model.eval()
-    # Which cache `generate` decodes with: transformers' own, or a model family's (harness.models.families).
+    # Which cache `generate` decodes with: transformers' own, or a model family's (slim.harness.models.families).
     summary: dict = {"model": cfg.eval.model, "teacher": cfg.eval.teacher or None,
                      "decode_cache": prepare_decoding(model),
                      "experts_implementation": apply_experts_policy(cfg.model_runtime.experts_implementation, model)}
@@ -178,5 +179,5 @@ def _evaluate(cfg: SlimConfig, manager: TaskManager | None) -> dict:
         speed = cfg.eval.efficiency
         prompts = _prompts(heldout, tokenizer, speed.batch_size, speed.prompt_len, device)
         summary["efficiency"] = _efficiency_summary(cfg, model, prompts)
-    write_text_atomic(Path(cfg.run_dir) / SUMMARY_NAME, json.dumps(summary, indent=2))
+    write_text_atomic(Path(cfg.run_dir) / SUMMARY_NAME, json.dumps(stamped(summary), indent=2))
     return summary

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.errors import UserError
-from harness.evaluation.local_tasks import TASKS_DIR
+from slim.harness.errors import UserError
+from slim.harness.evaluation.local_tasks import TASKS_DIR
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager

@@ -6,7 +6,7 @@ Three tasks, each a JSONL file beside its shipped YAML in `lm_eval_tasks/`:
 - `kjv_complete`: a verse without its last COMPLETE_WORDS words; greedy generation until newline must
   reproduce them exactly.
 Only validation chapters are used, minus verses the train split repeats word for word, and the draw is
-seeded, so rebuilding gives identical files: `python -m harness.evaluation.local_tasks` rewrites them.
+seeded, so rebuilding gives identical files: `python -m slim.harness.evaluation.local_tasks` rewrites them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.data.corpus import read_chapters, split_corpus
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.corpus import read_chapters, split_corpus
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 LOCAL_TASKS = ("kjv_cloze", "kjv_next_verse", "kjv_complete")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from harness.models.mtp import MTPModule, run_mtp
+from slim.harness.models.mtp import MTPModule, run_mtp
 
 # (h^0 [B, T, d], input_ids [B, T]) -> depth d = 1..K logits [B, T-d, V]; position i of depth d predicts
 # token i+d+1 having seen tokens 0..i+d (the MTPModule convention).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 if TYPE_CHECKING:
     from lm_eval.tasks._index import Entry
@@ -89,7 +89,7 @@ def declared_metrics(entry: Entry) -> dict[str, tuple[str, ...]] | None:
 def task_index(include_paths: tuple[str, ...] = ()) -> dict[str, Entry]:
     """lm-eval's task index (built-in tasks, the harness's local tasks and `include_paths`), built once per process
     from the YAML files alone (~7 s for lm-eval's ~12,000 tasks)."""
-    from harness.evaluation.lm_eval_runner import task_manager
+    from slim.harness.evaluation.lm_eval_runner import task_manager
 
     return dict(task_manager(include_paths).task_index)
 

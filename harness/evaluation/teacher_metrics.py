@@ -29,11 +29,11 @@ import transformers
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedModel
 
-from harness.atomic import write_text_atomic
-from harness.calibration.fingerprint import config_json
-from harness.data.packing import file_sha256, sequences_sha256
-from harness.evaluation.perplexity import model_perplexity
-from harness.models.checkpoint_state import INDEX_FILE, weight_files
+from slim.harness.atomic import write_text_atomic
+from slim.harness.calibration.fingerprint import config_json
+from slim.harness.data.packing import file_sha256, sequences_sha256
+from slim.harness.evaluation.perplexity import model_perplexity
+from slim.harness.models.checkpoint_state import INDEX_FILE, weight_files
 
 CACHE_ENV = "SLIM_CACHE_DIR"
 STORE_VERSION = 1

@@ -2,8 +2,8 @@
 (`CellKind.calibrates`) and name no `compress.stats` get the stats of the first cell that computed them.
 
 The stats live in `<grid output>/calibration/<digest>.safetensors`, beside `<digest>.json` holding the full key:
-- the teacher: the content sha256 of the files it is loaded from (harness.evaluation.teacher_metrics: config, weight
-  index and weight files, rehashed only when their stat changes), not `model_fingerprint`, which would read every
+- the teacher: the content sha256 of the files it is loaded from (slim.harness.evaluation.teacher_metrics: config,
+  weight index and weight files, rehashed only when their stat changes), not `model_fingerprint`, which would read every
   tensor of a large teacher in each cell; the stats still carry that fingerprint and compress checks it;
 - the calibration config (every field but `output`) and the model runtime's experts implementation;
 - the calibration text: `calibration_data` (corpus digest, split, seq_len, sample counts) and the data config.
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from harness.atomic import write_text_atomic
-from harness.calibration.fingerprint import calibration_data
-from harness.calibration.run import calibrate_teacher
-from harness.config.schema import SlimConfig
-from harness.distributed import init_distributed, on_rank_zero, rank
-from harness.evaluation.teacher_metrics import teacher_files_digest
+from slim.harness.atomic import write_text_atomic
+from slim.harness.calibration.fingerprint import calibration_data
+from slim.harness.calibration.run import calibrate_teacher
+from slim.harness.config.schema import SlimConfig
+from slim.harness.distributed import init_distributed, on_rank_zero, rank
+from slim.harness.evaluation.teacher_metrics import teacher_files_digest
 
 CALIBRATION_DIR = "calibration"
 KEY_VERSION = 1

@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-import harness
-from harness.config.load import load_config
-from harness.config.schema import SlimConfig
-from harness.errors import UserError
-from harness.grid.kinds import cell_kinds
-from harness.grid.spec import KIND_KEY, Axis, AxisValue, GridSpec
+from slim.harness import provenance
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import SlimConfig
+from slim.harness.errors import UserError
+from slim.harness.grid.kinds import cell_kinds
+from slim.harness.grid.spec import KIND_KEY, Axis, AxisValue, GridSpec
 
 SEED_KEY = "train.seed"
 AXES_PREFIX, SEEDS_OVERRIDE = "axes.", "seeds"  # grid overrides (select_cells), not config keys
@@ -66,13 +66,13 @@ def _set(config: Any, dotted: str, value: Any) -> None:
 
 
 def cell_key(kind: str, config: SlimConfig) -> str:
-    """16 hex digits of sha256 over the kind, `harness.RESULTS_VERSION` and every resolved config value (defaults
+    """16 hex digits of sha256 over the kind, `provenance.RESULTS_VERSION` and every resolved config value (defaults
     included), output paths excluded: a cell stored before a default changed or the version was bumped gets
     another key, so it is never reused."""
     stripped = copy.deepcopy(config)
     for dotted in PATH_FIELDS:
         _set(stripped, dotted, "")
-    payload = json.dumps({"kind": kind, "version": harness.RESULTS_VERSION, "config": asdict(stripped)},
+    payload = json.dumps({"kind": kind, "version": provenance.RESULTS_VERSION, "config": asdict(stripped)},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

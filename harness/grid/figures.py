@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.compression.compress import REPORT_NAME, write_figures
+from slim.harness.compression.compress import REPORT_NAME, write_figures
 
 FORMATS = ("png", "pdf")
 
@@ -38,7 +38,7 @@ def write_cell_figures(rows: list[dict[str, Any]]) -> list[Path]:
     files = cell_report_files(rows)
     if not files:
         return []
-    from reports.compression_figures import figure_names  # matplotlib: only when there is something to draw
+    from slim.reports.compression_figures import figure_names  # matplotlib: only when there is something to draw
 
     done = []
     for report_file in files:

@@ -8,18 +8,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
-from harness.grid.calibration import pass_settings
-from harness.grid.expand import Cell, expand, format_override, validate_cells
-from harness.grid.invocation import record_args
-from harness.grid.kinds import cell_kinds
-from harness.grid.launch_submitit import run_submitit
-from harness.grid.lock import grid_lock
-from harness.grid.report import check_report
-from harness.grid.runner import run_parallel, run_sequential
-from harness.grid.spec import GridSpec, column_key, load_spec
-from harness.grid.store import ResultsStore
-from harness.outputs import check_work_dir
+from slim.harness.errors import UserError
+from slim.harness.grid.calibration import pass_settings
+from slim.harness.grid.expand import Cell, expand, format_override, validate_cells
+from slim.harness.grid.invocation import record_args
+from slim.harness.grid.kinds import cell_kinds
+from slim.harness.grid.launch_submitit import run_submitit
+from slim.harness.grid.lock import grid_lock
+from slim.harness.grid.report import check_report
+from slim.harness.grid.runner import run_parallel, run_sequential
+from slim.harness.grid.spec import GridSpec, column_key, load_spec
+from slim.harness.grid.store import ResultsStore
+from slim.harness.outputs import check_work_dir
+from slim.harness.provenance import mixed_software_note
 
 LAUNCHERS = ("inprocess", "submitit")
 STORE_NAME = "results.sqlite"
@@ -49,7 +50,7 @@ class Grid:
 
     def stale_keys(self) -> list[str]:
         """Keys of stored rows of this spec that match none of its cells: computed under another config or harness
-        version (a changed default, `harness.RESULTS_VERSION`, other overrides); they are never reused."""
+        version (a changed default, `provenance.RESULTS_VERSION`, other overrides); they are never reused."""
         if not self.store_path.is_file():
             return []
         current = {cell.key for cell in self.cells}
@@ -66,6 +67,12 @@ class Grid:
                                                   else "")
         return (f"{self.spec.name}: {len(stale)} stale cells from an older config or harness version (or other "
                 f"overrides) are ignored (keys {shown})")
+
+    def software_note(self) -> str | None:
+        """One line naming the packages whose version differs between the finished cells, or None when they agree."""
+        done = [row for row in self.rows() if row["status"] == "done"]
+        what = f"{self.spec.name}: the {len(done)} finished cells"
+        return mixed_software_note([row["software"] for row in done], what)
 
 
 def prepare_grid(spec_path: str | Path, files: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.atomic import write_text_atomic
-from harness.errors import UserError
-from harness.grid.spec import load_spec
+from slim.harness.atomic import write_text_atomic
+from slim.harness.errors import UserError
+from slim.harness.grid.spec import load_spec
 
 
 def args_file(output_dir: str | Path, spec_name: str) -> Path:

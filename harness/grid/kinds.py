@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.config.schema import SlimConfig
-from harness.registry import Registry
+from slim.harness.config.schema import SlimConfig
+from slim.harness.registry import Registry
 
 
 @dataclass
@@ -38,7 +38,7 @@ class CellKind:
     per-step metric names its training logs (shell-style patterns), which a report's curve may plot; a kind with
     `task_metrics` also reports `<task>/<metric>[,<filter>]` benchmark scores, checked by it once cells resolve. A
     kind that `calibrates` compress.teacher (with `calibration` on `data`) unless compress.stats is set gets the
-    grid's shared stats instead (harness.grid.calibration)."""
+    grid's shared stats instead (slim.harness.grid.calibration)."""
 
     execute: Callable[[SlimConfig], CellOutput]
     metrics: tuple[str, ...]
@@ -48,7 +48,7 @@ class CellKind:
     calibrates: bool = False
 
 
-cell_kinds: Registry[CellKind] = Registry("grid cell kind", "harness.grid.cells")
+cell_kinds: Registry[CellKind] = Registry("grid cell kind", "slim.harness.grid.cells")
 
 
 def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks,

@@ -14,11 +14,11 @@ from pathlib import Path
 import submitit
 from tqdm import tqdm
 
-from harness.grid.expand import Cell
-from harness.grid.kinds import cell_kinds
-from harness.grid.runner import execute_cell
-from harness.grid.spec import SlurmParams
-from harness.grid.store import ResultsStore
+from slim.harness.grid.expand import Cell
+from slim.harness.grid.kinds import cell_kinds
+from slim.harness.grid.runner import execute_cell
+from slim.harness.grid.spec import SlurmParams
+from slim.harness.grid.store import ResultsStore
 
 
 def cell_resources(cell: Cell) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 LOCK_NAME = "grid.lock"
 

@@ -1,4 +1,4 @@
-"""`slim report`: the grid's finished rows as `reports.CellResult`s, rendered with the spec's `report` section.
+"""`slim report`: the grid's finished rows as `slim.reports.CellResult`s, rendered with the spec's `report` section.
 
 The section is checked at `slim grid` start (`check_report`), so a typo in it or in its curve metric is found
 before any cell runs, not after all of them.
@@ -12,14 +12,15 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import UserError
-from harness.grid.kinds import cell_kinds
-from harness.grid.spec import GridSpec
-from harness.outputs import check_work_dir
+from slim.harness.errors import UserError
+from slim.harness.grid.kinds import cell_kinds
+from slim.harness.grid.spec import GridSpec
+from slim.harness.outputs import check_work_dir
 
 if TYPE_CHECKING:
-    from harness.grid.grid import Grid
-    from reports import CurveSpec, TableSpec
+    from slim.harness.grid.grid import Grid
+    from slim.reports.curves import CurveSpec
+    from slim.reports.spec import TableSpec
 
 CURVE_KEY = "curve"
 # report.teacher_from: {column metric: cell metric holding the teacher's value}, e.g. the teacher perplexity every
@@ -39,7 +40,7 @@ def teacher_row(rows: list[dict[str, Any]], teacher_from: dict[str, str]) -> dic
 
 def cell_results(rows: list[dict[str, Any]], curve_metric: str | None = None) -> list:
     """Finished rows as CellResults; a row whose cell logged metric CSVs gets them as `curve_metric`'s curve."""
-    from reports import CellResult
+    from slim.reports.results import CellResult
 
     return [
         CellResult(cell=row["key"], axes=row["axes"], seed=row["seed"], metrics=row["metrics"],
@@ -85,7 +86,8 @@ def _check_curve_metric(spec: GridSpec, metric: str) -> None:
 def report_specs(spec: GridSpec, teacher: dict[str, float] | None = None) -> tuple[TableSpec, CurveSpec | None]:
     """The spec's `report` section as a table and an optional curve, every key and the curve metric checked;
     `teacher` is the teacher row when the section takes it from the cells (`teacher_from`)."""
-    from reports import CurveSpec, TableSpec
+    from slim.reports.curves import CurveSpec
+    from slim.reports.spec import TableSpec
 
     section = dict(spec.report)
     curve = None
@@ -133,7 +135,7 @@ def grid_results(grid: Grid, out_dir: Path, field: str) -> tuple[list, TableSpec
 def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write the spec's table (and loss curves when it names a curve) from the store to `out_dir`
     (default `<grid output>/report`)."""
-    from reports import write_report
+    from slim.reports.render import write_report
 
     field = "--out" if out_dir else "--output-dir"  # the default folder lies in the grid folder
     out_dir = Path(out_dir or grid.output_dir / "report")
@@ -144,7 +146,7 @@ def write_grid_report(grid: Grid, out_dir: str | Path | None = None) -> dict[str
 def write_grid_markdown(grid: Grid, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write the spec's table as `<name>.md` and the rows it came from as `<name>.json` to `out_dir` (default
     `<grid output>/report`), e.g. docs/results/ for the README's tables."""
-    from reports.markdown import write_markdown_report
+    from slim.reports.markdown import write_markdown_report
 
     out_dir = Path(out_dir or grid.output_dir / "report")
     results, table, _ = grid_results(grid, out_dir, "--out")

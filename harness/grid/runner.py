@@ -2,7 +2,7 @@
 
 `execute_cell` is the one job function: the in-process loop, the parallel worker processes and the
 submitit jobs all call it, so every launcher writes the same rows (and cells share calibration passes the same
-way: harness.grid.calibration). A cell that raises is recorded as
+way: slim.harness.grid.calibration). A cell that raises is recorded as
 failed (error + traceback) and the grid goes on; a process killed mid-cell leaves its row `running`,
 and the next run of the grid runs it again. Finished (`done`) cells are never rerun. Worker processes die
 with the grid process (Linux `PR_SET_PDEATHSIG`), so a killed grid leaves no cell running behind it, and write
@@ -26,13 +26,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.config.schema import SlimConfig
-from harness.distributed import rank
-from harness.grid.calibration import with_shared_stats
-from harness.grid.expand import Cell
-from harness.grid.kinds import CellKind, cell_kinds
-from harness.grid.store import ResultsStore
-from harness.verbosity import configure_output, redirect_output
+from slim.harness.config.schema import SlimConfig
+from slim.harness.distributed import rank
+from slim.harness.grid.calibration import with_shared_stats
+from slim.harness.grid.expand import Cell
+from slim.harness.grid.kinds import CellKind, cell_kinds
+from slim.harness.grid.store import ResultsStore
+from slim.harness.provenance import software
+from slim.harness.verbosity import configure_output, redirect_output
 
 CELL_LOG = "cell.log"  # a parallel worker's stdout and stderr, in its cell's run_dir
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def execute_cell(store_path: str, cell: Cell, kind: CellKind) -> str:
             store.mark_failed(cell.key, f"{type(err).__name__}: {err}".splitlines()[0],
                               "".join(traceback.format_exception(err)))
             return "failed"
-        store.mark_done(cell.key, metrics, output.artifacts)
+        store.mark_done(cell.key, metrics, output.artifacts, software())
         return "done"
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.errors import UserError
-from harness.grid.kinds import CellKind, cell_kinds
+from slim.harness.errors import UserError
+from slim.harness.grid.kinds import CellKind, cell_kinds
 
 AxisValue = str | int | float | bool
 SPEC_KEYS = ("name", "description", "kind", "scale", "base", "axes", "seeds", "metrics", "slurm", "output_dir",
@@ -112,7 +112,7 @@ def column_key(column: Any) -> str:
 
 def reports_metric(kind: CellKind, metric: str) -> bool:
     """Whether cells of `kind` may report `metric`: one it lists, or a `<task>/<metric>` benchmark score when it has
-    task metrics (checked against lm-eval once the cells resolve: harness.grid.grid.prepare_grid)."""
+    task metrics (checked against lm-eval once the cells resolve: slim.harness.grid.grid.prepare_grid)."""
     return metric in kind.metrics or (kind.task_metrics is not None and "/" in metric)
 
 

@@ -17,11 +17,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
-from harness.grid.expand import Cell
+from slim.harness.errors import UserError
+from slim.harness.grid.expand import Cell
 
 STATUSES = ("pending", "running", "done", "failed")
-JSON_COLUMNS = ("axes", "config", "metrics", "artifacts")
+JSON_COLUMNS = ("axes", "config", "metrics", "artifacts", "software")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY,
@@ -40,11 +40,14 @@ CREATE TABLE IF NOT EXISTS cells (
     code_version TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    software TEXT
 )
 """
 COLUMNS = ("key", "spec", "kind", "axes", "seed", "config", "status", "metrics", "artifacts", "error", "traceback",
-           "attempts", "worker", "code_version", "created_at", "started_at", "finished_at")
+           "attempts", "worker", "code_version", "created_at", "started_at", "finished_at", "software")
+# Columns added after the first release, each with its type: a store written before gets them, empty, on open.
+ADDED_COLUMNS = {"software": "TEXT"}
 
 
 def _now() -> str:
@@ -93,6 +96,12 @@ def _connect(path: Path) -> sqlite3.Connection:
             with connection:
                 connection.execute(SCHEMA)
             present = [row[1] for row in connection.execute("PRAGMA table_info(cells)")]
+            missing = [name for name in ADDED_COLUMNS if name not in present]
+            if present + missing == list(COLUMNS) and missing:
+                with connection:
+                    for name in missing:
+                        connection.execute(f"ALTER TABLE cells ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+                present += missing
     except UserError:
         connection.close()
         raise
@@ -136,9 +145,11 @@ class ResultsStore:
                     "started_at = ?, finished_at = NULL, error = NULL, traceback = NULL WHERE key = ?",
                     (worker, code_version, _now(), key))
 
-    def mark_done(self, key: str, metrics: dict[str, float], artifacts: dict[str, str]) -> None:
-        self._write("UPDATE cells SET status = 'done', metrics = ?, artifacts = ?, finished_at = ? WHERE key = ?",
-                    (json.dumps(metrics), json.dumps(artifacts), _now(), key))
+    def mark_done(self, key: str, metrics: dict[str, float], artifacts: dict[str, str],
+                  software: dict[str, str | None]) -> None:
+        """Record a finished cell with the software that computed it (slim.harness.provenance.software)."""
+        self._write("UPDATE cells SET status = 'done', metrics = ?, artifacts = ?, software = ?, finished_at = ? "
+                    "WHERE key = ?", (json.dumps(metrics), json.dumps(artifacts), json.dumps(software), _now(), key))
 
     def mark_failed(self, key: str, error: str, traceback: str) -> None:
         self._write("UPDATE cells SET status = 'failed', error = ?, traceback = ?, finished_at = ? WHERE key = ?",

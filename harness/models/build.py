@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from harness.config.schema import ModelConfig
-from harness.models.families import is_positive_int, model_families, prepare_decoding, require
-from harness.models.linear_attention_path import install_device_dispatch
+from slim.harness.config.schema import ModelConfig
+from slim.harness.models.families import is_positive_int, model_families, prepare_decoding, require
+from slim.harness.models.linear_attention_path import install_device_dispatch
 
 POSITIVE_INT_FIELDS = (
     "vocab_size",

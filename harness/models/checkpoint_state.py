@@ -3,7 +3,7 @@
 Checkpoints hold the layout `save_pretrained` writes (one tensor per expert), the modules transformers'
 loading layout (experts packed into [E, 2I, d] and [E, d, I]); transformers maps one onto the other with
 the model's registered weight conversions. `read_state_dict` applies those same conversions to tensors
-read lazily with safetensors, without building the model: sharded loading (harness.training.sharded_load)
+read lazily with safetensors, without building the model: sharded loading (slim.harness.training.sharded_load)
 fills a model built on the meta device from what one rank reads here.
 """
 
@@ -27,7 +27,7 @@ from transformers.core_model_loading import (
     rename_source_key,
 )
 
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from harness.models.view import view
+from slim.harness.models.view import view
 
 
 @dataclass

@@ -8,7 +8,7 @@ compute capability >= 8.0, the check transformers makes before calling it), else
 forward + backward in 0.28x (CPU) / 0.072x (H200) of eager's time at E = 64 (bench/results/moe_block*.json).
 
 The choice is written on the config of every experts module, so a model and its MTP module (whose decoder blocks
-hold a copy of the model's config, harness.models.mtp.block_config) always run the same implementation.
+hold a copy of the model's config, slim.harness.models.mtp.block_config) always run the same implementation.
 """
 
 from __future__ import annotations

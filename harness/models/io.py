@@ -17,12 +17,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from harness.atomic import give_plain_modes, swap_in
-from harness.errors import UserError
-from harness.models.families import model_families, prepare_decoding
-from harness.models.linear_attention_path import install_device_dispatch
-from harness.models import portable
-from harness.outputs import check_output_dir, mark
+from slim.harness.atomic import give_plain_modes, swap_in
+from slim.harness.errors import UserError
+from slim.harness.models import portable
+from slim.harness.models.families import model_families, prepare_decoding
+from slim.harness.models.linear_attention_path import install_device_dispatch
+from slim.harness.outputs import check_output_dir, mark
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -35,11 +35,11 @@ def save_pretrained(
 ) -> Path:
     """Write config.json, model.safetensors and tokenizer files to `out_dir`, all or nothing; a model its family's
     stock transformers class cannot build is written as a portable architecture with its modeling code
-    (harness.models.portable).
+    (slim.harness.models.portable).
 
     Everything goes to the sibling `<out_dir>.tmp-<pid>` first (removed again when writing fails, a full disk
     included), marked as harness-made, then replaces `out_dir`: only an absent, empty or harness-made one
-    (harness.outputs), never a directory of other files. A killed run leaves the previous directory (or none),
+    (slim.harness.outputs), never a directory of other files. A killed run leaves the previous directory (or none),
     never a partial one. `extras(tmp_dir)` may add files (MTP weights, reports) inside the same swap.
     """
     out_dir = Path(out_dir)
@@ -128,7 +128,7 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
 
 
 def _model_class(path: Path) -> tuple[type[PreTrainedModel], PretrainedConfig]:
-    """The causal-LM class that builds the model of directory `path` (harness.models.portable.model_class) and
+    """The causal-LM class that builds the model of directory `path` (slim.harness.models.portable.model_class) and
     the stock config it is built from."""
     config = portable.read_config(path)
     return portable.model_class(config), config
@@ -137,7 +137,7 @@ def _model_class(path: Path) -> tuple[type[PreTrainedModel], PretrainedConfig]:
 def empty_model(path: str | Path) -> PreTrainedModel:
     """The model of directory `path` built from its config.json alone on the meta device (no memory; the
     weights are neither read nor initialized), with the class and dtype `load_pretrained` gives it: the
-    skeleton that sharded loading (harness.training.sharded_load) shards and then fills."""
+    skeleton that sharded loading (slim.harness.training.sharded_load) shards and then fills."""
     path = Path(path)
     check_checkpoint(path)
     install_device_dispatch()

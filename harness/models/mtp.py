@@ -9,7 +9,7 @@ sees t_0..t_{i+k}. Emb and OutHead are the backbone's, passed in at forward: the
 and saves none. TRM_k is a full-attention decoder layer of the backbone's own family (Qwen3-Next:
 gated attention + MoE with shared expert, like the released Qwen3-Next MTP layer).
 D comes from config.json: `mtp_num_hidden_layers` (the released Qwen3-Next key, which the harness writes), or
-`mtp_num_layers` (the harness's own key before, still read). Weights on disk: harness.models.mtp_io.
+`mtp_num_layers` (the harness's own key before, still read). Weights on disk: slim.harness.models.mtp_io.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 
-from harness.compression.width import hidden_dims
-from harness.models.view import view
+from slim.harness.compression.width import hidden_dims
+from slim.harness.models.view import view
 
 PREFIX = "mtp."
 DEPTH_KEY = "mtp_num_hidden_layers"  # released Qwen3-Next config key

@@ -4,7 +4,7 @@ Released layout (Qwen/Qwen3-Next-80B-A3B; what vLLM's `qwen3_next_mtp.py` loads 
 config.json `mtp_num_hidden_layers`, tensors named `mtp.*` inside the model's safetensors files (listed in
 `model.safetensors.index.json` when sharded; transformers drops them on load, `_keys_to_ignore_on_load_unexpected`).
 vLLM computes fc(cat[pre_fc_norm_embedding(Emb(t)), pre_fc_norm_hidden(h)]): embedding first, while eq 9 (the
-harness's documented reading, harness.models.mtp) concatenates [hidden; embedding]. The fc weight's two column
+harness's documented reading, slim.harness.models.mtp) concatenates [hidden; embedding]. The fc weight's two column
 blocks are therefore swapped between the layouts, which gives the same function. Released name -> harness name:
 
     mtp.fc.weight [d, 2d] (columns: embedding | hidden)   layers.0.eh_proj.weight [d, 2d] (columns: hidden | embedding)
@@ -33,8 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from harness.errors import UserError
-from harness.models.mtp import DEPTH_KEY, LEGACY_DEPTH_KEY, PREFIX, MTPModule, construct_mtp, mtp_depth
+from slim.harness.errors import UserError
+from slim.harness.models.mtp import DEPTH_KEY, LEGACY_DEPTH_KEY, PREFIX, MTPModule, construct_mtp, mtp_depth
 
 HARNESS_FILE = "mtp.safetensors"  # the harness layout
 MTP_SHARD = "model-mtp.safetensors"  # the extra safetensors file `save_mtp` writes the released layout to

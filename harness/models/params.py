@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from harness.models.view import view
+from slim.harness.models.view import view
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from harness.models.families import model_families
+from slim.harness.models.families import model_families
 
 
 @dataclass

@@ -28,11 +28,11 @@ from typing import Any
 
 import optuna
 
-from harness.config.load import load_config
-from harness.errors import UserError
-from harness.grid.cells.run import DISTILL_METRICS, validate_run
-from harness.grid.expand import format_override
-from harness.grid.spec import flatten, read_spec_mapping
+from slim.harness.config.load import load_config
+from slim.harness.errors import UserError
+from slim.harness.grid.cells.run import DISTILL_METRICS, validate_run
+from slim.harness.grid.expand import format_override
+from slim.harness.grid.spec import flatten, read_spec_mapping
 
 SPEC_KEYS = ("name", "description", "scale", "base", "space", "enqueue", "objective", "n_trials", "seed", "storage",
              "output_dir", "pruner")

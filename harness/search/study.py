@@ -22,15 +22,16 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import SQLAlchemyError
 
-from harness.atomic import write_text_atomic
-from harness.config.load import load_config, to_yaml
-from harness.config.schema import SlimConfig
-from harness.errors import UserError
-from harness.grid.expand import format_override
-from harness.pipeline import run_recipe
-from harness.search.pruning import StepPruning
-from harness.search.spec import PrunerSpec, SearchSpec, check_spec
-from harness.verbosity import configure_output, redirect_output
+from slim.harness.atomic import write_text_atomic
+from slim.harness.config.load import load_config, to_yaml
+from slim.harness.config.schema import SlimConfig
+from slim.harness.errors import UserError
+from slim.harness.grid.expand import format_override
+from slim.harness.pipeline import run_recipe
+from slim.harness.provenance import stamped
+from slim.harness.search.pruning import StepPruning
+from slim.harness.search.spec import PrunerSpec, SearchSpec, check_spec
+from slim.harness.verbosity import configure_output, redirect_output
 
 RECIPE_FILE = "best_recipe.yaml"
 WORKER_LOG = "worker-{index}.log"  # a spawned worker's stdout and stderr, in the output dir
@@ -197,5 +198,5 @@ def run_search(spec: SearchSpec, workers: int = 1) -> dict[str, Any]:
         run_workers(spec, shares)
     recipe = export_best(spec, study)
     summary = summarize(spec, study, recipe)
-    (Path(spec.output_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    (Path(spec.output_dir) / SUMMARY_FILE).write_text(json.dumps(stamped(summary), indent=2))
     return summary

@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
-from harness.config.schema import SlimConfig, TrackingConfig
-from harness.errors import UserError
+from slim.harness.config.schema import SlimConfig, TrackingConfig
+from slim.harness.errors import UserError
 
 MODES = ("offline", "online", "disabled")
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from harness.config.schema import TrainConfig
+from slim.harness.config.schema import TrainConfig
 
 
 def micro_batches_per_step(cfg: TrainConfig) -> int:

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-import shutil
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from transformers import PretrainedConfig
 
-from harness.compression.compress import REPORT_NAME
-from harness.config.schema import DistillConfig, SlimConfig, TrainConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.errors import UserError
-from harness.evaluation.perplexity import model_perplexity
-from harness.evaluation.teacher_metrics import teacher_perplexity
-from harness.models.io import read_model_config, save_pretrained, tokenizer_vocab
-from harness.models.mtp import MTPModule, config_mtp_depth
-from harness.models.mtp_io import save_mtp
-from harness.outputs import check_output_dir, weights_bytes
-from harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
-from harness.training.distill_module import DistillModule, load_student
-from harness.training.fsdp import gather_unsharded
-from harness.training.router_kd import student_lineage
-from harness.training.run import (
+from slim.harness.compression.compress import REPORT_NAME
+from slim.harness.config.schema import DistillConfig, SlimConfig, TrainConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.errors import UserError
+from slim.harness.evaluation.perplexity import model_perplexity
+from slim.harness.evaluation.teacher_metrics import teacher_perplexity
+from slim.harness.models.io import read_model_config, save_pretrained, tokenizer_vocab
+from slim.harness.models.mtp import MTPModule, config_mtp_depth
+from slim.harness.models.mtp_io import save_mtp
+from slim.harness.outputs import check_output_dir, weights_bytes
+from slim.harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
+from slim.harness.training.distill_module import DistillModule, load_student
+from slim.harness.training.fsdp import gather_unsharded
+from slim.harness.training.router_kd import student_lineage
+from slim.harness.training.run import (
     ExpertsPolicy,
     check_run_dir,
     fit,
@@ -32,11 +32,10 @@ from harness.training.run import (
     validate_train_config,
     write_summary,
 )
-from harness.training.teacher_cache import check_cache_config, check_cache_data
-from kernels.kd_loss.fused_head import head_implementations
-from methods.losses import loss_mixes
-from methods.schedules import weight_schedules
-
+from slim.harness.training.teacher_cache import check_cache_config, check_cache_data
+from slim.kernels.kd_loss.fused_head import head_implementations
+from slim.methods.losses import loss_mixes
+from slim.methods.schedules import weight_schedules
 
 # Builds the Lightning module of one run: (distill_cfg, train_cfg, step_offset, total_steps) -> DistillModule.
 ModuleFactory = Callable[[DistillConfig, TrainConfig, int, int | None], DistillModule]

@@ -17,31 +17,31 @@ import torch
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
 
-from harness.config.schema import DistillConfig, TrainConfig
-from harness.models.io import load_pretrained
-from harness.models.mtp import MTPModule, build_mtp, mtp_depth
-from harness.models.mtp_io import find_mtp, has_mtp_weights, load_mtp
-from harness.training.accumulation import StepMean
-from harness.training.distill_terms import (
+from slim.harness.config.schema import DistillConfig, TrainConfig
+from slim.harness.models.io import load_pretrained
+from slim.harness.models.mtp import MTPModule, build_mtp, mtp_depth
+from slim.harness.models.mtp_io import find_mtp, has_mtp_weights, load_mtp
+from slim.harness.training.accumulation import StepMean
+from slim.harness.training.distill_terms import (
     KD_TERMS,
     backbone_hidden,
     collect_router_logits,
     head_terms,
     hidden_states,
 )
-from harness.training.fsdp import shard_with_mtp
-from harness.training.layer_switches import prepare_layers
-from harness.training.load_balance import global_batch_balance_loss
-from harness.training.optim import configure_adamw
-from harness.training.precision import cast_parameters, frozen_dtype, master_dtype, mixed_precision_policy
-from harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
-from harness.training.sharded_load import empty_with_mtp, fill_pretrained
-from harness.training.teacher_cache import TeacherCache, cached_kd_term
-from harness.verbosity import note
-from kernels.kd_loss.cached_reference import cached_kd_implementations
-from kernels.kd_loss.fused_head import head_implementations
-from methods.losses import loss_mixes
-from methods.schedules import weight_schedules
+from slim.harness.training.fsdp import shard_with_mtp
+from slim.harness.training.layer_switches import prepare_layers
+from slim.harness.training.load_balance import global_batch_balance_loss
+from slim.harness.training.optim import configure_adamw
+from slim.harness.training.precision import cast_parameters, frozen_dtype, master_dtype, mixed_precision_policy
+from slim.harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
+from slim.harness.training.sharded_load import empty_with_mtp, fill_pretrained
+from slim.harness.training.teacher_cache import TeacherCache, cached_kd_term
+from slim.harness.verbosity import note
+from slim.kernels.kd_loss.cached_reference import cached_kd_implementations
+from slim.kernels.kd_loss.fused_head import head_implementations
+from slim.methods.losses import loss_mixes
+from slim.methods.schedules import weight_schedules
 
 
 @dataclass
@@ -142,7 +142,7 @@ class DistillModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         """Load the models (under FSDP: build them on the meta device, shard, then fill them from rank 0), in the
-        dtypes of `train.precision` (harness.training.precision)."""
+        dtypes of `train.precision` (slim.harness.training.precision)."""
         if self.student is not None:
             return
         sharded = self.device_mesh is not None  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
@@ -167,7 +167,7 @@ class DistillModule(pl.LightningModule):
 
     def _shard_and_fill(self) -> None:
         """FSDP2 on the meta-device models (the student under the precision's policy), then each filled from
-        the weights rank 0 reads (harness.training.sharded_load), the teacher's checked against its cache."""
+        the weights rank 0 reads (slim.harness.training.sharded_load), the teacher's checked against its cache."""
         cfg, mesh = self.distill_cfg, self.device_mesh
         shard_with_mtp(self.student, self.student_mtp, mesh, mixed_precision_policy(self.train_cfg.precision))
         shard_with_mtp(self.teacher.model, self.teacher.mtp, mesh)

@@ -1,9 +1,9 @@
 """The loss terms of one distillation batch (SlimQwen eq 12), computed from final-normed hidden states.
 
 Each head's two terms (LM + KD on the backbone, MTP-LM + MTP-KD on each MTP depth) go through one
-`kernels.kd_loss.fused_head` pass on flattened hidden states and LM-head weights at the loss mix's weights,
+`slim.kernels.kd_loss.fused_head` pass on flattened hidden states and LM-head weights at the loss mix's weights,
 so full [tokens, V] logits never exist. Term conventions (shifted labels, per-depth means, KL not cross
-entropy) are those of harness.training.loss_terms, the logit-level reference the tests compare against.
+entropy) are those of slim.harness.training.loss_terms, the logit-level reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from harness.models.mtp import MTPModule
-from harness.models.view import view
-from harness.training.loss_terms import main_head_targets
-from kernels.kd_loss.fused_head import HeadLoss
+from slim.harness.models.mtp import MTPModule
+from slim.harness.models.view import view
+from slim.harness.training.loss_terms import main_head_targets
+from slim.kernels.kd_loss.fused_head import HeadLoss
 
 KD_TERMS = frozenset({"kd", "mtp_kd"})
 

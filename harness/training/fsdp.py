@@ -22,8 +22,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
-from harness.models.mtp import MTPModule
-from harness.models.view import view
+from slim.harness.models.mtp import MTPModule
+from slim.harness.models.view import view
 
 DATA_PARALLEL = "data_parallel"  # ModelParallelStrategy's name for the mesh dimension FSDP shards over
 NO_POLICY = MixedPrecisionPolicy()  # compute in the parameters' own dtype
@@ -49,7 +49,7 @@ def _adopted(parent: nn.Module, name: str, child: nn.Module) -> Iterator[None]:
 
 def shard_causal_lm(model: PreTrainedModel, mesh: DeviceMesh, policy: MixedPrecisionPolicy = NO_POLICY) -> None:
     """Shard each decoder layer, then the backbone with the LM head as the root unit (in place); every unit
-    computes under `policy` (harness.training.precision)."""
+    computes under `policy` (slim.harness.training.precision)."""
     mesh = data_parallel_mesh(mesh)
     for layer in view(model).layers:
         fully_shard(layer.module, mesh=mesh, mp_policy=policy)

@@ -18,10 +18,10 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from harness.config.schema import TrainConfig
-from harness.errors import UserError
-from harness.models.mtp import MTPModule
-from harness.models.view import view
+from slim.harness.config.schema import TrainConfig
+from slim.harness.errors import UserError
+from slim.harness.models.mtp import MTPModule
+from slim.harness.models.view import view
 
 
 def decoder_blocks(model: PreTrainedModel, mtp: MTPModule | None) -> list[nn.Module]:

@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from harness.config.schema import ModelConfig, TrainConfig
-from harness.models.build import build_model
-from harness.training.accumulation import StepMean
-from harness.training.distill_terms import collect_router_logits
-from harness.training.fsdp import shard_causal_lm
-from harness.training.layer_switches import prepare_layers
-from harness.training.load_balance import global_batch_balance_loss
-from harness.training.optim import configure_adamw
-from harness.training.precision import mixed_precision_policy
-from harness.training.sharded_load import fill_from_rank0
+from slim.harness.config.schema import ModelConfig, TrainConfig
+from slim.harness.models.build import build_model
+from slim.harness.training.accumulation import StepMean
+from slim.harness.training.distill_terms import collect_router_logits
+from slim.harness.training.fsdp import shard_causal_lm
+from slim.harness.training.layer_switches import prepare_layers
+from slim.harness.training.load_balance import global_batch_balance_loss
+from slim.harness.training.optim import configure_adamw
+from slim.harness.training.precision import mixed_precision_policy
+from slim.harness.training.sharded_load import fill_from_rank0
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

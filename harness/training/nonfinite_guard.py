@@ -19,8 +19,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.distributed.tensor import DTensor
 
-from harness.atomic import remove_path, swap_in
-from harness.errors import UserError
+from slim.harness.atomic import remove_path, swap_in
+from slim.harness.errors import UserError
 
 LAST_CHECKPOINT = "last.ckpt"
 

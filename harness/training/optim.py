@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.config.schema import TrainConfig
-from harness.training.schedule import warmup_cosine
+from slim.harness.config.schema import TrainConfig
+from slim.harness.training.schedule import warmup_cosine
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

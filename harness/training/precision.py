@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from harness.config.schema import TrainConfig
+from slim.harness.config.schema import TrainConfig
 
 BF16_MIXED = "bf16-mixed"
 

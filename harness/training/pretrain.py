@@ -5,21 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config.schema import SlimConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.data.packing import window_rows
-from harness.data.sources import get_source
-from harness.data.tokenizer import load_tokenizer, needs_training
-from harness.errors import UserError
-from harness.evaluation.perplexity import model_perplexity, unigram_perplexity
-from harness.models.build import build_model, validate_model_config
-from harness.models.io import save_pretrained
-from harness.models.params import count_parameters
-from harness.outputs import check_output_dir
-from harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
-from harness.training.fsdp import gather_unsharded
-from harness.training.lm_module import PretrainModule
-from harness.training.run import (
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.data.packing import window_rows
+from slim.harness.data.sources import get_source
+from slim.harness.data.tokenizer import load_tokenizer, needs_training
+from slim.harness.errors import UserError
+from slim.harness.evaluation.perplexity import model_perplexity, unigram_perplexity
+from slim.harness.models.build import build_model, validate_model_config
+from slim.harness.models.io import save_pretrained
+from slim.harness.models.params import count_parameters
+from slim.harness.outputs import check_output_dir
+from slim.harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
+from slim.harness.training.fsdp import gather_unsharded
+from slim.harness.training.lm_module import PretrainModule
+from slim.harness.training.run import (
     ExpertsPolicy,
     check_run_dir,
     fit,

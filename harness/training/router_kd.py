@@ -1,6 +1,6 @@
 """Router-logit distillation: each student MoE router matches its teacher layer's routing distribution.
 
-For student MoE layer i descending from teacher layer L(i) (harness.compression.lineage), the target
+For student MoE layer i descending from teacher layer L(i) (slim.harness.compression.lineage), the target
 over the student's experts is the teacher's router softmax summed over the teacher experts merged into
 each student expert, renormalized over the kept experts (pruned experts' mass is dropped):
 
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from harness.compression.compress import REPORT_NAME
-from harness.compression.lineage import Lineage, read_lineage
-from harness.errors import UserError
-from harness.models.view import view
+from slim.harness.compression.compress import REPORT_NAME
+from slim.harness.compression.lineage import Lineage, read_lineage
+from slim.harness.errors import UserError
+from slim.harness.models.view import view
 
 
 @dataclass

@@ -16,14 +16,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
-from harness.atomic import write_text_atomic
-from harness.config.load import to_yaml
-from harness.config.schema import SlimConfig, TrainConfig
-from harness.errors import UserError
-from harness.models.experts_policy import apply_experts_policy
-from harness.outputs import check_work_dir
-from harness.training.layer_switches import check_compiler
-from harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
+from slim.harness.atomic import write_text_atomic
+from slim.harness.config.load import to_yaml
+from slim.harness.config.schema import SlimConfig, TrainConfig
+from slim.harness.errors import UserError
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.outputs import check_work_dir
+from slim.harness.provenance import stamped
+from slim.harness.training.layer_switches import check_compiler
+from slim.harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
 
 
 def check_batch_split(cfg: TrainConfig, processes: int, processes_field: str) -> None:
@@ -143,4 +144,4 @@ def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConf
 
 def write_summary(run_dir: Path, name: str, summary: Any) -> None:
     """`<run_dir>/<name>.json` from a summary dataclass."""
-    (run_dir / f"{name}.json").write_text(json.dumps(asdict(summary), indent=2))
+    (run_dir / f"{name}.json").write_text(json.dumps(stamped(asdict(summary)), indent=2))

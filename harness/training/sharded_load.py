@@ -21,11 +21,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh
 from transformers import PreTrainedModel
 
-from harness.errors import UserError
-from harness.models.checkpoint_state import read_state_dict
-from harness.models.io import empty_model
-from harness.models.mtp import MTPModule, build_mtp, construct_mtp, mtp_depth
-from harness.models.mtp_io import has_mtp_weights, read_mtp_state
+from slim.harness.errors import UserError
+from slim.harness.models.checkpoint_state import read_state_dict
+from slim.harness.models.io import empty_model
+from slim.harness.models.mtp import MTPModule, build_mtp, construct_mtp, mtp_depth
+from slim.harness.models.mtp_io import has_mtp_weights, read_mtp_state
 
 T = TypeVar("T")
 InitWeights = Callable[[nn.Module], None]  # a family's `_init_weights`, applied module by module
@@ -75,7 +75,7 @@ def fill_from_rank0(module: nn.Module, read_state: Callable[[], dict[str, torch.
 
 
 def empty_with_mtp(directory: str | Path, with_mtp: bool) -> tuple[PreTrainedModel, MTPModule | None]:
-    """`directory`'s model built on the meta device (harness.models.io.empty_model) and, when `with_mtp` and its
+    """`directory`'s model built on the meta device (slim.harness.models.io.empty_model) and, when `with_mtp` and its
     config has MTP depths, an MTP module for it on the meta device in the model's dtype."""
     model = empty_model(directory)
     if not (with_mtp and mtp_depth(model)):
@@ -92,7 +92,7 @@ def _mtp_state(model: PreTrainedModel, directory: str | Path) -> dict[str, torch
 
 def fill_pretrained(model: PreTrainedModel, mtp: MTPModule | None, directory: str | Path, mesh: DeviceMesh,
                     check: StateCheck | None = None) -> None:
-    """Fill the sharded meta-device model of `directory` (harness.models.io.empty_model) from rank 0's lazy read
+    """Fill the sharded meta-device model of `directory` (slim.harness.models.io.empty_model) from rank 0's lazy read
     of its safetensors, which `check(state)` may refuse there, and its MTP module from its saved weights or,
     without any, a fresh init. A collective: all ranks call it."""
     def read_model() -> dict[str, torch.Tensor]:

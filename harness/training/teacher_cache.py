@@ -27,18 +27,18 @@ from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.atomic import save_safetensors_atomic, write_text_atomic
-from harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
-from harness.config.schema import SlimConfig
-from harness.data.packing import WindowDataset, build_corpus_data, sequences_sha256, window_rows
-from harness.errors import UserError
-from harness.models.experts_policy import apply_experts_policy
-from harness.models.io import load_pretrained, read_model_config, tokenizer_vocab
-from harness.training.distill_terms import backbone_hidden
-from kernels.kd_loss import KDLoss
-from kernels.kd_loss.cached_reference import cached_kd_implementations
-from kernels.kd_loss.chunked import default_chunk_size
-from methods.losses import loss_mixes
+from slim.harness.atomic import save_safetensors_atomic, write_text_atomic
+from slim.harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.packing import WindowDataset, build_corpus_data, sequences_sha256, window_rows
+from slim.harness.errors import UserError
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.models.io import load_pretrained, read_model_config, tokenizer_vocab
+from slim.harness.training.distill_terms import backbone_hidden
+from slim.kernels.kd_loss import KDLoss
+from slim.kernels.kd_loss.cached_reference import cached_kd_implementations
+from slim.kernels.kd_loss.chunked import default_chunk_size
+from slim.methods.losses import loss_mixes
 
 FIELD = "distill.teacher_cache"
 MANIFEST_FILE = "manifest.json"

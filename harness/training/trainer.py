@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
-from harness.config.schema import TrainConfig
-from harness.training.accumulation import StepMean, micro_batches_per_step
-from harness.training.nonfinite_guard import LAST_CHECKPOINT, GoodCheckpoint, NonFiniteGuard
-from harness.training.precision import trainer_precision
+from slim.harness.config.schema import TrainConfig
+from slim.harness.training.accumulation import StepMean, micro_batches_per_step
+from slim.harness.training.nonfinite_guard import LAST_CHECKPOINT, GoodCheckpoint, NonFiniteGuard
+from slim.harness.training.precision import trainer_precision
 
 STRATEGIES = ("auto", "fsdp")
 PRECISIONS = ("32-true", "bf16-mixed")

@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 import torch
 
-from harness.registry import Registry
+from slim.harness.registry import Registry
 
 ExpertOutputs = Callable[..., torch.Tensor]
 
 expert_output_implementations: Registry[ExpertOutputs] = Registry("expert outputs kernel",
-                                                                 package="kernels.grouped_experts")
+                                                                 package="slim.kernels.grouped_experts")
 
-from kernels.grouped_experts.grouped import expert_outputs_grouped  # noqa: E402  (registers after the registry)
-from kernels.grouped_experts.reference import expert_outputs_loop  # noqa: E402
+from slim.kernels.grouped_experts.grouped import expert_outputs_grouped  # noqa: E402  (registers after the registry)
+from slim.kernels.grouped_experts.reference import expert_outputs_loop  # noqa: E402
 
 __all__ = ["ExpertOutputs", "expert_output_implementations", "expert_outputs_grouped", "expert_outputs_loop"]

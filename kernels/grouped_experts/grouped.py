@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.grouped_experts import expert_output_implementations
-from kernels.grouped_experts.reference import expert_outputs_loop
+from slim.kernels.grouped_experts import expert_output_implementations
+from slim.kernels.grouped_experts.reference import expert_outputs_loop
 
 GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 

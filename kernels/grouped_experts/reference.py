@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.grouped_experts import expert_output_implementations
+from slim.kernels.grouped_experts import expert_output_implementations
 
 
 @expert_output_implementations.register("loop")

@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 import torch
 
-from harness.registry import Registry
+from slim.harness.registry import Registry
 
 KDLoss = Callable[..., torch.Tensor]
 
-kd_implementations: Registry[KDLoss] = Registry("kd loss kernel", package="kernels.kd_loss")
+kd_implementations: Registry[KDLoss] = Registry("kd loss kernel", package="slim.kernels.kd_loss")
 
-from kernels.kd_loss.chunked import kd_loss_chunked  # noqa: E402  (registers after the registry exists)
-from kernels.kd_loss.reference import kd_loss_reference  # noqa: E402
+from slim.kernels.kd_loss.chunked import kd_loss_chunked  # noqa: E402  (registers after the registry exists)
+from slim.kernels.kd_loss.reference import kd_loss_reference  # noqa: E402
 
 __all__ = ["KDLoss", "kd_implementations", "kd_loss_chunked", "kd_loss_reference"]

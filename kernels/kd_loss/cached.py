@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs, teacher_tail_mass
-from kernels.kd_loss.chunked import _ChunkedKD, chunked_forward, chunked_inputs
+from slim.kernels.kd_loss.cached_reference import cached_kd_implementations, check_cached_kd_inputs, teacher_tail_mass
+from slim.kernels.kd_loss.chunked import _ChunkedKD, chunked_forward, chunked_inputs
 
 # (student_logits [chunk, V] raw, teacher_ids [chunk, k] int64, teacher_logits [chunk, k], temperature,
 # grad_scale) -> (KL sum of the chunk in fp32, d loss / d student_logits in the logits' dtype).

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import Registry
-from kernels.kd_loss import KDLoss
-from kernels.kd_loss.reference import REDUCTIONS, reduce_per_token
+from slim.harness.registry import Registry
+from slim.kernels.kd_loss import KDLoss
+from slim.kernels.kd_loss.reference import REDUCTIONS, reduce_per_token
 
-cached_kd_implementations: Registry[KDLoss] = Registry("cached-teacher kd loss kernel", package="kernels.kd_loss")
+cached_kd_implementations: Registry[KDLoss] = Registry("cached-teacher kd loss kernel", package="slim.kernels.kd_loss")
 
 
 def check_cached_kd_inputs(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, teacher_ids: torch.Tensor,

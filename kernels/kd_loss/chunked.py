@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from kernels.kd_loss import kd_implementations
-from kernels.kd_loss.reference import check_kd_inputs
+from slim.kernels.kd_loss import kd_implementations
+from slim.kernels.kd_loss.reference import check_kd_inputs
 
 # (student_logits, teacher_logits, temperature, grad_scale) -> (KL sum of the chunk in fp32,
 # d loss / d student_logits in the logits' dtype). Logits are raw [chunk, V] matmul outputs in the input

@@ -4,7 +4,7 @@ SlimQwen eq 12 puts two terms on every head: LM + KD on the backbone's, MTP-LM +
 Computed apart, each term builds its own [N, V] student logits and runs the head matmul once more.
 `head_loss_chunked` computes the student logits once per chunk of rows and returns
 lm_weight * L_LM + kd_weight * L_KD as one differentiable scalar, with the two terms' values beside it
-(detached, for logging). The weights are the loss mix's coefficients at this step (methods.losses), so the
+(detached, for logging). The weights are the loss mix's coefficients at this step (slim.methods.losses), so the
 gradients of both terms are folded into one [N, d] and one fp32 [V, d] buffer in the forward, as in
 chunked.py. Full [N, V] logits never exist; memory is O(N*d + V*d + chunk*V).
 
@@ -23,21 +23,21 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.registry import Registry
-from kernels.kd_loss.chunked import (
+from slim.harness.registry import Registry
+from slim.kernels.kd_loss.chunked import (
     ChunkStep,
     chunked_forward,
     chunked_inputs,
     scaled_saved_grads,
     torch_chunk_step,
 )
-from kernels.kd_loss.reference import check_kd_inputs, kl_per_token, reduce_per_token
+from slim.kernels.kd_loss.reference import check_kd_inputs, kl_per_token, reduce_per_token
 
 # (student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, *, labels, lm_weight, kd_weight,
 # temperature, mask, reduction[, chunk_size]) -> (weighted total, values [2] = (L_LM, L_KD), detached).
 HeadLoss = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-head_implementations: Registry[HeadLoss] = Registry("head loss kernel", package="kernels.kd_loss")
+head_implementations: Registry[HeadLoss] = Registry("head loss kernel", package="slim.kernels.kd_loss")
 
 
 def check_head_inputs(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None,

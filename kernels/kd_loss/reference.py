@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.kd_loss import kd_implementations
+from slim.kernels.kd_loss import kd_implementations
 
 REDUCTIONS = ("mean", "sum")
 

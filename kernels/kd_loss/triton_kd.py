@@ -14,9 +14,9 @@ import os
 
 import torch
 
-from kernels.kd_loss import kd_implementations
-from kernels.kd_loss.chunked import kd_loss_chunked, torch_chunk_step
-from kernels.kd_loss.fused_head import head_loss_chunked, head_implementations
+from slim.kernels.kd_loss import kd_implementations
+from slim.kernels.kd_loss.chunked import kd_loss_chunked, torch_chunk_step
+from slim.kernels.kd_loss.fused_head import head_implementations, head_loss_chunked
 
 try:
     import triton

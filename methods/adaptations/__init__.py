@@ -3,16 +3,16 @@ static routing -> dynamic routing with zero experts). An entry validates a confi
 also a grid cell kind of the same name (harness/grid/cells/adaptation.py) storing the metrics it declares.
 
 An adaptation brings the rest through generic hooks, each in its own files: its options (a dataclass declared with
-`harness.config.sections.config_options`), its modeling code (a model variant, methods/variants), its loss terms
-and training metrics (a `DistillModule` subclass passed to `harness.training.distill.distill`)."""
+`slim.harness.config.sections.config_options`), its modeling code (a model variant, methods/variants), its loss terms
+and training metrics (a `DistillModule` subclass passed to `slim.harness.training.distill.distill`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.config.schema import SlimConfig
-from harness.registry import Registry
+from slim.harness.config.schema import SlimConfig
+from slim.harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,4 @@ class Adaptation:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-adaptations: Registry[Adaptation] = Registry("MoE adaptation", package="methods.adaptations")
+adaptations: Registry[Adaptation] = Registry("MoE adaptation", package="slim.methods.adaptations")

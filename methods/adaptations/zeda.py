@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.grid.cells.run import DISTILL_CURVES
-from methods.adaptations import Adaptation, adaptations
-from methods.zeda.stages import run_zeda, validate_zeda
+from slim.harness.grid.cells.run import DISTILL_CURVES
+from slim.methods.adaptations import Adaptation, adaptations
+from slim.methods.zeda.stages import run_zeda, validate_zeda
 
 METRICS = ("val_perplexity", "teacher_val_perplexity", "expert_flops_saved", "steps", "wall_seconds")
 # Both stages log what distillation logs, plus the share of expert FLOPs skipped (methods/zeda/module.py).

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from harness.registry import Registry
+from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.registry import Registry
 
 Criterion = Callable[[MoELayerStats | None, Any], torch.Tensor]
 
-criteria: Registry[Criterion] = Registry("expert criterion", package="methods.criteria")
+criteria: Registry[Criterion] = Registry("expert criterion", package="slim.methods.criteria")

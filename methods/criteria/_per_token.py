@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from harness.errors import UserError
-from methods._stats import require_stats
+from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.errors import UserError
+from slim.methods._stats import require_stats
 
 FIELD = "compress.experts.criterion"
 

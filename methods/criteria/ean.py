@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from methods.criteria import criteria
-from methods.criteria._per_token import token_mean
+from slim.harness.calibration.stats import MoELayerStats
+from slim.methods.criteria import criteria
+from slim.methods.criteria._per_token import token_mean
 
 
 @criteria.register("ean")

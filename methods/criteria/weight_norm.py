@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from methods.criteria import criteria
+from slim.harness.calibration.stats import MoELayerStats
+from slim.methods.criteria import criteria
 
 
 @criteria.register("weight_norm")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.calibration.stats import CalibrationStats
-from harness.registry import Registry
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.registry import Registry
 
 DepthSelector = Callable[[CalibrationStats | None, int, int], list[int]]
 
-depth_selectors: Registry[DepthSelector] = Registry("depth selector", package="methods.depth")
+depth_selectors: Registry[DepthSelector] = Registry("depth selector", package="slim.methods.depth")

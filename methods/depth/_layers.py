@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.calibration.stats import CalibrationStats, DepthStats
-from harness.errors import UserError
-from methods._stats import require_stats
+from slim.harness.calibration.stats import CalibrationStats, DepthStats
+from slim.harness.errors import UserError
+from slim.methods._stats import require_stats
 
 
 def check_num_drop(num_layers: int, num_drop: int) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.calibration.stats import CalibrationStats
-from methods._stats import scored_by
-from methods.depth import depth_selectors
-from methods.depth._layers import check_num_drop, depth_stats, keep_all_but
+from slim.harness.calibration.stats import CalibrationStats
+from slim.methods._stats import scored_by
+from slim.methods.depth import depth_selectors
+from slim.methods.depth._layers import check_num_drop, depth_stats, keep_all_but
 
 
 def adjacent_cosine(stats: CalibrationStats | None, num_layers: int) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.calibration.stats import CalibrationStats
-from methods.depth import depth_selectors
-from methods.depth._layers import check_num_drop
+from slim.harness.calibration.stats import CalibrationStats
+from slim.methods.depth import depth_selectors
+from slim.methods.depth._layers import check_num_drop
 
 
 @depth_selectors.register("last_n")

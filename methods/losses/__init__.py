@@ -1,6 +1,6 @@
 """Loss mixes (SlimQwen Table 3 rows): how the per-term losses become the training loss at the current λ, β.
 
-Terms (defined in harness.training.loss_terms): "lm" (L_LM), "kd" (L_KD), "mtp_lm" (L_MTP-LM, eq 10) and
+Terms (defined in slim.harness.training.loss_terms): "lm" (L_LM), "kd" (L_KD), "mtp_lm" (L_MTP-LM, eq 10) and
 "mtp_kd" (L_MTP-KD, eq 11). A mix declares the terms it `needs`, so only those are computed (and the MTP
 module runs only when one of them is an MTP term). A mix is linear in its terms (`LossMix.coefficients`
 checks it), so the training module computes both terms of each head in one fused pass at the mix's weights.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import Registry
+from slim.harness.registry import Registry
 
 TERMS = frozenset({"lm", "kd", "mtp_lm", "mtp_kd"})
 MTP_TERMS = frozenset({"mtp_lm", "mtp_kd"})
@@ -59,4 +59,4 @@ class LossMix:
         return weights
 
 
-loss_mixes: Registry[LossMix] = Registry("loss mix", package="methods.losses")
+loss_mixes: Registry[LossMix] = Registry("loss mix", package="slim.methods.losses")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.registry import Registry
+from slim.harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Stage:
     token_share: float
 
 
-plans: Registry = Registry("progressive plan", package="methods.plans")
+plans: Registry = Registry("progressive plan", package="slim.methods.plans")
 
 
 def halfway_layers(teacher: Shape, final: Shape) -> int:

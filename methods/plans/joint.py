@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from methods.plans import Shape, Stage, halfway_hidden, halfway_layers, plans
+from slim.methods.plans import Shape, Stage, halfway_hidden, halfway_layers, plans
 
 
 @plans.register("joint")

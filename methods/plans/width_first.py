@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from methods.plans import Shape, Stage, halfway_hidden, plans
+from slim.methods.plans import Shape, Stage, halfway_hidden, plans
 
 
 @plans.register("width_first")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.compression.plan import ExpertPlan
-from harness.registry import Registry
+from slim.harness.compression.plan import ExpertPlan
+from slim.harness.registry import Registry
 
 Reducer = Callable[..., ExpertPlan]
 
-reducers: Registry[Reducer] = Registry("expert reducer", package="methods.reducers")
+reducers: Registry[Reducer] = Registry("expert reducer", package="slim.methods.reducers")

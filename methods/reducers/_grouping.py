@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.compression.plan import ExpertGroup
-from harness.errors import UserError
+from slim.harness.compression.plan import ExpertGroup
+from slim.harness.errors import UserError
 
 
 def check_inputs(importance: torch.Tensor, num_keep: int) -> None:

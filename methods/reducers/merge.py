@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.compression.plan import ExpertPlan
-from harness.compression.ranking import ranked
-from methods.reducers import reducers
-from methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
+from slim.harness.compression.plan import ExpertPlan
+from slim.harness.compression.ranking import ranked
+from slim.methods.reducers import reducers
+from slim.methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
 
 
 @reducers.register("merge")

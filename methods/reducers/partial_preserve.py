@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.compression.plan import ExpertGroup, ExpertPlan
-from harness.compression.ranking import ranked
-from harness.config.sections import config_options
-from harness.errors import UserError
-from methods.reducers import reducers
-from methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
+from slim.harness.compression.plan import ExpertGroup, ExpertPlan
+from slim.harness.compression.ranking import ranked
+from slim.harness.config.sections import config_options
+from slim.harness.errors import UserError
+from slim.methods.reducers import reducers
+from slim.methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
 
 
 def _next_important(importance: torch.Tensor, similarity: torch.Tensor, candidates: list[int], n: int) -> list[int]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.compression.plan import ExpertGroup, ExpertPlan
-from harness.compression.ranking import top
-from methods.reducers import reducers
-from methods.reducers._grouping import check_inputs
+from slim.harness.compression.plan import ExpertGroup, ExpertPlan
+from slim.harness.compression.ranking import top
+from slim.methods.reducers import reducers
+from slim.methods.reducers._grouping import check_inputs
 
 
 @reducers.register("prune")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.registry import Registry
+from slim.harness.registry import Registry
 
 WeightSchedule = Callable[[float, float, float], float]
 
-weight_schedules: Registry[WeightSchedule] = Registry("weight schedule", package="methods.schedules")
+weight_schedules: Registry[WeightSchedule] = Registry("weight schedule", package="slim.methods.schedules")
 
 
 def clamp_progress(progress: float) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from methods.schedules import weight_schedules
+from slim.methods.schedules import weight_schedules
 
 
 @weight_schedules.register("constant")

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from harness.registry import Registry
+from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.registry import Registry
 
 Similarity = Callable[[MoELayerStats | None, Any], torch.Tensor]
 
-similarities: Registry[Similarity] = Registry("expert similarity", package="methods.similarity")
+similarities: Registry[Similarity] = Registry("expert similarity", package="slim.methods.similarity")

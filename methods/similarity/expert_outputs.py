@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from harness.errors import UserError
-from methods._stats import require_stats
-from methods.similarity import similarities
-from methods.similarity._cosine import cosine_of_rows
+from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.errors import UserError
+from slim.methods._stats import require_stats
+from slim.methods.similarity import similarities
+from slim.methods.similarity._cosine import cosine_of_rows
 
 
 @similarities.register("expert_outputs")

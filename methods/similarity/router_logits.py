@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from methods._stats import require_stats
-from methods.similarity import similarities
-from methods.similarity._cosine import cosine_from_gram
+from slim.harness.calibration.stats import MoELayerStats
+from slim.methods._stats import require_stats
+from slim.methods.similarity import similarities
+from slim.methods.similarity._cosine import cosine_from_gram
 
 
 @similarities.register("router_logits")

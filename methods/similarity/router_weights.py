@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from harness.calibration.stats import MoELayerStats
-from methods.similarity import similarities
-from methods.similarity._cosine import cosine_of_rows
+from slim.harness.calibration.stats import MoELayerStats
+from slim.methods.similarity import similarities
+from slim.methods.similarity._cosine import cosine_of_rows
 
 
 @similarities.register("router_weights")

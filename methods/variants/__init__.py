@@ -1,6 +1,6 @@
 """Model variants: structure a plug-in adds to a stock transformers MoE (e.g. `zeda`: zero-output experts in every
 router), recorded in config.json, rebuilt by the harness when it loads the model and saved as a portable
-architecture of its own (harness.models.portable) that plain transformers loads with `trust_remote_code=True`."""
+architecture of its own (slim.harness.models.portable) that plain transformers loads with `trust_remote_code=True`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from harness.registry import Registry
+from slim.harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,4 +30,4 @@ class ModelVariant:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-model_variants: Registry[ModelVariant] = Registry("model variant", package="methods.variants")
+model_variants: Registry[ModelVariant] = Registry("model variant", package="slim.methods.variants")

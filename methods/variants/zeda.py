@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from methods.variants import ModelVariant, model_variants
-from methods.zeda import modeling_zeda
+from slim.methods.variants import ModelVariant, model_variants
+from slim.methods.zeda import modeling_zeda
 
 model_variants.register("zeda")(ModelVariant(__doc__, modeling_zeda.CONFIG_FIELD, modeling_zeda.PREFIX,
                                              Path(modeling_zeda.__file__), modeling_zeda.install_from_config))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.calibration.stats import CalibrationStats
-from harness.registry import Registry
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.registry import Registry
 
 WidthSelector = Callable[[CalibrationStats, int, int], list[int]]
 
-width_selectors: Registry[WidthSelector] = Registry("width selector", package="methods.width")
+width_selectors: Registry[WidthSelector] = Registry("width selector", package="slim.methods.width")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.calibration.stats import CalibrationStats
-from harness.compression.ranking import top
-from harness.errors import UserError
-from methods._stats import require_stats, scored_by
-from methods.width import width_selectors
+from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.compression.ranking import top
+from slim.harness.errors import UserError
+from slim.methods._stats import require_stats, scored_by
+from slim.methods.width import width_selectors
 
 
 def hidden_importance(stats: CalibrationStats | None, hidden_size: int) -> torch.Tensor:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from harness.errors import UserError
-from methods.zeda.modeling_zeda import install_zero_experts, zero_expert_routers
-from methods.zeda.options import ZedaConfig
+from slim.harness.errors import UserError
+from slim.methods.zeda.modeling_zeda import install_zero_experts, zero_expert_routers
+from slim.methods.zeda.options import ZedaConfig
 
 
 def moe_expert_counts(config: PretrainedConfig) -> list[int]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from harness.config.schema import DistillConfig, TrainConfig
-from harness.models.expert_flops import ExpertFlopsCounts, count_expert_flops
-from harness.models.mtp import MTPModule
-from harness.models.view import view
-from harness.training.distill_module import DistillModule
-from methods.zeda.group_balance import group_balance_loss
-from methods.zeda.options import ZedaConfig
+from slim.harness.config.schema import DistillConfig, TrainConfig
+from slim.harness.models.expert_flops import ExpertFlopsCounts, count_expert_flops
+from slim.harness.models.mtp import MTPModule
+from slim.harness.models.view import view
+from slim.harness.training.distill_module import DistillModule
+from slim.methods.zeda.group_balance import group_balance_loss
+from slim.methods.zeda.options import ZedaConfig
 
 STAGES = ("router", "all")
 

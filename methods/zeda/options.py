@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.config.sections import config_options
+from slim.harness.config.sections import config_options
 
 
 @config_options("zeda")
@@ -14,7 +14,8 @@ class ZedaConfig:
     self-distillation from it (stage 1: routers only, stage 2: everything) with a group-level balancing loss."""
 
     teacher: str = "assets/tiny-teacher"  # the original static MoE: source of the student and its frozen KD teacher
-    output: str = ""  # the adapted HF directory; "" = <run_dir>/model (reload with harness.models.io.load_pretrained)
+    # the adapted HF directory; "" = <run_dir>/model (reload with slim.harness.models.io.load_pretrained)
+    output: str = ""
     num_zero_experts: int = 8  # zero experts injected per MoE layer, >= 1
     group_size: int = 0  # real experts per balancing group, must divide the expert count; 0 = one group of all
     balance_weight: float = 0.1  # weight of the group balancing loss, >= 0 (replaces model.router_aux_loss_coef)

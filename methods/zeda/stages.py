@@ -2,7 +2,7 @@
 
 The stage split is ours (the paper names two stages, not their lengths): the first
 round(zeda.router_share × train.max_steps) steps train only the routers with the backbone frozen (default 30%),
-the remaining steps train the whole model. Each stage is one `harness.training.distill` run with the original
+the remaining steps train the whole model. Each stage is one `slim.harness.training.distill` run with the original
 model as the frozen teacher; the second continues the first's LR schedule and batch stream (step_offset), as
 the stages of a progressive plan do. A stage finished for its budget is skipped on rerun, an interrupted one
 resumes from its checkpoint. Results go to `<run_dir>/zeda_summary.json`.
@@ -15,19 +15,20 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.config.schema import DistillConfig, SlimConfig, TrainConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.errors import UserError
-from harness.models.expert_flops import expert_flops_saved
-from harness.models.experts_policy import apply_experts_policy
-from harness.models.io import load_pretrained, read_model_config, save_pretrained
-from harness.models.mtp_io import find_mtp, save_mtp
-from harness.outputs import check_output_dir, check_work_dir, weights_bytes
-from harness.training.distill import distill, validate_distill_config
-from harness.training.run import check_run_dir
-from methods.zeda.inject import check_injection, inject_zero_experts
-from methods.zeda.module import ZedaDistillModule
-from methods.zeda.options import ZedaConfig
+from slim.harness.config.schema import DistillConfig, SlimConfig, TrainConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.errors import UserError
+from slim.harness.models.expert_flops import expert_flops_saved
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.models.io import load_pretrained, read_model_config, save_pretrained
+from slim.harness.models.mtp_io import find_mtp, save_mtp
+from slim.harness.outputs import check_output_dir, check_work_dir, weights_bytes
+from slim.harness.provenance import stamped
+from slim.harness.training.distill import distill, validate_distill_config
+from slim.harness.training.run import check_run_dir
+from slim.methods.zeda.inject import check_injection, inject_zero_experts
+from slim.methods.zeda.module import ZedaDistillModule
+from slim.methods.zeda.options import ZedaConfig
 
 SUMMARY_NAME = "zeda_summary.json"
 
@@ -167,5 +168,5 @@ def run_zeda(cfg: SlimConfig) -> dict:
         "stages": records,
     }
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.run_dir) / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    (Path(cfg.run_dir) / SUMMARY_NAME).write_text(json.dumps(stamped(summary), indent=2))
     return summary

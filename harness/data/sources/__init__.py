@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.errors import UserError
-from harness.registry import Registry
+from slim.harness.config.schema import DataConfig
+from slim.harness.errors import UserError
+from slim.harness.registry import Registry
 
 SPLITS = ("train", "validation", "calibration")
 FINGERPRINT_BYTES = 1 << 16  # hashed at each end of every input file
@@ -76,7 +76,7 @@ class Source:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-sources: Registry[Source] = Registry("data source", package="harness.data.sources")
+sources: Registry[Source] = Registry("data source", package="slim.harness.data.sources")
 
 
 def get_source(cfg: DataConfig) -> Source:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.data.sources import BadDocument, Document, Source, sources
-from harness.data.sources.parquet import BATCH_ROWS, check_text_type, text_value
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.sources import BadDocument, Document, Source, sources
+from slim.harness.data.sources.parquet import BATCH_ROWS, check_text_type, text_value
+from slim.harness.errors import UserError
 
 
 def _parts(cfg: DataConfig) -> list[tuple[str, object]]:

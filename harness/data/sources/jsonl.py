@@ -6,9 +6,18 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.data.sources import BadDocument, Document, Source, decode, input_files, read_lines, relative_name, sources
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.sources import (
+    BadDocument,
+    Document,
+    Source,
+    decode,
+    input_files,
+    read_lines,
+    relative_name,
+    sources,
+)
+from slim.harness.errors import UserError
 
 SUFFIXES = (".jsonl", ".jsonl.gz")
 

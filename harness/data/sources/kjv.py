@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.data.corpus import read_chapters, split_corpus
-from harness.data.sources import Document, Source, sources
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.corpus import read_chapters, split_corpus
+from slim.harness.data.sources import Document, Source, sources
+from slim.harness.errors import UserError
 
 
 def position_split(doc_id: str, position: int, heldout_every: int) -> str:
-    """The corpus's historical split by chapter position (harness.data.corpus.split_corpus), so the shipped
+    """The corpus's historical split by chapter position (slim.harness.data.corpus.split_corpus), so the shipped
     tokenizer, teacher and demo results stay what they were."""
     if position % heldout_every == heldout_every - 1:
         return "validation"

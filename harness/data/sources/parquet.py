@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.data.sources import BadDocument, Document, Source, input_files, relative_name, sources
-from harness.errors import UserError
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.sources import BadDocument, Document, Source, input_files, relative_name, sources
+from slim.harness.errors import UserError
 
 SUFFIXES = (".parquet",)
 BATCH_ROWS = 1024

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.config.schema import DataConfig
-from harness.data.sources import (
+from slim.harness.config.schema import DataConfig
+from slim.harness.data.sources import (
     BadDocument,
     Document,
     Source,
@@ -16,7 +16,7 @@ from harness.data.sources import (
     relative_name,
     sources,
 )
-from harness.errors import UserError
+from slim.harness.errors import UserError
 
 SUFFIXES = (".txt", ".txt.gz")
 MODES = ("file", "block")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.config.schema import EfficiencyConfig
-from harness.registry import Registry
+from slim.harness.config.schema import EfficiencyConfig
+from slim.harness.registry import Registry
 
 # (model directory, prompts as token ids [B][P], settings) -> {"prefill_tokens_per_s": ..., "decode_tokens_per_s": ...}
 Measure = Callable[[str, list[list[int]], EfficiencyConfig], dict[str, float]]
@@ -30,7 +30,7 @@ class InferenceBackend:
         object.__setattr__(self, "__doc__", self.doc)
 
 
-inference_backends: Registry[InferenceBackend] = Registry("inference backend", "harness.evaluation.backends")
+inference_backends: Registry[InferenceBackend] = Registry("inference backend", "slim.harness.evaluation.backends")
 
 
 def speed_ratios(student: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:

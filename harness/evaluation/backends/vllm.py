@@ -13,9 +13,9 @@ import multiprocessing
 
 import torch
 
-from harness.config.schema import EfficiencyConfig
-from harness.evaluation.backends import InferenceBackend, inference_backends
-from harness.evaluation.efficiency import mean_seconds
+from slim.harness.config.schema import EfficiencyConfig
+from slim.harness.evaluation.backends import InferenceBackend, inference_backends
+from slim.harness.evaluation.efficiency import mean_seconds
 
 
 def unavailable() -> str | None:

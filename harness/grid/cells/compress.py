@@ -3,17 +3,17 @@ columns of Tables 2 and 8)."""
 
 from __future__ import annotations
 
-from harness.compression.compress import compress
-from harness.compression.recipe import validate_recipe
-from harness.config.schema import SlimConfig
-from harness.data.datamodule import CorpusDataModule
-from harness.distributed import on_rank_zero
-from harness.evaluation.perplexity import model_perplexity
-from harness.evaluation.teacher_metrics import teacher_perplexity
-from harness.grid.cells._params import PARAM_METRICS, param_metrics
-from harness.grid.kinds import CellOutput, register_kind
-from harness.models.experts_policy import apply_experts_policy
-from harness.models.io import load_pretrained, read_model_config
+from slim.harness.compression.compress import compress
+from slim.harness.compression.recipe import validate_recipe
+from slim.harness.config.schema import SlimConfig
+from slim.harness.data.datamodule import CorpusDataModule
+from slim.harness.distributed import on_rank_zero
+from slim.harness.evaluation.perplexity import model_perplexity
+from slim.harness.evaluation.teacher_metrics import teacher_perplexity
+from slim.harness.grid.cells._params import PARAM_METRICS, param_metrics
+from slim.harness.grid.kinds import CellOutput, register_kind
+from slim.harness.models.experts_policy import apply_experts_policy
+from slim.harness.models.io import load_pretrained, read_model_config
 
 
 def validate_compress(cfg: SlimConfig) -> None:
@@ -23,7 +23,7 @@ def validate_compress(cfg: SlimConfig) -> None:
 
 def _perplexities(cfg: SlimConfig) -> dict[str, float]:
     """Student and teacher validation perplexity on the same batches as `run` (the teacher's computed once per
-    teacher, data and batches: harness.evaluation.teacher_metrics), one model loaded at a time."""
+    teacher, data and batches: slim.harness.evaluation.teacher_metrics), one model loaded at a time."""
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, cfg.train.seed)
     data.setup()
     student = load_pretrained(cfg.compress.output)[0]

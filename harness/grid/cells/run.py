@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from harness.compression.recipe import validate_recipe
-from harness.config.schema import SlimConfig
-from harness.grid.cells._params import PARAM_METRICS, param_metrics
-from harness.grid.kinds import CellOutput, register_kind
-from harness.models.io import read_model_config
-from harness.pipeline import run_recipe
-from harness.progressive import plan_stages
-from harness.training.distill import validate_distill_config
+from slim.harness.compression.recipe import validate_recipe
+from slim.harness.config.schema import SlimConfig
+from slim.harness.grid.cells._params import PARAM_METRICS, param_metrics
+from slim.harness.grid.kinds import CellOutput, register_kind
+from slim.harness.models.io import read_model_config
+from slim.harness.pipeline import run_recipe
+from slim.harness.progressive import plan_stages
+from slim.harness.training.distill import validate_distill_config
 
 DISTILL_METRICS = ("val_perplexity", "teacher_val_perplexity", "steps", "tokens_seen", "wall_seconds",
                    "tokens_per_second", "final_lambda", "final_beta")

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import copy
 
-from harness.config.schema import SlimConfig
-from harness.evaluation.backends import SPEED_RATIOS, inference_backends
-from harness.evaluation.evaluate import evaluate, validate_eval_config
-from harness.evaluation.task_metrics import (check_task_metric, evaluated_tasks, include_paths, parse_task_metric,
-                                             store_metrics, task_index)
-from harness.grid.cells._params import PARAM_METRICS
-from harness.grid.cells.run import DISTILL_CURVES, DISTILL_METRICS, run_cell, validate_run
-from harness.grid.kinds import CellOutput, register_kind
+from slim.harness.config.schema import SlimConfig
+from slim.harness.evaluation.backends import SPEED_RATIOS, inference_backends
+from slim.harness.evaluation.evaluate import evaluate, validate_eval_config
+from slim.harness.evaluation.task_metrics import (
+    check_task_metric,
+    evaluated_tasks,
+    include_paths,
+    parse_task_metric,
+    store_metrics,
+    task_index,
+)
+from slim.harness.grid.cells._params import PARAM_METRICS
+from slim.harness.grid.cells.run import DISTILL_CURVES, DISTILL_METRICS, run_cell, validate_run
+from slim.harness.grid.kinds import CellOutput, register_kind
 
-# Benchmark scores are stored as "<task>/<metric>[,<filter>]" (harness.evaluation.task_metrics), any that lm-eval
+# Benchmark scores are stored as "<task>/<metric>[,<filter>]" (slim.harness.evaluation.task_metrics), any that lm-eval
 # declares for a task. mtp_acc_k (the paper's acc_k, k = 1..eval.mtp.num_draft_tokens): share of positions where the
 # first k MTP drafts are all accepted (eval_summary.json's mtp_acceptance.acc[k - 1]).
 MTP_METRICS = (*(f"mtp_acc_{k}" for k in range(1, 9)), "mtp_tokens_per_step")

@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.config.schema import ModelConfig
-from harness.errors import UserError
-from harness.registry import Registry
+from slim.harness.config.schema import ModelConfig
+from slim.harness.errors import UserError
+from slim.harness.registry import Registry
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
-    from harness.models.view import ModelView
+    from slim.harness.models.view import ModelView
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ModelFamily:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-model_families: Registry[ModelFamily] = Registry("model family", package="harness.models.families")
+model_families: Registry[ModelFamily] = Registry("model family", package="slim.harness.models.families")
 
 TRANSFORMERS_CACHE = "transformers"
 

@@ -6,8 +6,8 @@ from torch import nn
 from transformers import MixtralConfig, PreTrainedModel
 from transformers.models.mixtral import modeling_mixtral as modeling
 
-from harness.config.schema import ModelConfig
-from harness.models.families import (
+from slim.harness.config.schema import ModelConfig
+from slim.harness.models.families import (
     BACKBONE_HIDDEN_DIMS,
     ModelFamily,
     common_hf_kwargs,
@@ -15,7 +15,7 @@ from harness.models.families import (
     require,
     require_plain_moe,
 )
-from harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
+from slim.harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 
 def check(cfg: ModelConfig) -> None:

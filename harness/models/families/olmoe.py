@@ -6,9 +6,9 @@ from torch import nn
 from transformers import OlmoeConfig, PreTrainedModel
 from transformers.models.olmoe import modeling_olmoe as modeling
 
-from harness.config.schema import ModelConfig
-from harness.models.families import ModelFamily, common_hf_kwargs, model_families, require, require_plain_moe
-from harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
+from slim.harness.config.schema import ModelConfig
+from slim.harness.models.families import ModelFamily, common_hf_kwargs, model_families, require, require_plain_moe
+from slim.harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 
 def check(cfg: ModelConfig) -> None:

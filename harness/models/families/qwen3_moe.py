@@ -6,15 +6,15 @@ from torch import nn
 from transformers import PreTrainedModel, Qwen3MoeConfig
 from transformers.models.qwen3_moe import modeling_qwen3_moe as modeling
 
-from harness.config.schema import ModelConfig
-from harness.models.families import (
+from slim.harness.config.schema import ModelConfig
+from slim.harness.models.families import (
     BACKBONE_HIDDEN_DIMS,
     ModelFamily,
     common_hf_kwargs,
     model_families,
     require_plain_moe,
 )
-from harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
+from slim.harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 
 def hf_config(cfg: ModelConfig) -> Qwen3MoeConfig:

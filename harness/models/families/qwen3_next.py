@@ -15,8 +15,8 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, Qwen3NextConfig
 from transformers.models.qwen3_next import modeling_qwen3_next as modeling
 
-from harness.config.schema import ModelConfig
-from harness.models.families import (
+from slim.harness.config.schema import ModelConfig
+from slim.harness.models.families import (
     BACKBONE_HIDDEN_DIMS,
     TRANSFORMERS_CACHE,
     ModelFamily,
@@ -25,7 +25,7 @@ from harness.models.families import (
     model_families,
     require,
 )
-from harness.models.view import LayerView, ModelView, decoder_view, moe_view
+from slim.harness.models.view import LayerView, ModelView, decoder_view, moe_view
 
 NORM_TYPES = (modeling.Qwen3NextRMSNorm, modeling.Qwen3NextRMSNormGated)
 
