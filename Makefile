@@ -38,7 +38,9 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 endef
 
+# ruff first (seconds; its configuration is in pyproject.toml), then the suite.
 test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff check .
 	$(call run_pytest,$(TEST_VENV),$(PYTEST_ARGS))
 
 # Re-resolve locks/*.txt with a throwaway venv's newest pip (through the machine's pip configuration).

@@ -8,7 +8,8 @@ The baseline is `slim.kernels.kd_loss.reference`, the implementation the tests c
 and MTP-LM + MTP-KD on one MTP depth, at the `full` mix's weights, forward + backward. "naive" builds each
 term's logits as slim.harness.training.loss_terms does (the pre-fusion step); "fused" / "fused-triton" is
 `slim.harness.training.distill_terms.head_terms` (one chunked pass per head). On CPU hidden STEP_HIDDEN with
-N = 4d tokens, so the [V, d] weight-gradient floor does not hide the saving; on CUDA d = 2048, N = 4096. Targets: memory <= 0.2x,
+N = 4d tokens, so the [V, d] weight-gradient floor does not hide the saving; on CUDA d = 2048, N = 4096.
+Targets: memory <= 0.2x,
 time <= 1.0x.
 Every (vocab, implementation) pair runs in a fresh child process (this file with --worker), one after the
 other in the same bench run, on identical seeded inputs: the first call is the warm-up and the memory
@@ -102,7 +103,8 @@ def naive_step(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
     labels = inputs["labels"][None]
     with torch.no_grad():
-        teacher, teacher_mtp = logits("teacher_hidden", "teacher_head_weight"), logits("teacher_mtp", "teacher_head_weight")
+        teacher, teacher_mtp = (logits("teacher_hidden", "teacher_head_weight"),
+                                logits("teacher_mtp", "teacher_head_weight"))
     lm = lm_loss(logits("student_hidden", "student_head_weight"), labels)
     kd = kd_loss_from_logits(logits("student_hidden", "student_head_weight"), teacher)
     mtp_lm = mtp_lm_loss([logits("student_mtp", "student_head_weight")], labels)

@@ -59,7 +59,8 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step(block: Qwen3NextSparseMoeBlock, implementation: str, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def step(block: Qwen3NextSparseMoeBlock, implementation: str,
+         inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward+backward with `implementation`; (output, input gradient)."""
     block.experts.config._experts_implementation = implementation
     block.zero_grad(set_to_none=True)

@@ -59,7 +59,8 @@ def main() -> None:
     batches = list(data.val_dataloader())[:4]
     results = {"start": full_kl(student, batches), "steps": args.steps, "runs": {}}
     for k in ("live", 32, 256, 4096):
-        run = [*base, f"distill.student={student}", f"distill.output={root / f'out-{k}'}", f"run_dir={root / f'run-{k}'}"]
+        run = [*base, f"distill.student={student}", f"distill.output={root / f'out-{k}'}",
+               f"run_dir={root / f'run-{k}'}"]
         if k != "live":
             run += [f"distill.teacher_cache={root / f'cache-{k}'}", f"distill.teacher_cache_top_k={k}"]
             cache_teacher(load_config(run))

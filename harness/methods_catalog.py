@@ -15,18 +15,18 @@ from pathlib import Path
 
 from slim.harness.registry import Registry, package_folder
 
-# family module -> attribute holding its Registry
+# the engine module defining each extension point -> the attribute holding its Registry
 METHOD_PACKAGES: dict[str, str] = {
-    "slim.methods.criteria": "criteria",
-    "slim.methods.similarity": "similarities",
-    "slim.methods.reducers": "reducers",
-    "slim.methods.depth": "depth_selectors",
-    "slim.methods.width": "width_selectors",
-    "slim.methods.plans": "plans",
-    "slim.methods.losses": "loss_mixes",
-    "slim.methods.schedules": "weight_schedules",
-    "slim.methods.adaptations": "adaptations",
-    "slim.methods.variants": "model_variants",
+    "slim.harness.compression.expert_criteria": "criteria",
+    "slim.harness.compression.expert_similarities": "similarities",
+    "slim.harness.compression.expert_reducers": "reducers",
+    "slim.harness.compression.depth_selectors": "depth_selectors",
+    "slim.harness.compression.width_selectors": "width_selectors",
+    "slim.harness.progressive_plans": "plans",
+    "slim.harness.training.loss_mixes": "loss_mixes",
+    "slim.harness.training.weight_schedules": "weight_schedules",
+    "slim.harness.adaptations": "adaptations",
+    "slim.harness.models.variants": "model_variants",
     "slim.kernels.kd_loss": "kd_implementations",
     "slim.kernels.kd_loss.cached_reference": "cached_kd_implementations",
     "slim.kernels.kd_loss.fused_head": "head_implementations",

@@ -21,7 +21,8 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from slim.harness.atomic import write_text_atomic
-from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.compression.compress import compress
+from slim.harness.compression.lineage import REPORT_NAME
 from slim.harness.compression.recipe import validate_recipe
 from slim.harness.compression.scratch import write_scratch_student
 from slim.harness.config.schema import SlimConfig

@@ -42,8 +42,8 @@ from slim.harness.models.build import build_model
 from slim.harness.models.mtp import construct_mtp
 from slim.harness.models.params import ParamCount, count_parameters
 from slim.harness.models.view import MoEView, moe_view, view
+from slim.harness.training.loss_mixes import loss_mixes
 from slim.harness.training.run import check_batch_split
-from slim.methods.losses import loss_mixes
 
 GIB = 2**30
 COMPUTE_BYTES = {"bf16-mixed": 2, "32-true": 4}  # bytes per element of compute (and the frozen teacher)

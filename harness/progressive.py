@@ -18,7 +18,7 @@ from transformers import PretrainedConfig
 from slim.harness.compression.recipe import student_top_k
 from slim.harness.config.schema import CompressConfig, SlimConfig
 from slim.harness.errors import UserError
-from slim.methods.plans import Shape, plans
+from slim.harness.progressive_plans import Shape, plans
 
 
 @dataclass

@@ -47,7 +47,8 @@ def resolve(target: str, constraints: Path | None) -> dict[str, str]:
 
 def write_lock(name: str, target: str, pins: dict[str, str], pip_version: str) -> Path:
     path = ROOT / "locks" / f"{name}.txt"
-    header = [f"# {name}: `pip install -r locks/{name}.txt`, then the project with --no-deps (locks/sync.py does both).",
+    header = [f"# {name}: `pip install -r locks/{name}.txt`, then the project with --no-deps "
+              "(locks/sync.py does both).",
               f"# Resolved from {target!r} by `make lock` on {datetime.date.today().isoformat()} with pip "
               f"{pip_version}, CPython {platform.python_version()} on {sys.platform} {platform.machine()}.",
               "# Edit pyproject.toml's ranges, not this file; `make lock` rewrites it."]

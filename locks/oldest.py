@@ -3,7 +3,8 @@
     python locks/oldest.py > constraints.txt     (make test-oldest)
 
 Every requirement of the default install and of the `test` and `gpu` extras with a lower bound (`>=X`) becomes
-`name==X`; exact pins need no constraint (the project states them), transitive packages are left to the resolver. A lower bound that fails
+`name==X`; exact pins need no constraint (the project states them), transitive packages are left to the resolver.
+A lower bound that fails
 `make test-oldest` was never tested, and is raised to one that passes.
 """
 

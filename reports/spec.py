@@ -46,7 +46,8 @@ class TableSpec:
         if not self.columns:
             raise ValueError("columns: name at least one metric column")
         if self.row_headers is not None and len(self.row_headers) != len(self.rows):
-            raise ValueError(f"row_headers: need one header per row axis ({len(self.rows)}), got {len(self.row_headers)}")
+            raise ValueError(f"row_headers: need one header per row axis ({len(self.rows)}), "
+                             f"got {len(self.row_headers)}")
         if self.average and len({column.higher_is_better for column in self.columns}) > 1:
             raise ValueError("average: the columns mix higher- and lower-is-better metrics, so their mean has no best")
         for key in self.ordered_keys():

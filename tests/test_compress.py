@@ -11,7 +11,8 @@ import torch
 
 from slim.harness.calibration.io import save_stats
 from slim.harness.calibration.run import run_calibration
-from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.compression.compress import compress
+from slim.harness.compression.lineage import REPORT_NAME
 from slim.harness.config.load import load_config
 from slim.harness.data.packing import build_corpus_data
 from slim.harness.errors import UserError
@@ -85,7 +86,8 @@ def test_slimqwen_shape_recipe_writes_reloadable_student_and_report(teacher, tmp
     assert (student.config.num_hidden_layers, student.config.hidden_size, student.config.num_experts,
             student.config.num_experts_per_tok) == (3, 48, 4, 1)
     on_disk = json.loads((tmp_path / "student" / REPORT_NAME).read_text())
-    assert on_disk["params"]["student"]["total"] == count_parameters(student).total == report["params"]["student"]["total"]
+    assert (on_disk["params"]["student"]["total"] == count_parameters(student).total
+            == report["params"]["student"]["total"])
     assert on_disk["kept_layers"] == [0, 1, 2] and len(on_disk["kept_dims"]) == 48
     for layer in on_disk["experts"].values():
         assert layer["kept"] == 4 and sorted(int(k) for k in layer["merge_map"]) == list(range(8))

@@ -9,7 +9,8 @@ import math
 from PIL import Image
 
 from slim.harness.cli.main import main
-from slim.harness.compression.compress import REPORT_NAME, compress
+from slim.harness.compression.compress import compress
+from slim.harness.compression.lineage import REPORT_NAME
 from slim.harness.grid.figures import write_cell_figures
 from slim.reports.compression import DROPPED, KEPT, MERGED, depth_curves, expert_matrix, expert_status, width_importance
 from slim.reports.compression_figures import PLOTS, figure_names, merge_colors, row_normalized
@@ -87,7 +88,7 @@ def test_width_cut_line_is_the_lowest_kept_importance():
     assert uncut.cut is None and all(uncut.kept)
 
 
-def slim_compress(teacher, tmp_path, *overrides: str) -> int:
+def slim_compress(teacher, tmp_path, *overrides: str) -> int:  # noqa: F811
     """`slim compress` in this process on the tiny teacher, writing tmp_path/student."""
     teacher_dir, stats, base = teacher
     return main(["compress", *base, f"compress.teacher={teacher_dir}", f"compress.stats={stats}",

@@ -1,12 +1,14 @@
 """Typed config loading: presets, overrides and one-line errors that name the bad key."""
 
+import importlib
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from slim.harness.config.load import CONF_DIR, load_config, preset_names
-from slim.harness.config.schema import ModelConfig, SlimConfig
+from slim.harness.config.schema import REGISTRY, ModelConfig, SlimConfig
 from slim.harness.errors import UserError
 from slim.harness.training.distill import validate_distill_config
 
@@ -68,16 +70,56 @@ PRESET_GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.na
 
 @pytest.mark.parametrize("group", PRESET_GROUPS)
 def test_every_shipped_preset_validates(group: str):
-    """Every preset in conf/<section>/ loads against the schema, so presets cannot rot."""
+    """Every preset in conf/<section>/ loads against the schema and its every value reaches the resolved config, so
+    presets cannot rot (a value the schema coerces or a key it drops would differ)."""
     for name in preset_names(group):
-        cfg = load_config([f"{group}={name}"])
-        assert getattr(cfg, group) is not None
+        resolved = OmegaConf.structured(getattr(load_config([f"{group}={name}"]), group))
+        for key, value in OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml")).items():
+            assert OmegaConf.to_container(OmegaConf.create({"v": resolved[key]}))["v"] == value, (name, key)
+
+
+def registry_fields(node: object, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted field, "module:registry") of every field of the resolved config that names a registry entry."""
+    found = []
+    for spec in fields(node):
+        value = getattr(node, spec.name)
+        if is_dataclass(value):
+            found += registry_fields(value, f"{prefix}{spec.name}.")
+        elif REGISTRY in spec.metadata:
+            found.append((f"{prefix}{spec.name}", spec.metadata[REGISTRY]))
+    return found
 
 
 @pytest.mark.parametrize("recipe", sorted((CONF_DIR / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_recipe_validates(recipe: Path):
-    """Every recipe in conf/recipes/ is a valid partial config."""
-    assert isinstance(load_config(files=[str(recipe)]), SlimConfig)
+    """Every recipe in conf/recipes/ loads, and every method it names is a registered entry of its registry."""
+    cfg = load_config(files=[str(recipe)])
+    for dotted, location in registry_fields(cfg):
+        module, _, attribute = location.partition(":")
+        value = OmegaConf.select(OmegaConf.structured(cfg), dotted)
+        assert value in getattr(importlib.import_module(module), attribute).keys(), (dotted, value)
+
+
+REGISTRY_FIELDS = registry_fields(SlimConfig())
+
+
+def test_the_registry_backed_fields_are_the_method_keys():
+    """Every method key of the schema is checked at load (a new key without its registry would not be)."""
+    assert {dotted for dotted, _ in REGISTRY_FIELDS} >= {
+        "model.family", "data.source", "compress.depth.selector", "compress.width.selector", "compress.experts.reducer",
+        "compress.experts.criterion", "compress.experts.similarity", "compress.plan", "distill.loss",
+        "distill.lambda_schedule", "distill.beta_schedule", "distill.kd_kernel"}
+
+
+@pytest.mark.parametrize("dotted", [dotted for dotted, _ in REGISTRY_FIELDS])
+def test_a_misspelt_method_key_fails_at_load_naming_the_entry(dotted: str):
+    """One letter doubled at the end of the default is refused when the config loads, with the did-you-mean line."""
+    default = OmegaConf.select(OmegaConf.structured(SlimConfig()), dotted)
+    with pytest.raises(UserError) as err:
+        load_config([f"{dotted}={default}{default[-1]}"])
+    message = str(err.value)
+    assert message.startswith(f"{dotted}: unknown ") and f"(did you mean {default!r}?)" in message
+    assert "\n" not in message
 
 
 def test_model_preset_only_overrides_schema_fields():
@@ -110,7 +152,8 @@ def test_paper_recipe_budgets(variant: str, batch: int, tokens: float):
     assert (train.batch_size, train.lr, train.warmup_steps) == (batch, 4e-4, 2000)
     assert train.lr * train.min_lr_ratio == pytest.approx(3e-5)
     assert (train.precision, train.strategy, train.activation_checkpointing) == ("bf16-mixed", "fsdp", True)
-    assert (distill.loss, distill.lambda_schedule, distill.lambda_start, distill.lambda_end) == ("full", "linear", 1, 0.75)
+    assert (distill.loss, distill.lambda_schedule, distill.lambda_start,
+            distill.lambda_end) == ("full", "linear", 1, 0.75)
     assert (distill.beta_schedule, distill.beta_start, distill.beta_end) == ("cosine", 0.3, 0.1)
     assert cfg.compress.experts.num_experts == 256  # the base recipe's cut
     step_tokens = train.batch_size * cfg.data.seq_len

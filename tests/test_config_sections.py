@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.recipe import configured_reducer
 from slim.harness.config.load import load_config, to_yaml
 from slim.harness.config.schema import ExpertTarget, SlimConfig
 from slim.harness.config.sections import _extend, root_schema
 from slim.harness.errors import UserError
-from slim.methods.reducers import reducers
 
 ROOT = Path(__file__).resolve().parents[1]
 

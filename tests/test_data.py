@@ -203,7 +203,8 @@ def test_saved_tokenizer_keeps_its_own_vocabulary(cfg: DataConfig, data: CorpusD
 
 @pytest.mark.parametrize(
     ("override", "field"),
-    [({"seq_len": 2}, "data.seq_len"), ({"heldout_every": 2}, "data.heldout_every"), ({"vocab_size": 100}, "data.vocab_size")],
+    [({"seq_len": 2}, "data.seq_len"), ({"heldout_every": 2}, "data.heldout_every"),
+     ({"vocab_size": 100}, "data.vocab_size")],
 )
 def test_bad_config_values_name_field(tmp_path: Path, override: dict, field: str):
     """Out-of-range data settings fail before any tokenizer is trained, naming the field."""

@@ -90,7 +90,8 @@ def benchmark_rows() -> list[str]:
 
 
 def test_every_benchmark_row_names_its_results_files():
-    """Each row of the README's Benchmarks table names the bench/results/*.json its numbers come from, and they exist."""
+    """Each row of the README's Benchmarks table names the bench/results/*.json its numbers come from, and they
+    exist."""
     rows = benchmark_rows()
     assert len(rows) >= 9
     for row in rows:

@@ -55,7 +55,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     student, tokenizer = load_pretrained(teacher_dir)
     mtp = build_mtp(student)
     drop_layers(student, [0])
-    student_dir = save_pretrained(student, root / "student", tokenizer, extras=lambda directory: save_mtp(mtp, directory))
+    student_dir = save_pretrained(student, root / "student", tokenizer,
+                                  extras=lambda directory: save_mtp(mtp, directory))
     return teacher_dir, student_dir, root / "tok"
 
 

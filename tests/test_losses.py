@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from slim.harness.errors import UserError
+from slim.harness.training.loss_mixes import TERMS, LossMix, loss_mixes
 from slim.harness.training.loss_terms import (
     kd_loss_from_logits,
     lm_loss,
@@ -15,9 +16,8 @@ from slim.harness.training.loss_terms import (
     mtp_kd_loss,
     mtp_lm_loss,
 )
+from slim.harness.training.weight_schedules import weight_schedules
 from slim.kernels.kd_loss.reference import kd_loss_reference
-from slim.methods.losses import TERMS, LossMix, loss_mixes
-from slim.methods.schedules import weight_schedules
 
 B, T, V, D = 2, 6, 7, 2
 

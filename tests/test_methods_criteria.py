@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.compression.expert_criteria import criteria
+from slim.harness.compression.expert_similarities import similarities
 from slim.harness.errors import UserError
-from slim.methods.criteria import criteria
-from slim.methods.similarity import similarities
 
-E, K, D, I, T, PROBE = 6, 2, 5, 3, 40, 7
+E, K, D, INTER, T, PROBE = 6, 2, 5, 3, 40, 7
 LOGIT_BIAS = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, -50.0], dtype=torch.float64)  # uneven routing; E-1 never
 
 
@@ -22,8 +22,8 @@ def tiny_moe(seed: int = 0) -> SimpleNamespace:
     """A stand-in MoEView: router [E, d], gate_up_proj [E, 2I, d], down_proj [E, d, I]."""
     gen = torch.Generator().manual_seed(seed)
     return SimpleNamespace(router=torch.randn(E, D, generator=gen, dtype=torch.float64),
-                           gate_up_proj=torch.randn(E, 2 * I, D, generator=gen, dtype=torch.float64),
-                           down_proj=torch.randn(E, D, I, generator=gen, dtype=torch.float64),
+                           gate_up_proj=torch.randn(E, 2 * INTER, D, generator=gen, dtype=torch.float64),
+                           down_proj=torch.randn(E, D, INTER, generator=gen, dtype=torch.float64),
                            num_experts=E, top_k=K)
 
 
@@ -110,7 +110,8 @@ def test_weight_norm_matches_manual_norm(case):
 
 @pytest.mark.parametrize("name", ["freq", "soft", "reap", "ean"])
 def test_statistics_criteria_need_stats(name):
-    """A criterion that reads calibration statistics fails with one line naming compress.experts.criterion when given none."""
+    """A criterion that reads calibration statistics fails with one line naming compress.experts.criterion when
+    given none."""
     with pytest.raises(UserError, match="compress.experts.criterion"):
         criteria.get(name)(None, tiny_moe())
 

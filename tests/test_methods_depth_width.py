@@ -7,12 +7,12 @@ import torch
 
 from slim.harness.calibration.stats import CalibrationStats, DepthStats
 from slim.harness.compression.budget import allocate_experts, uniform_budget
+from slim.harness.compression.depth_selectors import depth_selectors
+from slim.harness.compression.expert_criteria import criteria
+from slim.harness.compression.expert_reducers import reducers
+from slim.harness.compression.expert_similarities import similarities
+from slim.harness.compression.width_selectors import width_selectors
 from slim.harness.errors import UserError
-from slim.methods.criteria import criteria
-from slim.methods.depth import depth_selectors
-from slim.methods.reducers import reducers
-from slim.methods.similarity import similarities
-from slim.methods.width import width_selectors
 
 
 def depth_calibration(pooled_cos: list[float] | None = None, token_cos: list[float] | None = None,
@@ -125,7 +125,8 @@ def test_allocate_experts_random_invariants():
         assert all(3 <= count <= 16 for count in counts.values())
 
 
-@pytest.mark.parametrize("total,min_per_layer,field", [(2, 1, "compress.experts.num_experts"), (13, 1, "compress.experts.num_experts"),
+@pytest.mark.parametrize("total,min_per_layer,field", [(2, 1, "compress.experts.num_experts"),
+                                                       (13, 1, "compress.experts.num_experts"),
                                                        (10, 5, "compress.experts.min_per_layer")])
 def test_allocate_experts_rejects_infeasible_budgets(total, min_per_layer, field):
     """A total below the floors, above all experts, or a floor above a layer's size fails naming the field."""

@@ -3,7 +3,7 @@
 import pytest
 
 from slim.harness.errors import UserError
-from slim.methods.plans import Shape, plans
+from slim.harness.progressive_plans import Shape, plans
 
 TEACHER = Shape(num_layers=48, hidden_size=2048, num_experts=512, top_k=10)
 FINAL = Shape(num_layers=36, hidden_size=1536, num_experts=256, top_k=8)

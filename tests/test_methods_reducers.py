@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.plan import ExpertGroup, ExpertPlan, apply_plan
 from slim.harness.errors import UserError
-from slim.methods.reducers import reducers
 
 ALL_REDUCERS = ["prune", "merge", "partial_preserve"]
 MERGING = ["merge", "partial_preserve"]

@@ -199,7 +199,8 @@ FAKE_FLA_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fla") is not None,
-                    reason="real flash-linear-attention installed: test_cpu_forward_with_real_triton_installed covers it")
+                    reason="real flash-linear-attention installed: "
+                           "test_cpu_forward_with_real_triton_installed covers it")
 def test_cpu_path_survives_importable_fake_fla(tmp_path: Path) -> None:
     """With fake fla/causal_conv1d importable, CPU forward fails unpatched where transformers does not dispatch by
     device itself, and equals the torch path once dispatched."""

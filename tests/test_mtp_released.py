@@ -152,7 +152,8 @@ def test_save_mtp_into_a_sharded_checkpoint_lists_it_in_the_index(released, tmp_
     model.save_pretrained(tmp_path, max_shard_size="200KB")
     save_mtp(mtp, tmp_path)
     weight_map = json.loads((tmp_path / INDEX_FILE).read_text())["weight_map"]
-    assert weight_map["mtp.fc.weight"] == MTP_SHARD and weight_map["mtp.layers.0.mlp.experts.7.up_proj.weight"] == MTP_SHARD
+    assert (weight_map["mtp.fc.weight"] == MTP_SHARD
+            and weight_map["mtp.layers.0.mlp.experts.7.up_proj.weight"] == MTP_SHARD)
     assert json.loads((tmp_path / "config.json").read_text())["mtp_num_hidden_layers"] == 1
     reloaded, _ = load_pretrained(tmp_path)
     for (name, old), new in zip(mtp.state_dict().items(), load_mtp(reloaded, tmp_path).state_dict().values()):
@@ -179,7 +180,8 @@ def test_compress_and_distill_round_trip_in_the_released_layout(released, tokeni
     common = [*TINY_OVERRIDES, f"data.tokenizer={tokenizer_dir}", f"run_dir={tmp_path / 'run'}"]
     student, distilled = tmp_path / "student", tmp_path / "distilled"
     assert main(["compress", *common, f"compress.teacher={directory}", f"compress.output={student}",
-                 "compress.depth.num_drop=1", "compress.depth.allow_no_attention=true", "compress.width.hidden_size=48", "compress.experts.num_experts=4",
+                 "compress.depth.num_drop=1", "compress.depth.allow_no_attention=true", "compress.width.hidden_size=48",
+                 "compress.experts.num_experts=4",
                  "compress.experts.top_k=1", "calibration.num_samples=8", "calibration.batch_size=4",
                  "calibration.probe_tokens=64"]) == 0
     config, names = released_layout(student, num_experts=4)

@@ -24,15 +24,20 @@ def tracked_python_files() -> list[Path]:
     return [REPO / name for name in listed if name and (REPO / name).is_file()]
 
 
-def bare_imports(path: Path, root: Path = REPO) -> list[str]:
-    """`import harness...` / `from kernels... import` lines of `path` (named relative to `root`), by line number."""
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in `path`, function-level ones included."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                  else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-        found += [f"{path.relative_to(root)}:{node.lineno}: {name}" for name in names
-                  if name.split(".")[0] in CODE_FOLDERS]
+        found += [(node.lineno, name) for name in names]
     return found
+
+
+def bare_imports(path: Path, root: Path = REPO) -> list[str]:
+    """`import harness...` / `from kernels... import` lines of `path` (named relative to `root`), by line number."""
+    return [f"{path.relative_to(root)}:{line}: {name}" for line, name in imported_modules(path)
+            if name.split(".")[0] in CODE_FOLDERS]
 
 
 def test_no_file_imports_a_bare_top_level_code_folder():
@@ -52,6 +57,15 @@ def test_bare_import_scan_catches_each_form(tmp_path: Path):
     assert found == ["harness.cli", "kernels", "reports.table", "methods"]
 
 
+def test_the_engine_imports_no_plugin():
+    """Extension points live in the engine and plug-ins register into them: nothing under harness/ imports
+    slim.methods (the reverse direction is the point of a plug-in)."""
+    engine = sorted((REPO / "harness").rglob("*.py"))
+    assert len(engine) > 50
+    assert [f"{path.relative_to(REPO)}:{line}: {name}" for path in engine for line, name in imported_modules(path)
+            if name == "slim.methods" or name.startswith("slim.methods.")] == []
+
+
 def test_code_folders_have_no_top_level_init():
     """Without `__init__.py` at their top, the folders are namespace portions: any installed regular package of the
     same name wins over them when Python runs from the repository root."""
@@ -68,12 +82,13 @@ def test_nothing_at_the_root_shadows_an_installed_distribution():
 
 
 def test_pyproject_lists_every_package_under_the_code_folders():
-    """pyproject's explicit package list (the mapping needs one) names every folder with an `__init__.py`."""
+    """pyproject's explicit package list (the mapping needs one) names the four code folders and every folder below
+    them that holds Python files (lm_eval_tasks/ holds the loader its task YAML names, without an `__init__.py`)."""
     declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {f"slim.{folder}" for folder in CODE_FOLDERS}
     for folder in CODE_FOLDERS:
-        found |= {"slim." + ".".join(init.parent.relative_to(REPO).parts)
-                  for init in (REPO / folder).rglob("__init__.py")}
+        found |= {"slim." + ".".join(source.parent.relative_to(REPO).parts)
+                  for source in (REPO / folder).rglob("*.py") if "__pycache__" not in source.parts}
     assert declared == found
 
 

@@ -14,7 +14,7 @@ from slim.harness.errors import UserError
 from slim.harness.models.io import load_pretrained, read_model_config
 from slim.harness.pipeline import run_recipe
 from slim.harness.progressive import plan_stages, stage_steps
-from slim.methods.plans import Shape
+from slim.harness.progressive_plans import Shape
 from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 from tests.test_pipeline import run_config
 
@@ -29,7 +29,8 @@ def test_joint_plan_stages_chain_recipes_and_budgets(teacher, tmp_path):  # noqa
     first, second = plan_stages(cfg, read_model_config(cfg.compress.teacher, "compress.teacher"))
     assert first.shape == Shape(3, 56, 8, 2) and second.shape == Shape(2, 48, 4, 2)
     assert (first.recipe.depth.num_drop, first.recipe.width.hidden_size, first.recipe.experts.num_experts) == (1, 56, 0)
-    assert (second.recipe.depth.num_drop, second.recipe.width.hidden_size, second.recipe.experts.num_experts) == (1, 48, 4)
+    assert (second.recipe.depth.num_drop, second.recipe.width.hidden_size,
+            second.recipe.experts.num_experts) == (1, 48, 4)
     assert first.recipe.teacher == cfg.compress.teacher and first.recipe.stats == cfg.compress.stats
     assert second.recipe.teacher == first.distilled and second.recipe.stats == ""
     assert (first.steps, first.step_offset, second.steps, second.step_offset) == (2, 0, 2, 2)

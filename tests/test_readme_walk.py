@@ -74,7 +74,8 @@ SECTIONS = readme_sections(README.read_text())
 
 def test_readme_commands_are_extracted_in_order_and_cluster_fences_are_skipped():
     """Continuations join, comments and `make` lines drop, ```bash cluster fences are left out."""
-    text = ("## A\n```bash\nmake demo   # demo\n# a comment\n.venv/bin/slim config \\\n    model=tiny  # resolved\n```\n"
+    text = ("## A\n```bash\nmake demo   # demo\n# a comment\n.venv/bin/slim config \\\n"
+            "    model=tiny  # resolved\n```\n"
             "## B\n```bash cluster\n.venv/bin/torchrun x\n```\n```bash\n.venv/bin/slim methods\n```\n")
     assert readme_sections(text) == [Section("A", (".venv/bin/slim config model=tiny  # resolved",)),
                                      Section("B", (".venv/bin/slim methods",))]

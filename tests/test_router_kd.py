@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from slim.harness.compression.compress import REPORT_NAME, compress
-from slim.harness.compression.lineage import compose, identity_lineage, read_lineage
+from slim.harness.compression.compress import compress
+from slim.harness.compression.lineage import REPORT_NAME, compose, identity_lineage, read_lineage
 from slim.harness.config.load import load_config
 from slim.harness.errors import UserError
 from slim.harness.training.distill_module import DistillModule
@@ -83,7 +83,8 @@ def test_uncut_student_has_zero_router_kd_and_a_merged_one_does_not(teacher, tmp
     lineage = read_lineage(cut.compress.output, REPORT_NAME)
     assert lineage.layers == [0, 1, 2] and all(len(groups) == 4 for groups in lineage.experts)
     with torch.no_grad():
-        weighted, plain = (_module(teacher[0], cut.compress.output, weight).step_loss(_batch()) for weight in (2.0, 1.0))
+        weighted, plain = (_module(teacher[0], cut.compress.output, weight).step_loss(_batch())
+                           for weight in (2.0, 1.0))
     assert weighted.terms["router_kd"].item() > 1e-3
     assert weighted.total - plain.total == pytest.approx(weighted.terms["router_kd"].item(), rel=1e-4)
 

@@ -71,7 +71,7 @@ def sharded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], i
     mtp = build_mtp(model)
     full_bytes = sum(tensor.numel() * tensor.element_size()
                      for module in (model, mtp) for tensor in module.state_dict().values())
-    model_dir = save_pretrained(model, root / "model", extras=lambda directory: save_mtp(mtp, directory))
+    model_dir = save_pretrained(model, root / "model", extras=lambda directory, mtp=mtp: save_mtp(mtp, directory))
     del model, mtp
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -95,7 +95,8 @@ def test_hand_computed_single_token() -> None:
     term; d/dz = p - q on S and p (1 - r_q / r_p) on the tail."""
     hidden = torch.tensor([[1.0]], requires_grad=True)
     head = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
-    loss = kd_loss_cached_reference(hidden, head, torch.tensor([[2, 0]]), torch.tensor([[math.log(0.5), math.log(0.2)]]))
+    loss = kd_loss_cached_reference(hidden, head, torch.tensor([[2, 0]]),
+                                    torch.tensor([[math.log(0.5), math.log(0.2)]]))
     loss.backward()
     p = [math.exp(z) / sum(math.exp(y) for y in (1, 2, 3)) for z in (1, 2, 3)]
     q = {2: 0.5, 0: 0.2}

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 def zeda(args: argparse.Namespace) -> int:
     """ZEDA: inject zero experts into zeda.teacher, adapt routers then the whole model by self-distillation;
     writes zeda.output and <run_dir>/zeda_summary.json (val perplexity, expert FLOPs skipped)."""
-    from slim.methods.adaptations import adaptations
+    from slim.harness.adaptations import adaptations
 
     summary = adaptations.get("zeda").run(_config(args))
     print(json.dumps({key: value for key, value in summary.items() if key != "stages"}, indent=2))
@@ -173,7 +173,8 @@ def grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 def grid_run_arguments(parser: argparse.ArgumentParser) -> None:
     grid_arguments(parser)
-    parser.add_argument("--launcher", default="inprocess", help="inprocess (default) or submitit (a Slurm job per cell)")
+    parser.add_argument("--launcher", default="inprocess",
+                        help="inprocess (default) or submitit (a Slurm job per cell)")
     parser.add_argument("--workers", type=int, default=1, help="in-process: cells run at once in worker processes")
     parser.add_argument("--cluster", default=None, help="submitit executor: slurm or local (default: auto-detect)")
     parser.add_argument("--dry-run", action="store_true",

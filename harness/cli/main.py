@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in EXTRA_ARGUMENTS:
             EXTRA_ARGUMENTS[name](cmd)
         cmd.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
-        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe.yaml files and config overrides, e.g. train.max_steps=100")
+        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                         help="recipe.yaml files and config overrides, e.g. train.max_steps=100")
     return parser
 
 

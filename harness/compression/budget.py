@@ -20,7 +20,8 @@ EPS = 1e-12
 def _check_exempt(exempt: Collection[int], layers: Collection[int]) -> None:
     unknown = sorted(set(exempt) - set(layers))
     if unknown:
-        raise UserError(f"compress.experts.exempt_first/exempt_last: {unknown} are not MoE layers; MoE layers: {sorted(layers)}")
+        raise UserError(f"compress.experts.exempt_first/exempt_last: {unknown} are not MoE layers; "
+                        f"MoE layers: {sorted(layers)}")
 
 
 def uniform_budget(num_experts_per_layer: Mapping[int, int], keep: int,
@@ -34,8 +35,8 @@ def uniform_budget(num_experts_per_layer: Mapping[int, int], keep: int,
         elif 1 <= keep <= num_experts:
             counts[layer] = keep
         else:
-            raise UserError(f"compress.experts.num_experts: must keep between 1 and {num_experts} experts in layer {layer}, "
-                            f"got {keep}")
+            raise UserError(f"compress.experts.num_experts: must keep between 1 and {num_experts} experts "
+                            f"in layer {layer}, got {keep}")
     return counts
 
 

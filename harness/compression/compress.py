@@ -23,12 +23,17 @@ from slim.harness.calibration.run import check_vocab_size, run_calibration
 from slim.harness.calibration.stats import CalibrationStats
 from slim.harness.compression.budget import allocate_experts, uniform_budget
 from slim.harness.compression.depth import check_keeps_attention
-from slim.harness.compression.lineage import LINEAGE_KEY, Lineage, compose, identity_lineage, read_lineage
+from slim.harness.compression.depth_selectors import depth_selectors
+from slim.harness.compression.expert_criteria import criteria
+from slim.harness.compression.expert_similarities import similarities
+from slim.harness.compression.lineage import LINEAGE_KEY, REPORT_NAME, Lineage, compose, identity_lineage, read_lineage
+from slim.harness.compression.method_support import SCORES_HOOK
 from slim.harness.compression.mtp import reduce_mtp_experts
 from slim.harness.compression.plan import ExpertPlan
 from slim.harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
 from slim.harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
 from slim.harness.compression.width import sync_width_attributes
+from slim.harness.compression.width_selectors import width_selectors
 from slim.harness.config.schema import CompressConfig, SlimConfig
 from slim.harness.distributed import init_distributed, on_rank_zero, rank
 from slim.harness.errors import UserError
@@ -40,13 +45,7 @@ from slim.harness.models.params import count_parameters
 from slim.harness.models.view import ModelView, view
 from slim.harness.outputs import check_output_dir, weights_bytes
 from slim.harness.registry import Registry
-from slim.methods._stats import SCORES_HOOK
-from slim.methods.criteria import criteria
-from slim.methods.depth import depth_selectors
-from slim.methods.similarity import similarities
-from slim.methods.width import width_selectors
 
-REPORT_NAME = "compression_report.json"
 logger = logging.getLogger(__name__)
 
 

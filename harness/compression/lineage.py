@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+REPORT_NAME = "compression_report.json"  # beside every student: what was cut, and its lineage
 LINEAGE_KEY = "lineage"
 
 

@@ -8,14 +8,14 @@ by `shrink_hidden(..., extra=mtp_hidden_params(mtp))` alongside the backbone's.
 
 from __future__ import annotations
 
+from slim.harness.compression.expert_criteria import criteria
+from slim.harness.compression.expert_similarities import similarities
 from slim.harness.compression.experts import set_experts
 from slim.harness.compression.plan import apply_plan
 from slim.harness.compression.recipe import configured_reducer
 from slim.harness.config.schema import CompressConfig
 from slim.harness.models.mtp import MTPModule
 from slim.harness.models.view import moe_view
-from slim.methods.criteria import criteria
-from slim.methods.similarity import similarities
 
 
 def reduce_mtp_experts(mtp: MTPModule, recipe: CompressConfig, num_experts: int, top_k: int) -> None:

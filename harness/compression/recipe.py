@@ -31,7 +31,8 @@ def validate_method_keys(recipe: CompressConfig) -> None:
     _registry("expert criterion").validate(recipe.experts.criterion, "compress.experts.criterion")
     _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
     if recipe.experts.budget not in BUDGETS:
-        raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; valid: {', '.join(BUDGETS)}")
+        raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; "
+                        f"valid: {', '.join(BUDGETS)}")
     reducer_options(recipe)
 
 

@@ -13,6 +13,7 @@ same factor and at most two validations: the README's commands then run as writt
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -21,9 +22,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from slim.harness.config.schema import CHOICES, SlimConfig, TrainConfig
+from slim.harness.config.schema import CHOICES, REGISTRY, SlimConfig, TrainConfig
 from slim.harness.config.sections import root_schema, validate_sections
 from slim.harness.errors import UserError
+from slim.harness.registry import Registry
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BASE_KEY = "base"  # a YAML file's parent recipe
@@ -69,17 +71,27 @@ def _merge(base: DictConfig, update: Any, schema: Any, source: str) -> DictConfi
         raise UserError(f"{source}: {str(err).splitlines()[0]}") from None
 
 
+def _registry(location: str) -> Registry:
+    module, _, attribute = location.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def check_choices(cfg: Any, prefix: str = "") -> None:
-    """Every field whose schema metadata lists its allowed values (`CHOICES`) holds one of them; its default
-    always does, so the list is only computed for a changed value."""
+    """Every field whose schema metadata lists its allowed values (`CHOICES`) holds one of them, and every field
+    naming a registry entry (`REGISTRY`) names a registered one (with the did-you-mean line). A default always is
+    valid, so the values are only looked up for a changed field."""
     for spec in fields(cfg):
         value = getattr(cfg, spec.name)
         if is_dataclass(value):
             check_choices(value, f"{prefix}{spec.name}.")
-        elif CHOICES in spec.metadata and value != spec.default:
+        elif value == spec.default:
+            continue
+        elif CHOICES in spec.metadata:
             allowed = spec.metadata[CHOICES]()
             if value not in allowed:
                 raise UserError(f"{prefix}{spec.name}: unknown {value!r}; valid: {', '.join(allowed)}")
+        elif REGISTRY in spec.metadata:
+            _registry(spec.metadata[REGISTRY]).validate(value, f"{prefix}{spec.name}")
 
 
 def _read_yaml(path: Path, what: str) -> DictConfig:
@@ -87,7 +99,7 @@ def _read_yaml(path: Path, what: str) -> DictConfig:
         raise UserError(f"{what}: file not found: {path}")
     try:
         return OmegaConf.load(path)
-    except Exception as err:  # yaml errors come in many types
+    except Exception as err:  # noqa: BLE001 - yaml errors come in many types
         raise UserError(f"{what}: cannot parse {path}: {str(err).splitlines()[0]}") from None
 
 

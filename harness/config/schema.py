@@ -8,9 +8,18 @@ YAML files in `conf/` only override these defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Field metadata key: a function returning the field's allowed values, checked when a config is loaded.
 CHOICES = "choices"
+# Field metadata key: "module:attribute" of the Registry whose entry the field names, checked when a config is
+# loaded (importing the registry only when the value differs from the default, which is always registered).
+REGISTRY = "registry"
+
+
+def registry_key(default: str, registry: str) -> Any:
+    """A field naming an entry of `registry` ("module:attribute"), `default` when unset."""
+    return field(default=default, metadata={REGISTRY: registry})
 
 
 def experts_implementation_choices() -> tuple[str, ...]:
@@ -24,7 +33,7 @@ def experts_implementation_choices() -> tuple[str, ...]:
 class ModelConfig:
     """Shape of a MoE causal LM; `family` picks the transformers architecture."""
 
-    family: str = "qwen3_next"
+    family: str = registry_key("qwen3_next", "slim.harness.models.families:model_families")
     vocab_size: int = 4096
     hidden_size: int = 128
     num_hidden_layers: int = 4
@@ -72,7 +81,7 @@ class DataConfig:
     tokenizer and the packed sequences (in memory for the shipped corpus, or memory-mapped shards written by
     `slim prepare-data` under `output`)."""
 
-    source: str = "kjv"  # data source key (harness/data/sources): kjv, text, jsonl, parquet, hf_disk
+    source: str = registry_key("kjv", "slim.harness.data.sources:sources")  # kjv, text, jsonl, parquet, hf_disk
     path: str = "data/corpus/kjv.txt.gz"  # the source's file or directory
     # Any Hugging Face tokenizer directory (a teacher checkpoint works); the kjv source trains a BPE there when missing.
     tokenizer: str = "artifacts/tokenizer"
@@ -80,7 +89,8 @@ class DataConfig:
     vocab_size: int = 4096  # size of the BPE the kjv source trains; a loaded tokenizer keeps its own
     seq_len: int = 256
     # The kjv source sends every `heldout_every`-th chapter to validation and the one before to calibration; other
-    # sources send a document whose id hashes to heldout_every - 1 (mod heldout_every) to validation, - 2 to calibration.
+    # sources send a document whose id hashes to heldout_every - 1 (mod heldout_every) to validation, - 2 to
+    # calibration.
     heldout_every: int = 20
     seed: int = 0
     text_field: str = "text"  # jsonl field / parquet or hf_disk column holding a document's text
@@ -142,7 +152,7 @@ class DepthTarget:
     """Depth compression: drop `num_drop` decoder layers chosen by `selector`."""
 
     num_drop: int = 0
-    selector: str = "last_n"
+    selector: str = registry_key("last_n", "slim.harness.compression.depth_selectors:depth_selectors")
     # A cut that drops every full-attention layer of a hybrid (linear + full attention) model is refused unless
     # this is true: such a student keeps no attention at all, unlike the paper's (9 of 12 groups kept).
     allow_no_attention: bool = False
@@ -153,7 +163,7 @@ class WidthTarget:
     """Width compression: keep `hidden_size` hidden dims chosen by `selector` (0 = keep all)."""
 
     hidden_size: int = 0
-    selector: str = "rmsnorm_mean_abs"
+    selector: str = registry_key("rmsnorm_mean_abs", "slim.harness.compression.width_selectors:width_selectors")
 
 
 @dataclass
@@ -162,9 +172,9 @@ class ExpertTarget:
 
     num_experts: int = 0  # target experts per MoE layer (uniform) or average per layer (global); 0 = keep all
     top_k: int = 0  # student top-k; 0 = keep the teacher's
-    reducer: str = "prune"
-    criterion: str = "reap"
-    similarity: str = "router_logits"
+    reducer: str = registry_key("prune", "slim.harness.compression.expert_reducers:reducers")
+    criterion: str = registry_key("reap", "slim.harness.compression.expert_criteria:criteria")
+    similarity: str = registry_key("router_logits", "slim.harness.compression.expert_similarities:similarities")
     budget: str = "uniform"  # "uniform" | "global"
     min_per_layer: int = 1  # floor per layer under the global budget (raised to top_k automatically)
     exempt_first: int = 0  # first N MoE layers keep all experts
@@ -181,8 +191,8 @@ class CompressConfig:
     depth: DepthTarget = field(default_factory=DepthTarget)
     width: WidthTarget = field(default_factory=WidthTarget)
     experts: ExpertTarget = field(default_factory=ExpertTarget)
-    # `slim run` only: progressive plan key (methods/plans) and the token share of its early stages.
-    plan: str = "one_shot"
+    # `slim run` only: progressive plan key and the token share of its early stages.
+    plan: str = registry_key("one_shot", "slim.harness.progressive_plans:plans")
     plan_first_share: float = 0.1
 
 
@@ -193,15 +203,19 @@ class DistillConfig:
     teacher: str = "assets/tiny-teacher"  # teacher HF directory (its MTP weights, when present, give MTP-KD targets)
     student: str = "runs/student-slimqwen"  # student HF directory to start from (usually `slim compress` output)
     output: str = "runs/distilled"  # where the distilled student (HF dir + MTP weights + tokenizer) is written
-    loss: str = "full"  # loss mix key (methods/losses): lm, kd, kd+lm, kd+mtp_kd, kd+lm+mtp_lm, full
-    lambda_schedule: str = "linear"  # weight schedule key (methods/schedules) for λ, the KD-vs-LM weight
+    # loss mix key: lm, kd, kd+lm, kd+mtp_kd, kd+lm+mtp_lm, full
+    loss: str = registry_key("full", "slim.harness.training.loss_mixes:loss_mixes")
+    # weight schedule key for λ, the KD-vs-LM weight
+    lambda_schedule: str = registry_key("linear", "slim.harness.training.weight_schedules:weight_schedules")
     lambda_start: float = 1.0  # λ at progress 0, in [0, 1]
     lambda_end: float = 0.75  # λ at progress 1, in [0, 1]
-    beta_schedule: str = "cosine"  # weight schedule key for β, the MTP-vs-backbone weight
+    # weight schedule key for β, the MTP-vs-backbone weight
+    beta_schedule: str = registry_key("cosine", "slim.harness.training.weight_schedules:weight_schedules")
     beta_start: float = 0.3  # β at progress 0, >= 0
     beta_end: float = 0.1  # β at progress 1, >= 0
     temperature: float = 1.0  # softmax temperature of both KD distributions, > 0 (no τ² factor)
-    kd_kernel: str = "chunked"  # KD implementation key (kernels/kd_loss): reference, chunked, triton
+    # KD implementation key (kernels/kd_loss): reference, chunked, triton
+    kd_kernel: str = registry_key("chunked", "slim.kernels.kd_loss:kd_implementations")
     router_kd_weight: float = 0.0  # weight of the router-logit KD term (harness/training/router_kd.py), >= 0; 0 = off
     # Student initialization for `slim run`: "pruned" (compressed teacher) or "scratch" (same shape, random init,
     # SlimQwen Table 1 baseline).
@@ -216,7 +230,8 @@ class DistillConfig:
 class MTPAcceptanceConfig:
     """Speculative-decoding acceptance of the model's MTP drafter (SlimQwen Table 4)."""
 
-    # K drafts per step (acc_1..acc_K: mtp_acc_k in a grid's store); 0 = the MTP depth D; beyond D the last depth is reused
+    # K drafts per step (acc_1..acc_K: mtp_acc_k in a grid's store); 0 = the MTP depth D;
+    # beyond D the last depth is reused
     num_draft_tokens: int = 0
     num_prompts: int = 8  # held-out prompts, each continued greedily
     prompt_len: int = 64  # prompt tokens

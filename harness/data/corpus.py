@@ -72,7 +72,8 @@ def read_chapters(path: str) -> list[Chapter]:
 
 
 def split_corpus(chapters: list[Chapter], heldout_every: int) -> CorpusSplit:
-    """Split by chapter position i: the last of every `heldout_every` goes to validation, the one before to calibration."""
+    """Split by chapter position i: the last of every `heldout_every` goes to validation, the one before to
+    calibration."""
     if not isinstance(heldout_every, int) or heldout_every < 3:
         raise UserError(f"data.heldout_every: must be an integer >= 3, got {heldout_every!r}")
     split = CorpusSplit(train=[], validation=[], calibration=[])

@@ -1,6 +1,7 @@
 """lm-eval on an in-memory model through HFLM: the local KJV tasks plus real lm-eval task names, unchanged.
 
-The local task YAMLs, and those of `eval.include_path`, are found through `TaskManager(include_path=...)`. Every requested task is checked and
+The local task YAMLs, and those of `eval.include_path`, are found through `TaskManager(include_path=...)`.
+Every requested task is checked and
 its data loaded before the model does any work, so an unknown name or data missing offline is one clear line.
 """
 

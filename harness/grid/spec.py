@@ -149,7 +149,7 @@ def read_spec_mapping(path: Path, what: str, keys: tuple[str, ...]) -> dict[str,
         raise UserError(f"{what} spec: file not found: {path}")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # yaml and interpolation errors come in many types
+    except Exception as err:  # noqa: BLE001 - yaml and interpolation errors come in many types
         raise UserError(f"{what} spec: cannot parse {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a {what} spec is a mapping with keys {', '.join(keys)}")

@@ -138,7 +138,8 @@ class ResultsStore:
             self._db.executemany(
                 "INSERT OR IGNORE INTO cells (key, spec, kind, axes, seed, config, status, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(c.key, c.spec, c.kind, json.dumps(c.axes), c.seed, json.dumps(asdict(c.config)), _now()) for c in cells])
+                [(c.key, c.spec, c.kind, json.dumps(c.axes), c.seed, json.dumps(asdict(c.config)), _now())
+                 for c in cells])
 
     def mark_running(self, key: str, worker: str, code_version: str) -> None:
         self._write("UPDATE cells SET status = 'running', attempts = attempts + 1, worker = ?, code_version = ?, "

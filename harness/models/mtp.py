@@ -101,13 +101,9 @@ class MTPModule(nn.Module):
         for depth, layer in enumerate(self.layers, start=1):
             length = seq_len - depth
             embeds = embed(input_ids[:, depth:])  # Emb(t_{i+k}) for i = 0..T-k-1
-            mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=embeds,
-                attention_mask=None,
-                cache=None,
-                position_ids=position_ids[:, :length],
-            )
+            # config, inputs_embeds, attention_mask, cache: positional, as transformers renamed the cache
+            # argument (past_key_values up to 5.2x, cache in 5.25)
+            mask = create_causal_mask(self.config, embeds, None, None, position_ids=position_ids[:, :length])
             hidden = layer(hidden[:, :length], embeds, (cos[:, :length], sin[:, :length]), mask)
             logits.append(head(layer.norm(hidden)))
         return logits

@@ -3,7 +3,7 @@ of its own, with its modeling code beside the weights.
 
 Two structures need it: MoE layers that keep different numbers of experts (a global budget; `num_experts_per_layer`
 in the config, modeling code harness/compression/modeling_slim.py) and a model variant a plug-in registers
-(slim.methods.variants, e.g. zero experts). Such a directory's config.json gets model type `<prefix>_<family>`
+(slim.harness.models.variants, e.g. zero experts). Such a directory's config.json gets model type `<prefix>_<family>`
 (`slim_qwen3_next`), architectures `[<Prefix><Stock>]` (`SlimQwen3NextForCausalLM`) and an `auto_map` naming those
 classes in the copied modeling files (imports: torch and transformers only), so plain transformers and lm-eval load
 it with `trust_remote_code=True` and refuse it without. The tensors keep the stock names and layout.
@@ -23,7 +23,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from slim.harness.compression import modeling_slim
-from slim.methods.variants import ModelVariant, model_variants
+from slim.harness.models.variants import ModelVariant, model_variants
 
 SLIM_FILE = Path(modeling_slim.__file__)
 

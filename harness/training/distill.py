@@ -10,7 +10,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from transformers import PretrainedConfig
 
-from slim.harness.compression.compress import REPORT_NAME
+from slim.harness.compression.lineage import REPORT_NAME
 from slim.harness.config.schema import DistillConfig, SlimConfig, TrainConfig
 from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.errors import UserError
@@ -23,6 +23,7 @@ from slim.harness.outputs import check_output_dir, weights_bytes
 from slim.harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
 from slim.harness.training.distill_module import DistillModule, load_student
 from slim.harness.training.fsdp import gather_unsharded
+from slim.harness.training.loss_mixes import loss_mixes
 from slim.harness.training.router_kd import student_lineage
 from slim.harness.training.run import (
     ExpertsPolicy,
@@ -33,15 +34,21 @@ from slim.harness.training.run import (
     write_summary,
 )
 from slim.harness.training.teacher_cache import check_cache_config, check_cache_data
+from slim.harness.training.weight_schedules import weight_schedules
 from slim.kernels.kd_loss.fused_head import head_implementations
-from slim.methods.losses import loss_mixes
-from slim.methods.schedules import weight_schedules
 
 # Builds the Lightning module of one run: (distill_cfg, train_cfg, step_offset, total_steps) -> DistillModule.
 ModuleFactory = Callable[[DistillConfig, TrainConfig, int, int | None], DistillModule]
 
 STUDENT_INITS = ("pruned", "scratch")
 
+
+# What distillation logs per step into the run's metrics CSVs: every loss term a mix may use, the loss over the
+# global batch, schedules, gradient norm, throughput and validation. A report's curve may plot these (a grid cell
+# kind declares them); tests/test_grid.py checks a real run's CSV columns against this list.
+DISTILL_CURVES = ("train/loss", "train/global_loss", "train/lm", "train/kd", "train/mtp_lm", "train/mtp_kd",
+                  "train/balance", "train/router_kd", "train/lambda", "train/beta", "train/lr", "train/grad_norm",
+                  "train/tokens_per_sec", "val/loss", "val/ppl", "val/kd")
 
 @dataclass
 class DistillSummary:
@@ -91,7 +98,8 @@ def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> 
 def validate_pair(student_dir: str, teacher_dir: str) -> PretrainedConfig:
     """Refuse a student whose vocabulary (config.vocab_size or tokenizer) differs from the teacher's:
     KD compares the two distributions token id by token id. Returns the student's config."""
-    student, teacher = read_model_config(student_dir, "distill.student"), read_model_config(teacher_dir, "distill.teacher")
+    student, teacher = (read_model_config(student_dir, "distill.student"),
+                        read_model_config(teacher_dir, "distill.teacher"))
     if student.vocab_size != teacher.vocab_size:
         raise UserError(f"distill.student: vocab_size {student.vocab_size} differs from the teacher's "
                         f"{teacher.vocab_size} ({teacher_dir}); KD needs one vocabulary")

@@ -32,16 +32,16 @@ from slim.harness.training.distill_terms import (
 from slim.harness.training.fsdp import shard_with_mtp
 from slim.harness.training.layer_switches import prepare_layers
 from slim.harness.training.load_balance import global_batch_balance_loss
+from slim.harness.training.loss_mixes import loss_mixes
 from slim.harness.training.optim import configure_adamw
 from slim.harness.training.precision import cast_parameters, frozen_dtype, master_dtype, mixed_precision_policy
 from slim.harness.training.router_kd import RouterMap, build_router_map, router_kd_loss, student_lineage
 from slim.harness.training.sharded_load import empty_with_mtp, fill_pretrained
 from slim.harness.training.teacher_cache import TeacherCache, cached_kd_term
+from slim.harness.training.weight_schedules import weight_schedules
 from slim.harness.verbosity import note
 from slim.kernels.kd_loss.cached_reference import cached_kd_implementations
 from slim.kernels.kd_loss.fused_head import head_implementations
-from slim.methods.losses import loss_mixes
-from slim.methods.schedules import weight_schedules
 
 
 @dataclass

@@ -77,7 +77,8 @@ class GoodCheckpoint(Callback):
         return trainer.strategy.reduce_boolean_decision(local, all=True)
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or self.last_good_step == trainer.global_step:
+        if (trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or self.last_good_step == trainer.global_step):
             return
         if not self._good(trainer, pl_module):
             rank_zero_warn(f"step {trainer.global_step}: non-finite loss or weights, checkpoint not written; "

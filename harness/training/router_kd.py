@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from slim.harness.compression.compress import REPORT_NAME
-from slim.harness.compression.lineage import Lineage, read_lineage
+from slim.harness.compression.lineage import REPORT_NAME, Lineage, read_lineage
 from slim.harness.errors import UserError
 from slim.harness.models.view import view
 

@@ -35,10 +35,10 @@ from slim.harness.errors import UserError
 from slim.harness.models.experts_policy import apply_experts_policy
 from slim.harness.models.io import load_pretrained, read_model_config, tokenizer_vocab
 from slim.harness.training.distill_terms import backbone_hidden
+from slim.harness.training.loss_mixes import loss_mixes
 from slim.kernels.kd_loss import KDLoss
 from slim.kernels.kd_loss.cached_reference import cached_kd_implementations
 from slim.kernels.kd_loss.chunked import default_chunk_size
-from slim.methods.losses import loss_mixes
 
 FIELD = "distill.teacher_cache"
 MANIFEST_FILE = "manifest.json"

@@ -83,7 +83,8 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logge
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
         logger=[CSVLogger(str(run_dir), name="metrics"), *loggers],  # CSV version_N per (re)start: never overwritten
-        callbacks=[checkpoint, NonFiniteGuard(checkpoint), GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10), *callbacks],
+        callbacks=[checkpoint, NonFiniteGuard(checkpoint), GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10),
+                   *callbacks],
         enable_model_summary=False,
         enable_checkpointing=False,  # GoodCheckpoint writes last.ckpt
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from slim.harness.grid.cells.run import DISTILL_CURVES
-from slim.methods.adaptations import Adaptation, adaptations
+from slim.harness.adaptations import Adaptation, adaptations
+from slim.harness.training.distill import DISTILL_CURVES
 from slim.methods.zeda.stages import run_zeda, validate_zeda
 
 METRICS = ("val_perplexity", "teacher_val_perplexity", "expert_flops_saved", "steps", "wall_seconds")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.compression.method_support import require_stats
 from slim.harness.errors import UserError
-from slim.methods._stats import require_stats
 
 FIELD = "compress.experts.criterion"
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from slim.harness.calibration.stats import MoELayerStats
-from slim.methods.criteria import criteria
+from slim.harness.compression.expert_criteria import criteria
 from slim.methods.criteria._per_token import token_mean
 
 

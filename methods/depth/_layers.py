@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from slim.harness.calibration.stats import CalibrationStats, DepthStats
+from slim.harness.compression.method_support import require_stats
 from slim.harness.errors import UserError
-from slim.methods._stats import require_stats
 
 
 def check_num_drop(num_layers: int, num_drop: int) -> None:
@@ -18,10 +18,12 @@ def depth_stats(stats: CalibrationStats | None, selector: str, num_layers: int) 
     """The depth statistics of a pass over this model, or a one-line UserError."""
     stats = require_stats(stats, selector, "compress.depth.selector")
     if stats.depth is None or stats.depth.num_tokens <= 0 or stats.depth.num_sequences <= 0:
-        raise UserError(f"compress.depth.selector: {selector!r} needs per-layer cosine statistics; the calibration has none")
+        raise UserError(f"compress.depth.selector: {selector!r} needs per-layer cosine statistics; "
+                        "the calibration has none")
     covered = {stats.depth.token_cos_sum.numel(), stats.depth.pooled_cos_sum.numel()}
     if covered != {num_layers}:
-        raise UserError(f"compress.depth.selector: statistics cover {sorted(covered)} layers, the model has {num_layers}")
+        raise UserError(f"compress.depth.selector: statistics cover {sorted(covered)} layers, "
+                        f"the model has {num_layers}")
     return stats.depth
 
 

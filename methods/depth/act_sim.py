@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from slim.harness.calibration.stats import CalibrationStats
-from slim.methods._stats import scored_by
-from slim.methods.depth import depth_selectors
+from slim.harness.compression.depth_selectors import depth_selectors
+from slim.harness.compression.method_support import scored_by
 from slim.methods.depth._layers import check_num_drop, depth_stats, keep_all_but
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slim.harness.calibration.stats import CalibrationStats
-from slim.methods.depth import depth_selectors
+from slim.harness.compression.depth_selectors import depth_selectors
 from slim.methods.depth._layers import check_num_drop
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from slim.methods.losses import LossMix, LossTerms, loss_mixes
+from slim.harness.training.loss_mixes import LossMix, LossTerms, loss_mixes
 
 
 def kd_lm(terms: LossTerms, lam: float, beta: float) -> torch.Tensor:

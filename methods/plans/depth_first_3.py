@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from slim.methods.plans import Shape, Stage, halfway_layers, plans
+from slim.harness.progressive_plans import Shape, Stage, halfway_layers, plans
 
 
 @plans.register("depth_first_3")

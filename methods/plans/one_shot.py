@@ -1,6 +1,6 @@
 """`one_shot`: compress straight to the target, then distill on the whole budget."""
 
-from slim.methods.plans import Shape, Stage, plans
+from slim.harness.progressive_plans import Shape, Stage, plans
 
 
 @plans.register("one_shot")

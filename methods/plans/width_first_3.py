@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from slim.methods.plans import Shape, Stage, halfway_hidden, plans
+from slim.harness.progressive_plans import Shape, Stage, halfway_hidden, plans
 
 
 @plans.register("width_first_3")

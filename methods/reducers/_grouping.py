@@ -20,7 +20,8 @@ def check_inputs(importance: torch.Tensor, num_keep: int) -> None:
 def require_similarity(similarity: torch.Tensor | None, reducer: str, num_experts: int) -> torch.Tensor:
     """The [E, E] similarity a merging reducer needs, or a UserError naming `compress.experts.similarity`."""
     if similarity is None:
-        raise UserError(f"compress.experts.similarity: reducer {reducer!r} merges experts and needs a similarity; none was set")
+        raise UserError(f"compress.experts.similarity: reducer {reducer!r} merges experts and needs a similarity; "
+                        "none was set")
     assert similarity.shape == (num_experts, num_experts), f"similarity {tuple(similarity.shape)} for {num_experts}"
     return similarity
 

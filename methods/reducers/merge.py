@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.plan import ExpertPlan
 from slim.harness.compression.ranking import ranked
-from slim.methods.reducers import reducers
 from slim.methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
 
 

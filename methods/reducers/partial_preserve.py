@@ -1,7 +1,8 @@
 """`partial_preserve` (SlimQwen Algorithm 1): keep half the target intact, build the other half by merging.
 
 The floor(r·N~) most important experts stay untouched (preserving specialization; r = `intact_ratio`, 1/2
-in the paper); the other N~ - floor(r·N~) merge bases are chosen among the rest, every remaining expert joins its most similar base, and each
+in the paper); the other N~ - floor(r·N~) merge bases are chosen among the rest,
+every remaining expert joins its most similar base, and each
 base is merged with its group importance-weighted (eq 8). The paper leaves the base choice open:
 `base_choice="next_important"` (default) takes the next most important experts,
 `"most_similar_to_rest"` the candidates with the highest mean similarity to the other candidates
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.plan import ExpertGroup, ExpertPlan
 from slim.harness.compression.ranking import ranked
 from slim.harness.config.sections import config_options
 from slim.harness.errors import UserError
-from slim.methods.reducers import reducers
 from slim.methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.plan import ExpertGroup, ExpertPlan
 from slim.harness.compression.ranking import top
-from slim.methods.reducers import reducers
 from slim.methods.reducers._grouping import check_inputs
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slim.methods.schedules import weight_schedules
+from slim.harness.training.weight_schedules import weight_schedules
 
 
 @weight_schedules.register("constant")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from slim.methods.schedules import clamp_progress, weight_schedules
+from slim.harness.training.weight_schedules import clamp_progress, weight_schedules
 
 
 @weight_schedules.register("cosine")

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from slim.harness.calibration.stats import MoELayerStats
+from slim.harness.compression.expert_similarities import similarities
+from slim.harness.compression.method_support import require_stats
 from slim.harness.errors import UserError
-from slim.methods._stats import require_stats
-from slim.methods.similarity import similarities
 from slim.methods.similarity._cosine import cosine_of_rows
 
 
@@ -22,5 +22,6 @@ def expert_outputs(stats: MoELayerStats | None, moe: Any) -> torch.Tensor:
     """Cosine between experts' mean outputs on the shared calibration probe set."""
     stats = require_stats(stats, "expert_outputs", "compress.experts.similarity")
     if stats.probe_tokens <= 0:
-        raise UserError("compress.experts.similarity: 'expert_outputs' needs probe tokens, but calibration recorded none")
+        raise UserError("compress.experts.similarity: 'expert_outputs' needs probe tokens, "
+                        "but calibration recorded none")
     return cosine_of_rows(stats.probe_output_sum)

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from slim.harness.calibration.stats import MoELayerStats
-from slim.methods._stats import require_stats
-from slim.methods.similarity import similarities
+from slim.harness.compression.expert_similarities import similarities
+from slim.harness.compression.method_support import require_stats
 from slim.methods.similarity._cosine import cosine_from_gram
 
 

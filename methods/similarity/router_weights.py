@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from slim.harness.calibration.stats import MoELayerStats
-from slim.methods.similarity import similarities
+from slim.harness.compression.expert_similarities import similarities
 from slim.methods.similarity._cosine import cosine_of_rows
 
 

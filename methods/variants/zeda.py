@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slim.methods.variants import ModelVariant, model_variants
+from slim.harness.models.variants import ModelVariant, model_variants
 from slim.methods.zeda import modeling_zeda
 
 model_variants.register("zeda")(ModelVariant(__doc__, modeling_zeda.CONFIG_FIELD, modeling_zeda.PREFIX,

@@ -1,12 +1,1 @@
-"""Width selectors: `(stats: CalibrationStats, hidden_size, target) -> kept hidden dims, ascending`."""
-
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from slim.harness.calibration.stats import CalibrationStats
-from slim.harness.registry import Registry
-
-WidthSelector = Callable[[CalibrationStats, int, int], list[int]]
-
-width_selectors: Registry[WidthSelector] = Registry("width selector", package="slim.methods.width")
+"""Built-in width selectors, one module each; they register into slim.harness.compression.width_selectors."""

@@ -10,17 +10,18 @@ from __future__ import annotations
 import torch
 
 from slim.harness.calibration.stats import CalibrationStats
+from slim.harness.compression.method_support import require_stats, scored_by
 from slim.harness.compression.ranking import top
+from slim.harness.compression.width_selectors import width_selectors
 from slim.harness.errors import UserError
-from slim.methods._stats import require_stats, scored_by
-from slim.methods.width import width_selectors
 
 
 def hidden_importance(stats: CalibrationStats | None, hidden_size: int) -> torch.Tensor:
     """I [hidden_size] of eq 5: mean over norms of (sum_x |RMSNorm(x)| / tokens), float64."""
     stats = require_stats(stats, "rmsnorm_mean_abs", "compress.width.selector")
     if not stats.norm_abs_sum:
-        raise UserError("compress.width.selector: 'rmsnorm_mean_abs' needs RMSNorm statistics; the calibration has none")
+        raise UserError("compress.width.selector: 'rmsnorm_mean_abs' needs RMSNorm statistics; "
+                        "the calibration has none")
     per_norm = []
     for name, abs_sum in stats.norm_abs_sum.items():
         if abs_sum.numel() != hidden_size or stats.norm_tokens.get(name, 0) <= 0:

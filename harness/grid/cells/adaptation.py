@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import functools
 
+from slim.harness.adaptations import adaptations
 from slim.harness.config.schema import SlimConfig
 from slim.harness.grid.kinds import CellOutput, register_kind
-from slim.methods.adaptations import adaptations
 
 
 def validate_adaptation_cell(name: str, cfg: SlimConfig) -> None:

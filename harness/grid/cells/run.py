@@ -9,16 +9,10 @@ from slim.harness.grid.kinds import CellOutput, register_kind
 from slim.harness.models.io import read_model_config
 from slim.harness.pipeline import run_recipe
 from slim.harness.progressive import plan_stages
-from slim.harness.training.distill import validate_distill_config
+from slim.harness.training.distill import DISTILL_CURVES, validate_distill_config
 
 DISTILL_METRICS = ("val_perplexity", "teacher_val_perplexity", "steps", "tokens_seen", "wall_seconds",
                    "tokens_per_second", "final_lambda", "final_beta")
-# What distillation (harness/training) logs per step into the run's metrics CSVs: every loss term a mix may use,
-# the loss over the global batch, schedules, gradient norm, throughput and validation. A report's curve may plot
-# these; tests/test_grid.py checks a real run's CSV columns against this list.
-DISTILL_CURVES = ("train/loss", "train/global_loss", "train/lm", "train/kd", "train/mtp_lm", "train/mtp_kd",
-                  "train/balance", "train/router_kd", "train/lambda", "train/beta", "train/lr", "train/grad_norm",
-                  "train/tokens_per_sec", "val/loss", "val/ppl", "val/kd")
 
 
 def validate_run(cfg: SlimConfig) -> None:

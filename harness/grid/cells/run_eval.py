@@ -17,8 +17,9 @@ from slim.harness.evaluation.task_metrics import (
     task_index,
 )
 from slim.harness.grid.cells._params import PARAM_METRICS
-from slim.harness.grid.cells.run import DISTILL_CURVES, DISTILL_METRICS, run_cell, validate_run
+from slim.harness.grid.cells.run import DISTILL_METRICS, run_cell, validate_run
 from slim.harness.grid.kinds import CellOutput, register_kind
+from slim.harness.training.distill import DISTILL_CURVES
 
 # Benchmark scores are stored as "<task>/<metric>[,<filter>]" (slim.harness.evaluation.task_metrics), any that lm-eval
 # declares for a task. mtp_acc_k (the paper's acc_k, k = 1..eval.mtp.num_draft_tokens): share of positions where the
