@@ -49,18 +49,21 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LOCK_VENV)/bin/python locks/lock.py
 
-# The newest releases pyproject.toml's ranges allow, in a throwaway venv: run before bumping the lock.
+# The newest releases pyproject.toml's ranges allow, in a throwaway venv: run before bumping the lock. (Without
+# build isolation: an isolated editable build leaves <project>.egg-info at the root, whose metadata would shadow
+# the install's entry points for Python started there.)
 test-latest:
 	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -e ".[test,gpu]"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip setuptools
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --no-build-isolation -e ".[test,gpu]"
 	$(call run_pytest,$(LATEST_VENV),$(LANE_PYTEST_ARGS))
 
 # The lowest versions pyproject.toml declares for our direct dependencies (locks/oldest.py), the rest resolved
 # under them: the lower bounds are versions that were tested.
 test-oldest:
 	rm -rf $(OLDEST_VENV) && $(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip setuptools
 	$(OLDEST_VENV)/bin/python locks/oldest.py > $(OLDEST_VENV)/oldest-constraints.txt
-	$(OLDEST_VENV)/bin/python -m pip install -q -e ".[test,gpu]" -c $(OLDEST_VENV)/oldest-constraints.txt
+	$(OLDEST_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[test,gpu]" \
+		-c $(OLDEST_VENV)/oldest-constraints.txt
 	$(call run_pytest,$(OLDEST_VENV),$(LANE_PYTEST_ARGS))

@@ -32,4 +32,4 @@ class Adaptation:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-adaptations: Registry[Adaptation] = Registry("MoE adaptation", package="slim.methods.adaptations")
+adaptations: Registry[Adaptation] = Registry.of_group("slim.adaptations")

@@ -33,7 +33,7 @@ class Stage:
     token_share: float
 
 
-plans: Registry = Registry("progressive plan", package="slim.methods.plans")
+plans: Registry = Registry.of_group("slim.progressive_plans")
 
 
 def halfway_layers(teacher: Shape, final: Shape) -> int:

@@ -1,6 +1,7 @@
 """One registry type for every pluggable family (criteria, reducers, loss mixes, model families, ...).
 
-Entries register themselves with a decorator in their own module; the registry rejects
+Entries register themselves with a decorator in their own module; a plug-in registry finds those modules through
+its entry-point group (slim.harness.plugins), an engine-internal one by walking its package. The registry rejects
 duplicates, suggests the closest key on a typo and lists entries with their one-line docs.
 """
 
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import pkgutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Generic, TypeVar
 
 from slim.harness.errors import UserError
@@ -24,15 +23,25 @@ _ALL_REGISTRIES: dict[str, "Registry"] = {}
 class Registry(Generic[T]):
     """Name -> implementation map for one method family."""
 
-    def __init__(self, family: str, package: str | None = None) -> None:
-        """`package` is imported lazily (all its modules) so entries self-register on first lookup."""
+    def __init__(self, family: str, package: str | None = None, group: str | None = None) -> None:
+        """On first lookup the modules of entry-point `group`, or every module of `package`, are imported, so
+        entries self-register."""
         if family in _ALL_REGISTRIES:
             raise ValueError(f"registry family {family!r} already exists")
         self.family = family
         self.package = package
+        self.group = group
         self._entries: dict[str, T] = {}
-        self._loaded = package is None
+        self._unavailable: dict[str, str] = {}  # declared entries whose module registered nothing here
+        self._loaded = package is None and group is None
         _ALL_REGISTRIES[family] = self
+
+    @classmethod
+    def of_group(cls, group: str) -> Registry:
+        """The registry of a plug-in entry-point group (slim.harness.plugins.GROUPS), named as the group says."""
+        from slim.harness.plugins import GROUPS
+
+        return cls(GROUPS[group], group=group)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: `@criteria.register("reap")`."""
@@ -49,6 +58,14 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
+        if self.group is not None:
+            from slim.harness.plugins import describe_entry, entries, load_entry
+
+            for entry in entries(self.group):
+                load_entry(entry, self.group)
+                if entry.name not in self._entries:  # e.g. a kernel whose optional dependency is missing
+                    self._unavailable[entry.name] = describe_entry(entry)
+            return
         package = importlib.import_module(self.package)
         for module in pkgutil.walk_packages(package.__path__, prefix=f"{self.package}."):
             importlib.import_module(module.name)
@@ -60,6 +77,9 @@ class Registry(Generic[T]):
     def validate(self, name: str, field: str) -> str:
         """Raise a one-line UserError naming `field` and the valid keys when `name` is unknown."""
         keys = self.keys()
+        if name in self._unavailable:
+            raise UserError(f"{field}: {self.family} {name!r} is not available here: its plug-in "
+                            f"{self._unavailable[name]} registered nothing (an optional dependency missing?)")
         if name not in self._entries:
             close = difflib.get_close_matches(name, keys, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -81,15 +101,6 @@ class Registry(Generic[T]):
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             rows.append((key, doc[0] if doc else ""))
         return rows
-
-
-def package_folder(package: str) -> Path:
-    """The folder of `package`, found without running its code: the top code packages (`slim.methods`, ...) are
-    namespace packages mapped onto the repository's folders, so they have no `__init__.py` to take a parent of."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"{package} is not an importable package")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def all_registries() -> dict[str, Registry]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,15 @@ def write_lock(name: str, target: str, pins: dict[str, str], pip_version: str) -
 
 
 def main() -> None:
+    made_here = set(ROOT.glob("*.egg-info"))
+    try:
+        resolve_all()
+    finally:  # pip's metadata build leaves <project>.egg-info at the root, which would shadow the installed metadata
+        for stale in set(ROOT.glob("*.egg-info")) - made_here:
+            shutil.rmtree(stale)
+
+
+def resolve_all() -> None:
     pip_version = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True,
                                  check=True).stdout.split()[1]
     largest, *others = LOCKS

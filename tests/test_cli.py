@@ -57,16 +57,19 @@ def test_config_prints_resolved_yaml():
     assert result.returncode == 0 and "max_steps: 123" in result.stdout
 
 
-def test_methods_catalog_read_from_the_sources_matches_the_imported_registries():
-    """The listing `slim methods` reads from the source files has each registry's family, names and doc lines; an
-    entry registered under a condition (triton installed) is listed with it and matches where it is imported."""
-    from slim.harness.methods_catalog import METHOD_PACKAGES, method_registries, static_family
+def test_methods_lists_every_entry_point_and_the_registries_hold_exactly_those():
+    """`slim methods` lists each family's keys from the installed entry points (metadata, no import); loaded, each
+    registry holds exactly those names (here every optional dependency, triton included, is installed)."""
+    from slim.harness.plugins import GROUPS, entries, load_plugins
+    from slim.harness.registry import all_registries
 
-    for (module, attr), registry in zip(METHOD_PACKAGES.items(), method_registries(), strict=True):
-        family, entries = static_family(module, attr)
-        imported = dict(registry.describe())
-        assert family == registry.family
-        assert {entry.name: entry.doc for entry in entries if entry.name in imported or not entry.condition} == imported
+    result = run_slim("methods")
+    assert result.returncode == 0, result.stderr
+    load_plugins()
+    for group, family in GROUPS.items():
+        names = [entry.name for entry in entries(group)]
+        assert names and f"{family} [{group}]: {', '.join(names)}" in result.stdout
+        assert all_registries()[family].keys() == sorted(names)
 
 
 def test_methods_imports_no_torch():
@@ -78,16 +81,18 @@ def test_methods_imports_no_torch():
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "[]", result.stderr
 
 
-def test_methods_lists_every_registered_entry():
-    """`slim methods` prints every entry of every method family with its one-line doc."""
-    from slim.harness.methods_catalog import method_registries
+def test_methods_docs_lists_every_entry_with_its_doc_line():
+    """`slim methods --docs` prints every entry of every family with its one-line doc."""
+    from slim.harness.plugins import GROUPS, load_plugins
+    from slim.harness.registry import all_registries
 
-    result = run_slim("methods")
+    result = run_slim("methods", "--docs")
     assert result.returncode == 0
-    for registry in method_registries():
-        assert f"{registry.family}:" in result.stdout
-        for name, doc in registry.describe():
-            assert name in result.stdout and doc in result.stdout
+    load_plugins()
+    for family in GROUPS.values():
+        assert f"{family} [" in result.stdout
+        for name, doc in all_registries()[family].describe():
+            assert f"  {name}" in result.stdout and doc in result.stdout
 
 
 LIBRARY_NOTICES = """

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from slim.harness.compression.expert_reducers import reducers
-from slim.harness.compression.recipe import configured_reducer
+from slim.harness.compression.recipe import configured
 from slim.harness.config.load import load_config, to_yaml
 from slim.harness.config.schema import ExpertTarget, SlimConfig
 from slim.harness.config.sections import _extend, root_schema
@@ -84,7 +84,7 @@ def test_a_resolved_config_pickles_into_a_spawned_process():
 
 def test_reducer_options_bind_by_name_and_an_undeclared_one_is_refused(monkeypatch):
     cfg = load_config(["compress.experts.reducer=partial_preserve", "compress.experts.intact_ratio=0.25"])
-    bound = configured_reducer(cfg.compress)
+    bound = configured(cfg.compress, "reducer")
     assert bound.keywords == {"base_choice": "next_important", "intact_ratio": 0.25}
 
     def needs_option(importance, similarity, num_keep, *, temperature: float = 1.0):
@@ -94,7 +94,7 @@ def test_reducer_options_bind_by_name_and_an_undeclared_one_is_refused(monkeypat
     cfg.compress.experts.reducer = "needs_option"
     with pytest.raises(UserError, match="compress.experts.reducer: 'needs_option' takes options that no config "
                                         "declares: temperature"):
-        configured_reducer(cfg.compress)
+        configured(cfg.compress, "reducer")
 
 
 def test_the_engine_names_no_adaptation():

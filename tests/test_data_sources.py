@@ -93,7 +93,7 @@ def test_kjv_source_keeps_the_chapter_position_split():
 def test_sources_are_listed_by_slim_methods():
     """The registry holds every source with a one-line doc, and `slim methods` lists them."""
     assert sources.keys() == ["hf_disk", "jsonl", "kjv", "parquet", "text"]
-    assert "data source:" in format_catalog() and "  jsonl " in format_catalog()
+    assert "data source [slim.data_sources]: " in format_catalog() and "jsonl" in format_catalog()
 
 
 def _refused(cfg, match: str, output: Path) -> None:
@@ -150,8 +150,15 @@ def test_a_split_without_documents_is_refused(tmp_path):
              r"^data.path: the (validation|calibration) split got none of the 3 documents", tmp_path / "out")
 
 
+def test_an_unknown_source_is_refused_when_the_config_loads(tmp_path):
+    """The source key is checked against the registry at load, before any file is read or written."""
+    path = write_text_dir(TEXTS[:4], tmp_path / "texts")
+    with pytest.raises(UserError, match=r"^data.source: unknown data source 'csv'; valid: .*jsonl"):
+        prepare_config("text", path, tmp_path / "out", "data.source=csv")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("override", "match"), [
-    ("data.source=csv", r"^data.source: unknown data source 'csv'"),
     ("data.text_documents=page", r"^data.text_documents: must be one of file, block"),
     ("data.heldout_every=2", r"^data.heldout_every: must be an integer >= 3"),
     ("data.num_proc=0", r"^data.num_proc: must be an integer >= 1"),

@@ -81,6 +81,18 @@ def test_nothing_at_the_root_shadows_an_installed_distribution():
     assert importable & installed == set()
 
 
+def test_the_metadata_python_sees_from_the_root_declares_pyproject_entry_points():
+    """The plug-in entry points Python finds from the root are pyproject.toml's: a stale `<project>.egg-info` at the
+    root (a metadata build with build isolation leaves one) or an install older than pyproject would hide methods."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    probe = ("import json; from importlib.metadata import distribution; "
+             "entries = distribution('slimqwen-harness').entry_points; "
+             "print(json.dumps(sorted([e.group, e.name, e.value] for e in entries if e.group.startswith('slim.'))))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == sorted([group, name, value] for group, items in declared.items()
+                                             for name, value in items.items()), "reinstall: make test does"
+
+
 def test_pyproject_lists_every_package_under_the_code_folders():
     """pyproject's explicit package list (the mapping needs one) names the four code folders and every folder below
     them that holds Python files (lm_eval_tasks/ holds the loader its task YAML names, without an `__init__.py`)."""
@@ -115,14 +127,13 @@ def test_transformers_imports_from_the_repository_root():
 @pytest.mark.parametrize("where", ["root", "elsewhere"])
 def test_installed_slim_command_lists_every_registry(where: str, tmp_path: Path):
     """The console script resolves `slim.*` from any directory; `slim methods` lists every registry."""
-    from slim.harness.methods_catalog import METHOD_PACKAGES, method_registries
+    from slim.harness.plugins import GROUPS
 
     done = subprocess.run([str(Path(sys.prefix) / "bin" / "slim"), "methods"],
                           cwd=REPO if where == "root" else tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    families = [registry.family for registry in method_registries()]
-    assert len(families) == len(METHOD_PACKAGES)
-    assert [family for family in families if f"{family}:" not in done.stdout] == []
+    assert len(GROUPS) == 16
+    assert [group for group, family in GROUPS.items() if f"{family} [{group}]: " not in done.stdout] == []
 
 
 def test_python_path_imports_slim_from_the_given_tree(tmp_path: Path):

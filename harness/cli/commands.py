@@ -137,11 +137,17 @@ def show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def methods_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--docs", action="store_true",
+                        help="also each entry's one-line doc (imports the methods: seconds, not milliseconds)")
+
+
 def methods(args: argparse.Namespace) -> int:
-    """List every registered method (criteria, similarities, reducers, depth/width selectors, families)."""
+    """List every installed method key by family (criteria, similarities, reducers, selectors, losses, families,
+    ...): the built-in ones and those of installed plug-in packages."""
     from slim.harness.methods_catalog import format_catalog
 
-    print(format_catalog())
+    print(format_catalog(docs=args.docs))
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from slim.harness.cli import commands
 from slim.harness.errors import UserError
+from slim.harness.plugins import load_plugins
 from slim.harness.verbosity import configure_output
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -39,6 +40,7 @@ EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "grid": commands.grid_run_arguments,
     "report": commands.report_arguments,
     "search": commands.search_arguments,
+    "methods": commands.methods_arguments,
 }
 
 
@@ -54,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
         # `slim run --verbose ...` as well as `slim --verbose run ...`
         cmd.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
-        if name in TAKES_NO_CONFIG:
-            continue
         if name in EXTRA_ARGUMENTS:
             EXTRA_ARGUMENTS[name](cmd)
+        if name in TAKES_NO_CONFIG:
+            continue
         cmd.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                          help="recipe.yaml files and config overrides, e.g. train.max_steps=100")
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_output(args.verbose)  # before the subcommand imports any library
     try:
+        if args.command not in TAKES_NO_CONFIG:
+            load_plugins()  # every installed plug-in, so a broken one is named before any work
         return SUBCOMMANDS[args.command](args)
     except UserError as err:
         print(f"slim {args.command}: error: {err}", file=sys.stderr)

@@ -24,13 +24,11 @@ from slim.harness.calibration.stats import CalibrationStats
 from slim.harness.compression.budget import allocate_experts, uniform_budget
 from slim.harness.compression.depth import check_keeps_attention
 from slim.harness.compression.depth_selectors import depth_selectors
-from slim.harness.compression.expert_criteria import criteria
-from slim.harness.compression.expert_similarities import similarities
 from slim.harness.compression.lineage import LINEAGE_KEY, REPORT_NAME, Lineage, compose, identity_lineage, read_lineage
 from slim.harness.compression.method_support import SCORES_HOOK
 from slim.harness.compression.mtp import reduce_mtp_experts
 from slim.harness.compression.plan import ExpertPlan
-from slim.harness.compression.recipe import configured_reducer, student_top_k, validate_recipe
+from slim.harness.compression.recipe import configured, student_top_k, validate_recipe
 from slim.harness.compression.surgery import drop_layers, reduce_experts, shrink_hidden
 from slim.harness.compression.width import sync_width_attributes
 from slim.harness.compression.width_selectors import width_selectors
@@ -75,9 +73,7 @@ def plan_experts(recipe: CompressConfig, stats: CalibrationStats, model_view: Mo
     if not recipe.experts.num_experts:
         return {}, {}
     moe = {layer.index: layer.moe for layer in model_view.moe_layers() if layer.index in kept_layers}
-    criterion = criteria.get(recipe.experts.criterion)
-    similarity = similarities.get(recipe.experts.similarity)
-    reducer = configured_reducer(recipe)
+    criterion, similarity, reducer = (configured(recipe, kind) for kind in ("criterion", "similarity", "reducer"))
     importance = {index: criterion(stats.moe.get(index), block) for index, block in moe.items()}
     counts = expert_counts(recipe, importance, exempt_layers(sorted(moe), recipe), top_k)
     plans = {

@@ -9,4 +9,4 @@ from slim.harness.registry import Registry
 
 DepthSelector = Callable[[CalibrationStats | None, int, int], list[int]]
 
-depth_selectors: Registry[DepthSelector] = Registry("depth selector", package="slim.methods.depth")
+depth_selectors: Registry[DepthSelector] = Registry.of_group("slim.depth_selectors")

@@ -15,4 +15,4 @@ from slim.harness.registry import Registry
 
 Criterion = Callable[[MoELayerStats | None, Any], torch.Tensor]
 
-criteria: Registry[Criterion] = Registry("expert criterion", package="slim.methods.criteria")
+criteria: Registry[Criterion] = Registry.of_group("slim.expert_criteria")

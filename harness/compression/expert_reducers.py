@@ -13,4 +13,4 @@ from slim.harness.registry import Registry
 
 Reducer = Callable[..., ExpertPlan]
 
-reducers: Registry[Reducer] = Registry("expert reducer", package="slim.methods.reducers")
+reducers: Registry[Reducer] = Registry.of_group("slim.expert_reducers")

@@ -15,4 +15,4 @@ from slim.harness.registry import Registry
 
 Similarity = Callable[[MoELayerStats | None, Any], torch.Tensor]
 
-similarities: Registry[Similarity] = Registry("expert similarity", package="slim.methods.similarity")
+similarities: Registry[Similarity] = Registry.of_group("slim.expert_similarities")

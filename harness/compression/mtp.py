@@ -12,7 +12,7 @@ from slim.harness.compression.expert_criteria import criteria
 from slim.harness.compression.expert_similarities import similarities
 from slim.harness.compression.experts import set_experts
 from slim.harness.compression.plan import apply_plan
-from slim.harness.compression.recipe import configured_reducer
+from slim.harness.compression.recipe import configured
 from slim.harness.config.schema import CompressConfig
 from slim.harness.models.mtp import MTPModule
 from slim.harness.models.view import moe_view
@@ -20,7 +20,7 @@ from slim.harness.models.view import moe_view
 
 def reduce_mtp_experts(mtp: MTPModule, recipe: CompressConfig, num_experts: int, top_k: int) -> None:
     """Give every MTP depth's MoE block `num_experts` experts (stats-free plan) and the student's top-k."""
-    reducer = configured_reducer(recipe)
+    reducer = configured(recipe, "reducer")
     for layer in mtp.layers:
         moe = moe_view(layer.block.mlp)
         if num_experts < moe.num_experts:

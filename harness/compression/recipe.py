@@ -11,49 +11,51 @@ from collections.abc import Callable
 
 from transformers import PretrainedConfig
 
+from slim.harness.compression.depth_selectors import depth_selectors
+from slim.harness.compression.expert_criteria import criteria
+from slim.harness.compression.expert_reducers import reducers
+from slim.harness.compression.expert_similarities import similarities
 from slim.harness.compression.width import hidden_dims
+from slim.harness.compression.width_selectors import width_selectors
 from slim.harness.config.schema import CompressConfig
 from slim.harness.errors import UserError
-from slim.harness.methods_catalog import method_registries
 
 BUDGETS = ("uniform", "global")
 
 
-def _registry(family: str):
-    return next(registry for registry in method_registries() if registry.family == family)
+# compress.experts keys naming a method whose keyword-only parameters are options -> the registry it is looked up in
+EXPERT_METHODS = {"reducer": reducers, "criterion": criteria, "similarity": similarities}
 
 
 def validate_method_keys(recipe: CompressConfig) -> None:
-    """Unknown method names fail with the list of registered ones."""
-    _registry("depth selector").validate(recipe.depth.selector, "compress.depth.selector")
-    _registry("width selector").validate(recipe.width.selector, "compress.width.selector")
-    _registry("expert reducer").validate(recipe.experts.reducer, "compress.experts.reducer")
-    _registry("expert criterion").validate(recipe.experts.criterion, "compress.experts.criterion")
-    _registry("expert similarity").validate(recipe.experts.similarity, "compress.experts.similarity")
+    """Unknown method names fail with the list of registered ones; so does an option no config declares."""
+    depth_selectors.validate(recipe.depth.selector, "compress.depth.selector")
+    width_selectors.validate(recipe.width.selector, "compress.width.selector")
     if recipe.experts.budget not in BUDGETS:
         raise UserError(f"compress.experts.budget: unknown budget {recipe.experts.budget!r}; "
                         f"valid: {', '.join(BUDGETS)}")
-    reducer_options(recipe)
+    for kind in EXPERT_METHODS:
+        configured(recipe, kind)
 
 
-def reducer_options(recipe: CompressConfig) -> dict[str, object]:
-    """The reducer's options: each keyword-only parameter (e.g. partial_preserve's `base_choice`) takes the
-    `compress.experts` key of the same name, which the reducer's file declares (harness/config/sections.py); a
-    parameter no config declares is refused."""
-    reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
-    options = [parameter.name for parameter in inspect.signature(reducer).parameters.values()
+def method_options(method: Callable, field: str, node: object) -> dict[str, object]:
+    """A method's options: each keyword-only parameter (e.g. partial_preserve's `base_choice`) takes the key of the
+    same name on `node` (compress.experts), which the method's plug-in declares (harness/config/sections.py); a
+    parameter no config declares is refused, naming the method's field."""
+    options = [parameter.name for parameter in inspect.signature(method).parameters.values()
                if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
-    missing = [name for name in options if not hasattr(recipe.experts, name)]
+    missing = [name for name in options if not hasattr(node, name)]
     if missing:
-        raise UserError(f"compress.experts.reducer: {recipe.experts.reducer!r} takes options that no config "
+        raise UserError(f"{field}: {getattr(node, field.rsplit('.', 1)[1])!r} takes options that no config "
                         f"declares: {', '.join(missing)} (declare them with @config_options('compress.experts'))")
-    return {name: getattr(recipe.experts, name) for name in options}
+    return {name: getattr(node, name) for name in options}
 
 
-def configured_reducer(recipe: CompressConfig) -> Callable:
-    """The recipe's reducer with its options bound."""
-    reducer = _registry("expert reducer").get(recipe.experts.reducer, "compress.experts.reducer")
-    return functools.partial(reducer, **reducer_options(recipe))
+def configured(recipe: CompressConfig, kind: str) -> Callable:
+    """The recipe's expert `kind` method (reducer, criterion or similarity) with its options bound."""
+    field = f"compress.experts.{kind}"
+    method = EXPERT_METHODS[kind].get(getattr(recipe.experts, kind), field)
+    return functools.partial(method, **method_options(method, field, recipe.experts))
 
 
 def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:

@@ -9,4 +9,4 @@ from slim.harness.registry import Registry
 
 WidthSelector = Callable[[CalibrationStats, int, int], list[int]]
 
-width_selectors: Registry[WidthSelector] = Registry("width selector", package="slim.methods.width")
+width_selectors: Registry[WidthSelector] = Registry.of_group("slim.width_selectors")

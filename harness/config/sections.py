@@ -5,24 +5,24 @@ own file and decorates it with `@config_options("<path>")`:
 - at a path the core schema has (e.g. `compress.experts`), its fields join that node, so
   `compress.experts.intact_ratio` keeps reading as one recipe key;
 - at a new path (e.g. an adaptation's own section), it becomes that node.
-`root_schema()` finds the declarations by reading the plug-in packages' sources (no import of modules that declare
-none), imports the declaring modules and builds the extended SlimConfig that `load_config` resolves. A declared
-class may define `validate(self)`, called on the resolved node at load (one-line UserError naming the key).
+Each declared class is also an entry of the entry-point group `slim.options` (slim.harness.plugins), as every
+plug-in package declares it: `root_schema()` loads those entries and builds the extended SlimConfig that
+`load_config` resolves, in every process alike (a spawned worker unpickling a config rebuilds the same
+schema). A declared class may define `validate(self)`, called on the resolved node at load (one-line UserError
+naming the key).
 Generated classes live in this module by name, so resolved configs pickle into spawned grid and search workers.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import Field, dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, get_type_hints
 
 from slim.harness.config.schema import SlimConfig
-from slim.harness.registry import package_folder
+from slim.harness.errors import UserError
+from slim.harness.plugins import OPTIONS_GROUP, describe_entry, entries, load_entry
 
-PLUGIN_PACKAGES = ("slim.methods", "slim.kernels")  # whose modules may declare options
-DECORATOR = "config_options("
 GENERATED_PREFIX = f"Resolved{SlimConfig.__name__}"
 
 _declared: list[tuple[str, type]] = []
@@ -41,18 +41,6 @@ def config_options(path: str):
         return options
 
     return decorator
-
-
-def _declaring_modules() -> list[str]:
-    """Modules under PLUGIN_PACKAGES whose source uses the decorator, found without importing the others."""
-    modules = []
-    for package in PLUGIN_PACKAGES:
-        root = package_folder(package)
-        for path in sorted(root.rglob("*.py")):
-            if "@" + DECORATOR in path.read_text():
-                parts = path.relative_to(root).with_suffix("").parts
-                modules.append(".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts))))
-    return modules
 
 
 @dataclass
@@ -100,8 +88,11 @@ def _publish(cls: type) -> None:
 @functools.cache
 def root_schema() -> type[SlimConfig]:
     """SlimConfig with every plug-in's declared options."""
-    for module in _declaring_modules():
-        importlib.import_module(module)
+    for entry in entries(OPTIONS_GROUP):
+        options = load_entry(entry, OPTIONS_GROUP)
+        if not any(declared is options for _, declared in _declared):
+            raise UserError(f"plug-in {describe_entry(entry)} in {OPTIONS_GROUP}: {entry.value} is not a class "
+                            f"decorated with @config_options(<path>)")
     sections = [(tuple(path.split(".")), options) for path, options in _declared]
     schema = _extend(SlimConfig, sections, ())
     _publish(schema)

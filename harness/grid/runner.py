@@ -32,6 +32,7 @@ from slim.harness.grid.calibration import with_shared_stats
 from slim.harness.grid.expand import Cell
 from slim.harness.grid.kinds import CellKind, cell_kinds
 from slim.harness.grid.store import ResultsStore
+from slim.harness.plugins import load_plugins
 from slim.harness.provenance import software
 from slim.harness.verbosity import configure_output, redirect_output
 
@@ -65,6 +66,7 @@ def execute_cell(store_path: str, cell: Cell, kind: CellKind) -> str:
     """Run one cell and record it; returns its final status. `kind` travels with the call so jobs in other
     processes need no registry lookup (a kind registered outside harness/grid/cells works too)."""
     configure_output()  # a worker or submitit job keeps the grid command's --verbose choice
+    load_plugins()  # the installed plug-ins, as in the grid command's process
     if rank() != 0:  # a cell of a multi-task job: every task runs it, rank 0 alone records it
         kind.execute(_cell_config(store_path, cell, kind))
         return "done"

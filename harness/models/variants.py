@@ -30,4 +30,4 @@ class ModelVariant:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-model_variants: Registry[ModelVariant] = Registry("model variant", package="slim.methods.variants")
+model_variants: Registry[ModelVariant] = Registry.of_group("slim.model_variants")

@@ -28,6 +28,7 @@ from slim.harness.config.schema import SlimConfig
 from slim.harness.errors import UserError
 from slim.harness.grid.expand import format_override
 from slim.harness.pipeline import run_recipe
+from slim.harness.plugins import load_plugins
 from slim.harness.provenance import stamped
 from slim.harness.search.pruning import StepPruning
 from slim.harness.search.spec import PrunerSpec, SearchSpec, check_spec
@@ -85,6 +86,7 @@ def run_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective 
     """Run `n_trials` trials of the study (popping queued ones first, never queueing any); worker `index` samples
     with seed `spec.seed + index`."""
     configure_output()  # a spawned worker keeps the search command's --verbose choice
+    load_plugins()  # the installed plug-ins, as in the search command's process
     study = optuna.load_study(study_name=spec.name, storage=open_storage(spec), pruner=build_pruner(spec.pruner),
                               sampler=optuna.samplers.TPESampler(seed=spec.seed + index))
     # a trial whose sampled config is refused or diverges (NaN loss) fails; the search goes on

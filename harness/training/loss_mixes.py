@@ -59,4 +59,4 @@ class LossMix:
         return weights
 
 
-loss_mixes: Registry[LossMix] = Registry("loss mix", package="slim.methods.losses")
+loss_mixes: Registry[LossMix] = Registry.of_group("slim.loss_mixes")

@@ -12,7 +12,7 @@ from slim.harness.registry import Registry
 
 WeightSchedule = Callable[[float, float, float], float]
 
-weight_schedules: Registry[WeightSchedule] = Registry("weight schedule", package="slim.methods.schedules")
+weight_schedules: Registry[WeightSchedule] = Registry.of_group("slim.weight_schedules")
 
 
 def clamp_progress(progress: float) -> float:

@@ -16,8 +16,7 @@ from slim.harness.registry import Registry
 
 ExpertOutputs = Callable[..., torch.Tensor]
 
-expert_output_implementations: Registry[ExpertOutputs] = Registry("expert outputs kernel",
-                                                                 package="slim.kernels.grouped_experts")
+expert_output_implementations: Registry[ExpertOutputs] = Registry.of_group("slim.expert_output_kernels")
 
 from slim.kernels.grouped_experts.grouped import expert_outputs_grouped  # noqa: E402  (registers after the registry)
 from slim.kernels.grouped_experts.reference import expert_outputs_loop  # noqa: E402

@@ -19,7 +19,7 @@ from slim.harness.registry import Registry
 
 KDLoss = Callable[..., torch.Tensor]
 
-kd_implementations: Registry[KDLoss] = Registry("kd loss kernel", package="slim.kernels.kd_loss")
+kd_implementations: Registry[KDLoss] = Registry.of_group("slim.kd_kernels")
 
 from slim.kernels.kd_loss.chunked import kd_loss_chunked  # noqa: E402  (registers after the registry exists)
 from slim.kernels.kd_loss.reference import kd_loss_reference  # noqa: E402

@@ -25,7 +25,7 @@ from slim.harness.registry import Registry
 from slim.kernels.kd_loss import KDLoss
 from slim.kernels.kd_loss.reference import REDUCTIONS, reduce_per_token
 
-cached_kd_implementations: Registry[KDLoss] = Registry("cached-teacher kd loss kernel", package="slim.kernels.kd_loss")
+cached_kd_implementations: Registry[KDLoss] = Registry.of_group("slim.cached_kd_kernels")
 
 
 def check_cached_kd_inputs(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, teacher_ids: torch.Tensor,

@@ -37,7 +37,7 @@ from slim.kernels.kd_loss.reference import check_kd_inputs, kl_per_token, reduce
 # temperature, mask, reduction[, chunk_size]) -> (weighted total, values [2] = (L_LM, L_KD), detached).
 HeadLoss = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-head_implementations: Registry[HeadLoss] = Registry("head loss kernel", package="slim.kernels.kd_loss")
+head_implementations: Registry[HeadLoss] = Registry.of_group("slim.head_kernels")
 
 
 def check_head_inputs(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None,

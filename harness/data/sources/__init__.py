@@ -76,7 +76,7 @@ class Source:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-sources: Registry[Source] = Registry("data source", package="slim.harness.data.sources")
+sources: Registry[Source] = Registry.of_group("slim.data_sources")
 
 
 def get_source(cfg: DataConfig) -> Source:

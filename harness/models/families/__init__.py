@@ -42,7 +42,7 @@ class ModelFamily:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
-model_families: Registry[ModelFamily] = Registry("model family", package="slim.harness.models.families")
+model_families: Registry[ModelFamily] = Registry.of_group("slim.model_families")
 
 TRANSFORMERS_CACHE = "transformers"
 
