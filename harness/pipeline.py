@@ -32,7 +32,7 @@ from slim.harness.errors import UserError
 from slim.harness.models.io import read_model_config
 from slim.harness.outputs import check_output_dir, weights_bytes
 from slim.harness.progressive import StagePlan, plan_stages
-from slim.harness.provenance import stamped
+from slim.harness.provenance import stamped, unstamped
 from slim.harness.training.distill import distill, validate_distill_config
 from slim.harness.training.run import check_run_dir
 
@@ -60,7 +60,7 @@ def _finished(stage: StagePlan) -> dict | None:
     summary_file = Path(stage.run_dir) / "distill_summary.json"
     if not summary_file.is_file():
         return None
-    summary = json.loads(summary_file.read_text())
+    summary = unstamped(json.loads(summary_file.read_text()))
     return summary if summary["steps"] == stage.steps and (Path(stage.distilled) / "config.json").is_file() else None
 
 

@@ -67,6 +67,12 @@ def stamped(record: Mapping) -> dict:
     return {**record, "software": software()}
 
 
+def unstamped(record: Mapping) -> dict:
+    """A summary read back from disk without its "software" stamp, as the run that wrote it returned it (a reused
+    stage's record then equals the one a fresh run returns; the stamp is on the enclosing summary)."""
+    return {key: value for key, value in record.items() if key != "software"}
+
+
 def mixed_software_note(records: Iterable[Mapping[str, str | None] | None], what: str) -> str | None:
     """One line naming each recorded package whose version differs between `records` (one per result; None for a
     result made before versions were recorded), with how many results had each version; None when all agree."""

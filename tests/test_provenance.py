@@ -20,6 +20,7 @@ from slim.harness.provenance import (
     mixed_software_note,
     software,
     stamped,
+    unstamped,
 )
 from tests.grid_echo import write_spec
 
@@ -29,6 +30,7 @@ def test_software_names_python_the_recorded_libraries_and_the_lock():
     assert list(record) == ["python", *RECORDED_DISTRIBUTIONS, "lock"]
     assert record["torch"] == torch.__version__ and record["transformers"] == metadata.version("transformers")
     assert stamped({"steps": 3}) == {"steps": 3, "software": record}
+    assert unstamped(stamped({"steps": 3})) == {"steps": 3}  # a reused stage's record, as a fresh run returns it
 
 
 def test_lock_digest_is_the_installed_lock_and_says_when_the_environment_left_it(tmp_path: Path):
