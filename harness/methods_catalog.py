@@ -8,27 +8,22 @@ missing) is listed as unavailable.
 
 from __future__ import annotations
 
-from slim.harness.plugins import GROUPS, entries, load_entry
+from slim.harness.plugins import GROUPS, entries, load_plugins
 from slim.harness.registry import all_registries
-
-
-def _described(group: str, family: str) -> dict[str, str]:
-    """{name: first doc line} of the group's entries, imported."""
-    for entry in entries(group):
-        load_entry(entry, group)
-    registry = all_registries().get(family)
-    return dict(registry.describe()) if registry is not None else {}
 
 
 def format_catalog(docs: bool = False) -> str:
     """One line per family (`family [group]: name, name`), or with `docs` a header and `  name  doc` per entry."""
+    if docs:
+        load_plugins()  # every entry imported, so each family's registry holds what it registered
     lines = []
     for group, family in GROUPS.items():
         names = [entry.name for entry in entries(group)]
         if not docs:
             lines.append(f"{family} [{group}]: {', '.join(names)}")
             continue
-        described = _described(group, family)
+        registry = all_registries().get(family)
+        described = dict(registry.describe()) if registry is not None else {}
         lines.append(f"{family} [{group}]:")
         width = max(map(len, names), default=0)
         lines += [f"  {name:<{width}}  {described.get(name, '(unavailable here: its module registered nothing)')}"

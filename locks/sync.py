@@ -17,8 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lock import PROJECT  # locks/lock.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = "slimqwen-harness"
 INSTALLED_LOCK = "slim-lock.txt"
 
 
