@@ -37,6 +37,7 @@ def test_every_subcommand_has_help(name: str):
         (["config", "model=nope"], "unknown preset 'nope'"),
         (["pretrain", "data.path=/nonexistent.txt", "run_dir=/tmp/slim-cli-test"], "data.path"),
         (["config", "--config", "/nonexistent.yaml"], "file not found"),
+        (["adapt", "zeds", "run_dir=/tmp/slim-cli-test"], "unknown MoE adaptation 'zeds' (did you mean 'zeda'?)"),
         (["pretrain", "model=tiny", "train.max_steps=20", "run_dir=/tmp/slim-cli-test"],
          "train.warmup_steps (30) must be < train.max_steps (20); a short run needs a shorter warmup too, e.g. "
          "train.warmup_steps=2"),

@@ -169,3 +169,28 @@ def test_missing_teacher_directory(tmp_path, teacher):
     """A teacher path without config.json is one clear line."""
     with pytest.raises(UserError, match="compress.teacher: no Hugging Face model directory"):
         compress(recipe(teacher, tmp_path, f"compress.teacher={tmp_path / 'nope'}"))
+
+
+def test_cut_is_surgery_in_memory_and_matches_compress(teacher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The cut half alone, on a teacher and statistics already in memory, writes no file and gives the report
+    compress() wrote (the split into statistics and cut changes nothing)."""
+    from slim.harness.calibration.io import load_stats
+    from slim.harness.compression.compress import source_lineage
+    from slim.harness.compression.cut import cut
+    from slim.harness.models.mtp_io import find_mtp
+    from slim.harness.models.view import view
+
+    cfg = recipe(teacher, tmp_path, "compress.experts.num_experts=4", "compress.depth.num_drop=1",
+                 "compress.width.hidden_size=48")
+    compress(cfg)
+    written = json.loads((tmp_path / "student" / REPORT_NAME).read_text())
+    model, _ = load_pretrained(teacher[0])
+    stats, source, mtp = load_stats(teacher[1]), source_lineage(cfg.compress, view(model)), find_mtp(model, teacher[0])
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    files_before = sorted(tmp_path.rglob("*"))
+    result = cut(cfg.compress, model.config, model, stats, source, mtp)
+    assert sorted(tmp_path.rglob("*")) == files_before
+    assert json.loads(json.dumps(result.report)) == written
+    assert result.mtp is mtp and model.config.hidden_size == 48

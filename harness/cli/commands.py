@@ -65,7 +65,7 @@ def compress(args: argparse.Namespace) -> int:
     """Compress the teacher by a recipe (`slim compress recipe.yaml`); writes a student HF dir, its report and the
     compression figures (PNG + PDF) beside it."""
     from slim.harness.compression.compress import compress as run_compress
-    from slim.harness.compression.compress import write_figures
+    from slim.harness.compression.figures import write_figures
     from slim.harness.distributed import rank
     from slim.harness.models.params import format_count
 
@@ -161,14 +161,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def zeda(args: argparse.Namespace) -> int:
-    """ZEDA: inject zero experts into zeda.teacher, adapt routers then the whole model by self-distillation;
-    writes zeda.output and <run_dir>/zeda_summary.json (val perplexity, expert FLOPs skipped)."""
+def adapt(args: argparse.Namespace) -> int:
+    """Run an MoE adaptation by name (`slim adapt zeda zeda.teacher=... run_dir=...`; `slim methods` lists them):
+    it turns the model into another kind of MoE and trains it there; prints the adapted model and its metrics."""
     from slim.harness.adaptations import adaptations
 
-    summary = adaptations.get("zeda").run(_config(args))
-    print(json.dumps({key: value for key, value in summary.items() if key != "stages"}, indent=2))
+    adaptation = adaptations.get(args.adaptation)
+    summary = adaptation.run(_config(args))
+    _say(json.dumps({key: summary[key] for key in ("output_dir", *adaptation.metrics) if key in summary}, indent=2))
     return 0
+
+
+def adapt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adaptation", metavar="NAME", help="the adaptation to run, e.g. zeda (see `slim methods`)")
 
 
 def grid_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": commands.calibrate,
     "compress": commands.compress,
     "run": commands.run,
-    "zeda": commands.zeda,
+    "adapt": commands.adapt,
     "distill": commands.distill,
     "cache-teacher": commands.cache_teacher,
     "eval": commands.evaluate,
@@ -37,6 +37,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 TAKES_NO_CONFIG = {"methods"}
 # Arguments a subcommand takes before its recipe files and overrides.
 EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "adapt": commands.adapt_arguments,
     "grid": commands.grid_run_arguments,
     "report": commands.report_arguments,
     "search": commands.search_arguments,

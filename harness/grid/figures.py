@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slim.harness.compression.compress import write_figures
+from slim.harness.compression.figures import write_figures
 from slim.harness.compression.lineage import REPORT_NAME
 
 FORMATS = ("png", "pdf")

@@ -6,5 +6,5 @@
 - `module`: the distillation module of one stage (routers only, or everything) with that loss and FLOPs logging.
 - `stages`: the two-stage self-distillation from the frozen original model, and the run summary.
 - `options`: the `zeda.*` config keys, joined into the schema at load (harness/config/sections.py).
-Registered as the MoE adaptation `zeda` (methods/adaptations) and run by `slim zeda`.
+Registered as the MoE adaptation `zeda` (methods/adaptations) and run by `slim adapt zeda`.
 """

@@ -10,8 +10,9 @@ from slim.harness.config.sections import config_options
 @config_options("zeda")
 @dataclass
 class ZedaConfig:
-    """`slim zeda` (methods/zeda, arXiv 2605.18643): inject zero-output experts into the original MoE, then two-stage
-    self-distillation from it (stage 1: routers only, stage 2: everything) with a group-level balancing loss."""
+    """`slim adapt zeda` (methods/zeda, arXiv 2605.18643): inject zero-output experts into the original MoE, then
+    two-stage self-distillation from it (stage 1: routers only, stage 2: everything) with a group-level balancing
+    loss."""
 
     teacher: str = "assets/tiny-teacher"  # the original static MoE: source of the student and its frozen KD teacher
     # the adapted HF directory; "" = <run_dir>/model (reload with slim.harness.models.io.load_pretrained)

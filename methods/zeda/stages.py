@@ -1,4 +1,4 @@
-"""`slim zeda`: inject zero experts into the original MoE, then two-stage self-distillation from it.
+"""`slim adapt zeda`: inject zero experts into the original MoE, then two-stage self-distillation from it.
 
 The stage split is ours (the paper names two stages, not their lengths): the first
 round(zeda.router_share × train.max_steps) steps train only the routers with the backbone frozen (default 30%),
@@ -75,7 +75,7 @@ def validate_zeda(cfg: SlimConfig) -> None:
     if not 0 <= zeda.router_share <= 1:
         raise UserError(f"zeda.router_share: must be in [0, 1], got {zeda.router_share}")
     if cfg.distill.router_kd_weight:
-        raise UserError(f"distill.router_kd_weight: must be 0 under slim zeda (the student's routers have "
+        raise UserError(f"distill.router_kd_weight: must be 0 under slim adapt zeda (the student's routers have "
                         f"{zeda.num_zero_experts} more columns than the teacher's), got {cfg.distill.router_kd_weight}")
     validate_distill_config(_distill_view(cfg))
 
