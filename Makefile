@@ -13,7 +13,7 @@ LOCK_VENV ?= .venv-lock
 # The default suite: the slow end-to-end set runs in `make test` and CI, not in the lanes.
 LANE_PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test lock test-latest test-oldest
+.PHONY: demo test test-unit lock test-latest test-oldest
 
 $(DEMO_VENV)/.installed: pyproject.toml locks/demo.txt locks/sync.py
 	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
@@ -42,6 +42,10 @@ endef
 test: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check .
 	$(call run_pytest,$(TEST_VENV),$(PYTEST_ARGS))
+
+# The unit tests alone (no command, worker process or whole pipeline; no README or results check): a quick loop.
+test-unit: $(TEST_VENV)/.installed
+	$(call run_pytest,$(TEST_VENV),-m "not e2e and not docs and not slow" $(PYTEST_ARGS))
 
 # Re-resolve locks/*.txt with a throwaway venv's newest pip (through the machine's pip configuration).
 lock:

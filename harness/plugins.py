@@ -37,6 +37,8 @@ GROUPS = {
     "slim.cached_kd_kernels": "cached-teacher kd loss kernel",
     "slim.head_kernels": "head loss kernel",
     "slim.expert_output_kernels": "expert outputs kernel",
+    "slim.cell_kinds": "grid cell kind",
+    "slim.inference_backends": "inference backend",
 }
 OPTIONS_GROUP = "slim.options"
 

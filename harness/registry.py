@@ -1,15 +1,14 @@
 """One registry type for every pluggable family (criteria, reducers, loss mixes, model families, ...).
 
-Entries register themselves with a decorator in their own module; a plug-in registry finds those modules through
-its entry-point group (slim.harness.plugins), an engine-internal one by walking its package. The registry rejects
+Entries register themselves with a decorator in their own module; a registry finds those modules through its
+entry-point group (slim.harness.plugins), the one discovery mechanism for built-in and third-party entries alike,
+or holds only what code registers into it directly (no group). The registry rejects
 duplicates, suggests the closest key on a typo and lists entries with their one-line docs.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -23,17 +22,15 @@ _ALL_REGISTRIES: dict[str, "Registry"] = {}
 class Registry(Generic[T]):
     """Name -> implementation map for one method family."""
 
-    def __init__(self, family: str, package: str | None = None, group: str | None = None) -> None:
-        """On first lookup the modules of entry-point `group`, or every module of `package`, are imported, so
-        entries self-register."""
+    def __init__(self, family: str, group: str | None = None) -> None:
+        """On first lookup the modules of entry-point `group` are imported, so entries self-register."""
         if family in _ALL_REGISTRIES:
             raise ValueError(f"registry family {family!r} already exists")
         self.family = family
-        self.package = package
         self.group = group
         self._entries: dict[str, T] = {}
         self._unavailable: dict[str, str] = {}  # declared entries whose module registered nothing here
-        self._loaded = package is None and group is None
+        self._loaded = group is None
         _ALL_REGISTRIES[family] = self
 
     @classmethod
@@ -58,17 +55,12 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        if self.group is not None:
-            from slim.harness.plugins import describe_entry, entries, load_entry
+        from slim.harness.plugins import describe_entry, entries, load_entry
 
-            for entry in entries(self.group):
-                load_entry(entry, self.group)
-                if entry.name not in self._entries:  # e.g. a kernel whose optional dependency is missing
-                    self._unavailable[entry.name] = describe_entry(entry)
-            return
-        package = importlib.import_module(self.package)
-        for module in pkgutil.walk_packages(package.__path__, prefix=f"{self.package}."):
-            importlib.import_module(module.name)
+        for entry in entries(self.group):
+            load_entry(entry, self.group)
+            if entry.name not in self._entries:  # e.g. a kernel whose optional dependency is missing
+                self._unavailable[entry.name] = describe_entry(entry)
 
     def keys(self) -> list[str]:
         self._load()

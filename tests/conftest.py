@@ -15,6 +15,9 @@ from slim.harness.config.schema import SlimConfig
 # threads wait on each other and tiny models run ~100x slower; alone, one thread costs little.
 torch.set_num_threads(1)
 
+# Fixtures several modules share live in tests/fixtures/, registered here: no test imports another test file.
+pytest_plugins = ["tests.fixtures.compress_teacher", "tests.fixtures.distill_pair"]
+
 TINY_OVERRIDES = [
     "model=tiny",
     # tests keep the 4-layer shape (3 Gated DeltaNet + 1 attention, hidden 128): half the cost of the 8-layer teacher

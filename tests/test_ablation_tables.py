@@ -10,7 +10,8 @@ import pytest
 
 from slim.harness.grid import prepare_grid, run_grid
 from slim.harness.grid.report import write_grid_report
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+pytestmark = pytest.mark.e2e
 
 BUDGET = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2",
           "train.val_batches=1", "eval.device=cpu", "eval.limit=4", "eval.batch_size=4", "eval.perplexity_batches=1",
@@ -21,7 +22,7 @@ SLIMQWEN_SHAPE = ["compress.depth.num_drop=1", "compress.width.hidden_size=48", 
                   "compress.experts.top_k=2"]
 
 
-def run_table(name: str, teacher, tmp_path: Path, *overrides: str) -> tuple[list[dict], str]:  # noqa: F811
+def run_table(name: str, teacher, tmp_path: Path, *overrides: str) -> tuple[list[dict], str]:
     """The table's cells run in `tmp_path`; returns their rows and the rendered LaTeX table."""
     teacher_dir, _, base = teacher
     grid = prepare_grid(f"ablations/{name}.yaml", overrides=[*base, *BUDGET, f"compress.teacher={teacher_dir}",
@@ -32,7 +33,7 @@ def run_table(name: str, teacher, tmp_path: Path, *overrides: str) -> tuple[list
 
 
 @pytest.mark.slow
-def test_table2_router_weights_one_shot_and_trained(teacher, tmp_path):  # noqa: F811
+def test_table2_router_weights_one_shot_and_trained(teacher, tmp_path):
     """Merging by router-weight similarity, one-shot (perplexity) and trained (with the KJV benchmarks)."""
     rows, tex = run_table("table2", teacher, tmp_path, 'axes.method="Merge (router weights)"',
                           "axes.compress.experts.criterion=freq")
@@ -43,7 +44,7 @@ def test_table2_router_weights_one_shot_and_trained(teacher, tmp_path):  # noqa:
     assert "Complete" in tex and "MMLU" not in tex  # the paper's benchmarks: not evaluated at this scale
 
 
-def test_table4_mtp_acceptance_acc_1_to_4(teacher, tmp_path):  # noqa: F811
+def test_table4_mtp_acceptance_acc_1_to_4(teacher, tmp_path):
     """MTP loss vs MTP KD, each with the acceptance of 1..4 drafts (non-increasing in k)."""
     rows, tex = run_table("table4", teacher, tmp_path, *SLIMQWEN_SHAPE)
     for row in rows:
@@ -53,7 +54,7 @@ def test_table4_mtp_acceptance_acc_1_to_4(teacher, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_table10_scratch_vs_pruned_more_benchmarks(teacher, tmp_path):  # noqa: F811
+def test_table10_scratch_vs_pruned_more_benchmarks(teacher, tmp_path):
     """Scratch vs pruned with kjv_complete read under its `strip` filter."""
     rows, tex = run_table("table10", teacher, tmp_path, *SLIMQWEN_SHAPE)
     assert [row["axes"]["init"] for row in rows] == ["Scratch", "Pruned"]
@@ -61,7 +62,7 @@ def test_table10_scratch_vs_pruned_more_benchmarks(teacher, tmp_path):  # noqa: 
     assert "Complete" in tex and "C-Eval" not in tex
 
 
-def test_table11_efficiency_two_seeds(teacher, tmp_path):  # noqa: F811
+def test_table11_efficiency_two_seeds(teacher, tmp_path):
     """Speed and memory vs the teacher for 2 seeds (mean ± std); vLLM is recorded as skipped where it cannot run."""
     from slim.harness.evaluation.backends import inference_backends
 

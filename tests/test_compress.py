@@ -14,42 +14,13 @@ from slim.harness.calibration.run import run_calibration
 from slim.harness.compression.compress import compress
 from slim.harness.compression.lineage import REPORT_NAME
 from slim.harness.config.load import load_config
-from slim.harness.data.packing import build_corpus_data
 from slim.harness.errors import UserError
 from slim.harness.models.build import build_model
-from slim.harness.models.io import load_pretrained, save_pretrained
-from slim.harness.models.mtp import build_mtp, run_mtp
-from slim.harness.models.mtp_io import load_mtp, save_mtp
+from slim.harness.models.io import load_pretrained
+from slim.harness.models.mtp import run_mtp
+from slim.harness.models.mtp_io import load_mtp
 from slim.harness.models.params import count_parameters
-from tests.conftest import TINY_OVERRIDES
-
-# two hybrid groups (attention at layers 1 and 3), so a 1-layer last_n cut keeps attention as the paper's cut does
-TEACHER_SHAPE = ["model.num_hidden_layers=4", "model.full_attention_interval=2", "model.hidden_size=64",
-                 "model.num_experts=8",
-                 "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",
-                 "model.shared_expert_intermediate_size=64"]
-CALIBRATION = ["calibration.num_samples=16", "calibration.batch_size=8", "calibration.probe_tokens=128"]
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, Path, list[str]]:
-    """A random-init tiny teacher with an MTP module, saved with the corpus tokenizer, plus its calibration stats."""
-    root = tmp_path_factory.mktemp("compress")
-    base = [*TINY_OVERRIDES, *TEACHER_SHAPE, *CALIBRATION, f"data.tokenizer={tokenizer_dir}"]
-    cfg = load_config(base)
-    tokenizer = build_corpus_data(cfg.data).tokenizer
-    model = build_model(cfg.model, seed=0)
-    mtp = build_mtp(model)
-    save_pretrained(model, root / "teacher", tokenizer=tokenizer, extras=lambda directory: save_mtp(mtp, directory))
-    stats_path = root / "stats.safetensors"
-    save_stats(run_calibration(model, cfg.data, cfg.calibration), stats_path)
-    return root / "teacher", stats_path, base
-
-
-def recipe(teacher, tmp_path: Path, *overrides: str):
-    teacher_dir, stats, base = teacher
-    return load_config([*base, f"compress.teacher={teacher_dir}", f"compress.stats={stats}",
-                        f"compress.output={tmp_path / 'student'}", *overrides])
+from tests.fixtures.compress_teacher import recipe
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:

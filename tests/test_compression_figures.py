@@ -14,7 +14,7 @@ from slim.harness.compression.lineage import REPORT_NAME
 from slim.harness.grid.figures import write_cell_figures
 from slim.reports.compression import DROPPED, KEPT, MERGED, depth_curves, expert_matrix, expert_status, width_importance
 from slim.reports.compression_figures import PLOTS, figure_names, merge_colors, row_normalized
-from tests.test_compress import recipe, teacher  # noqa: F401 - the module-scoped tiny teacher fixture
+from tests.fixtures.compress_teacher import recipe
 
 
 def hand_report() -> dict:
@@ -88,14 +88,14 @@ def test_width_cut_line_is_the_lowest_kept_importance():
     assert uncut.cut is None and all(uncut.kept)
 
 
-def slim_compress(teacher, tmp_path, *overrides: str) -> int:  # noqa: F811
+def slim_compress(teacher, tmp_path, *overrides: str) -> int:
     """`slim compress` in this process on the tiny teacher, writing tmp_path/student."""
     teacher_dir, stats, base = teacher
     return main(["compress", *base, f"compress.teacher={teacher_dir}", f"compress.stats={stats}",
                  f"compress.output={tmp_path / 'student'}", *overrides])
 
 
-def test_slim_compress_writes_the_figures_from_its_report(teacher, tmp_path):  # noqa: F811
+def test_slim_compress_writes_the_figures_from_its_report(teacher, tmp_path):
     """Depth, width and experts cut together: the report records the scores the figures plot, and the 4 figures
     are written beside it as valid PNG and PDF files."""
     assert slim_compress(teacher, tmp_path, "compress.depth.num_drop=1", "compress.depth.selector=block_influence",
@@ -122,7 +122,7 @@ def test_slim_compress_writes_the_figures_from_its_report(teacher, tmp_path):  #
         assert (student / f"{name}.pdf").read_bytes().startswith(b"%PDF-")
 
 
-def test_the_report_records_the_criterion_scores_the_plan_used(teacher, tmp_path):  # noqa: F811
+def test_the_report_records_the_criterion_scores_the_plan_used(teacher, tmp_path):
     """prune by freq keeps each layer's num_experts highest recorded scores, so the scores are the ones ranked."""
     report = compress(recipe(teacher, tmp_path, "compress.experts.num_experts=4", "compress.experts.criterion=freq"))
     for entry in report["experts"].values():
@@ -130,7 +130,7 @@ def test_the_report_records_the_criterion_scores_the_plan_used(teacher, tmp_path
         assert sorted(entry["kept_ids"]) == sorted(ranked[:4])
 
 
-def test_a_plotting_failure_keeps_the_student(teacher, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_a_plotting_failure_keeps_the_student(teacher, tmp_path, monkeypatch, caplog):
     """When plotting raises, the student and its report are written, `slim compress` succeeds and one warning line
     says why."""
     import slim.reports.compression_figures

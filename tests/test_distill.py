@@ -11,72 +11,29 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from slim.harness.compression.surgery import drop_layers
 from slim.harness.config.load import load_config
-from slim.harness.config.schema import SlimConfig
 from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.errors import UserError
 from slim.harness.models.build import build_model
-from slim.harness.models.io import load_pretrained, save_pretrained
-from slim.harness.models.mtp import build_mtp, run_mtp
-from slim.harness.models.mtp_io import MTP_SHARD, load_mtp, save_mtp
+from slim.harness.models.io import save_pretrained
+from slim.harness.models.mtp import run_mtp
+from slim.harness.models.mtp_io import MTP_SHARD
 from slim.harness.training.distill import distill
 from slim.harness.training.distill_module import DistillModule
 from slim.harness.training.loss_terms import kd_loss_from_logits, lm_loss, main_head_targets, mtp_kd_loss, mtp_lm_loss
 from slim.harness.training.nonfinite_guard import GoodCheckpoint, NonFiniteGuard, NonFiniteLossError
 from slim.harness.training.optim import configure_adamw
-from slim.harness.training.pretrain import pretrain
 from slim.harness.training.trainer import build_trainer
-from tests.conftest import TINY_OVERRIDES
-
-# hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, vocab 1024, sequences of 64.
-# One thread: on a shared 2-core machine two OpenMP threads wait on each other and run ~100x slower.
-TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",
-              "model.num_experts=8", "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",
-              "model.shared_expert_intermediate_size=64"]
-SHORT = ["train.batch_size=4", "train.warmup_steps=1", "train.val_every=2", "train.val_batches=2", "train.lr=3e-3",
-         "train.num_threads=1"]
-
-
-def _config(run_dir: Path, tokenizer_dir: Path, *overrides: str) -> SlimConfig:
-    return load_config([*TINY_OVERRIDES, f"data.tokenizer={tokenizer_dir}", f"run_dir={run_dir}", *overrides])
-
-
-@pytest.fixture(scope="session")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
-    """A teacher pretrained for 60 steps (so its distributions are far from uniform) with a saved MTP module."""
-    run_dir = tmp_path_factory.mktemp("teacher")
-    cfg = _config(run_dir, tokenizer_dir, *TINY_MODEL, "train.num_threads=1", "train.max_steps=60",
-                  "train.batch_size=8", "train.warmup_steps=5", "train.val_every=60", "train.val_batches=1")
-    model_dir = Path(pretrain(cfg).model_dir)
-    model, _ = load_pretrained(model_dir)
-    save_mtp(build_mtp(model), model_dir)
-    return model_dir
-
-
-@pytest.fixture(scope="session")
-def student_dir(tmp_path_factory: pytest.TempPathFactory, teacher_dir: Path) -> Path:
-    """The teacher with its last layer dropped (SlimQwen's last_n depth pruning), keeping the teacher's MTP."""
-    model, tokenizer = load_pretrained(teacher_dir)
-    mtp = load_mtp(model, teacher_dir)
-    drop_layers(model, [0])
-    return save_pretrained(model, tmp_path_factory.mktemp("student") / "student", tokenizer,
-                           extras=lambda directory: save_mtp(mtp, directory))
+from tests.fixtures.distill_pair import TWO_LAYER_MODEL, config_in, distill_config
 
 
 @pytest.fixture(scope="session")
 def val_batches(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Two validation batches of 4 sequences."""
-    data = CorpusDataModule(_config(tmp_path_factory.mktemp("data"), tokenizer_dir).data, batch_size=4)
+    data = CorpusDataModule(config_in(tmp_path_factory.mktemp("data"), tokenizer_dir).data, batch_size=4)
     data.setup()
     loader = iter(data.val_dataloader())
     return [next(loader), next(loader)]
-
-
-def _distill_config(tiny_config, teacher: Path, student: Path, *overrides: str) -> SlimConfig:
-    output = Path(tiny_config().run_dir).parent / "distilled"
-    return tiny_config(*SHORT, f"distill.teacher={teacher}", f"distill.student={student}", f"distill.output={output}",
-                       *overrides)
 
 
 def _module(teacher: Path, student: Path, **distill: object) -> DistillModule:
@@ -133,7 +90,7 @@ def test_hidden_state_terms_match_logit_references(teacher_dir, student_dir, val
 
 def test_full_mix_logs_every_term_finite(teacher_dir, student_dir, tiny_config):
     """Two steps of the full objective log all four terms, balance, λ, β, LR and throughput, all finite."""
-    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "train.max_steps=2")
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, "train.max_steps=2")
     trainer = build_trainer(cfg.train, cfg.run_dir)
     trainer.fit(DistillModule(cfg.distill, cfg.train), datamodule=CorpusDataModule(cfg.data, cfg.train.batch_size))
     names = [f"train/{name}" for name in ("loss", "lm", "kd", "mtp_lm", "mtp_kd", "balance", "lambda", "beta", "lr",
@@ -144,7 +101,7 @@ def test_full_mix_logs_every_term_finite(teacher_dir, student_dir, tiny_config):
 
 def test_distillation_lowers_validation_kd(teacher_dir, student_dir, val_batches, tiny_config):
     """Twelve KD steps bring the pruned student's validation KD below its starting value."""
-    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=12",
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=12",
                           "train.val_every=12")
     before = _mean_kd(teacher_dir, student_dir, val_batches)
     distill(cfg)
@@ -154,12 +111,12 @@ def test_distillation_lowers_validation_kd(teacher_dir, student_dir, val_batches
 
 def test_checkpoint_has_no_teacher_and_resume_continues(teacher_dir, student_dir, tiny_config):
     """last.ckpt holds only student weights; a larger budget resumes at its step instead of restarting."""
-    first = distill(_distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2"))
+    first = distill(distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2"))
     last = Path(tiny_config().run_dir) / "checkpoints/last.ckpt"
     checkpoint = torch.load(last, weights_only=False)
     assert checkpoint["global_step"] == 2
     assert {key.split(".")[0] for key in checkpoint["state_dict"]} == {"student", "student_mtp"}
-    resumed = distill(_distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4"))
+    resumed = distill(distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4"))
     assert (first.steps, resumed.steps) == (2, 4)
     second_run = (Path(tiny_config().run_dir) / "metrics/version_1/metrics.csv").read_text().splitlines()
     steps = [int(row.split(",")[second_run[0].split(",").index("step")]) for row in second_run[1:]]
@@ -183,7 +140,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, stude
             module.student.get_output_embeddings().weight.data[0] = float("inf")
 
     monkeypatch.setattr(DistillModule, "on_train_batch_start", poison)
-    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=6")
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=6")
     last = Path(cfg.run_dir) / "checkpoints/last.ckpt"
     with pytest.raises(NonFiniteLossError, match=rf"^step 3: non-finite train/kd; training stopped before the "
                                                  rf"optimizer step; the last good checkpoint is {last} \(step 2\)"):
@@ -219,7 +176,7 @@ class DivergeAfterFirstUpdate(pl.Callback):
 def test_diverged_validation_writes_no_checkpoint(teacher_dir, student_dir, tiny_config):
     """Validation after every step: the weights after the step-1 update are non-finite (val/loss NaN), so no
     checkpoint is written, and the stop at step 1 says that none exists (issue 11 item 5)."""
-    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4",
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4",
                           "train.val_every=1", "train.warmup_steps=0")
     with pytest.warns(UserWarning, match=r"step 1: non-finite loss or weights, checkpoint not written"):
         with pytest.raises(NonFiniteLossError, match=r"^step 1: non-finite .*no checkpoint was written, a rerun "
@@ -231,7 +188,7 @@ def test_diverged_validation_writes_no_checkpoint(teacher_dir, student_dir, tiny
 def test_diverging_between_validations_names_the_checkpoint_that_exists(teacher_dir, student_dir, tiny_config):
     """With val_every=2 a run that diverges before its first validation says no checkpoint exists (it used to
     claim a last checkpoint)."""
-    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4",
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4",
                           "train.lr=1e6", "train.val_every=2", "train.warmup_steps=0")
     with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written"):
         distill(cfg)
@@ -241,14 +198,14 @@ def test_diverging_between_validations_names_the_checkpoint_that_exists(teacher_
 def test_resuming_a_diverged_checkpoint_says_so(teacher_dir, student_dir, tiny_config):
     """A last.ckpt whose weights already give a non-finite loss (written by an older harness, or edited) is named
     as diverged on the first resumed step, with the way out (train.resume=false)."""
-    cfg = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2")
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2")
     distill(cfg)
     last = Path(cfg.run_dir) / "checkpoints/last.ckpt"
     checkpoint = torch.load(last, weights_only=False)
     head = next(key for key in checkpoint["state_dict"] if key.endswith("lm_head.weight"))
     checkpoint["state_dict"][head][0] = float("nan")
     torch.save(checkpoint, last)
-    longer = _distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4")
+    longer = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=4")
     with pytest.raises(NonFiniteLossError, match=r"^step 2: non-finite train/kd; training stopped at the first step "
                                                  r"after resuming from .*last.ckpt \(step 2\): that state already "
                                                  r"diverges; set train.resume=false"):
@@ -264,9 +221,9 @@ def test_missing_student_mtp_starts_fresh(teacher_dir, student_dir, tmp_path):
 
 def test_vocab_size_mismatch_is_refused_before_work(teacher_dir, tiny_config, tmp_path):
     """A student with another vocab_size fails naming distill.student and both sizes; no run dir is made."""
-    cfg = load_config(["model=tiny", *TINY_MODEL, "model.vocab_size=512"])
+    cfg = load_config(["model=tiny", *TWO_LAYER_MODEL, "model.vocab_size=512"])
     student = save_pretrained(build_model(cfg.model), tmp_path / "student")
-    run = _distill_config(tiny_config, teacher_dir, student)
+    run = distill_config(tiny_config, teacher_dir, student)
     with pytest.raises(UserError, match=r"^distill.student: vocab_size 512 differs from the teacher's 1024"):
         distill(run)
     assert not Path(run.run_dir).exists()
@@ -280,7 +237,7 @@ def test_tokenizer_mismatch_is_refused_before_work(teacher_dir, student_dir, tin
     student = Path(shutil.copytree(student_dir, tmp_path / "student"))
     PreTrainedTokenizerFast(tokenizer_object=other, unk_token="<unk>").save_pretrained(student)
     with pytest.raises(UserError, match=r"^distill.student: the tokenizer in .* differs from the teacher's"):
-        distill(_distill_config(tiny_config, teacher_dir, student))
+        distill(distill_config(tiny_config, teacher_dir, student))
 
 
 def test_unknown_loss_key_lists_valid_keys(tiny_config):

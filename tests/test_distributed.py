@@ -13,11 +13,7 @@ from slim.harness.config.schema import CalibrationConfig
 from slim.harness.errors import UserError
 from slim.harness.evaluation.evaluate import resolve_device
 from slim.harness.pipeline import run_recipe
-
-LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE",
-                    "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID",
-                    "SLURM_JOB_NAME")
-
+from tests.fixtures.distributed_runs import LAUNCH_VARIABLES
 
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "x", "GROUP_RANK": 0, "LOCAL_WORLD_SIZE": 2}
 

@@ -25,8 +25,10 @@ from slim.harness.models.mtp import build_mtp
 from slim.harness.models.mtp_io import save_mtp
 from slim.harness.pipeline import run_recipe
 from tests.conftest import TINY_OVERRIDES
-from tests.test_distributed import LAUNCH_VARIABLES
-from tests.test_fsdp import LOGITS_TOL, RUN, TINY_MODEL
+from tests.fixtures.distill_pair import TWO_LAYER_MODEL
+from tests.fixtures.distributed_runs import LAUNCH_VARIABLES, LOGITS_TOL, RUN
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 # 10 samples in batches of 4, 4, 2: rank 0 calibrates the first batch, rank 1 the other two, and the probe set
@@ -45,7 +47,7 @@ SUM_TOL = 1e-12
 def teacher(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, list[str]]:
     """(teacher dir, base overrides): a random-init 2-layer teacher with an MTP module and the corpus tokenizer."""
     root = tmp_path_factory.mktemp("distributed")
-    base = [*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}", *CALIBRATION]
+    base = [*TINY_OVERRIDES, *TWO_LAYER_MODEL, "data.seq_len=32", f"data.tokenizer={tokenizer_dir}", *CALIBRATION]
     cfg = load_config(base)
     model = build_model(cfg.model, seed=0)
     mtp = build_mtp(model)

@@ -17,6 +17,8 @@ from slim.reports.results import CellResult
 from slim.reports.spec import TableSpec
 from tests.grid_echo import write_spec
 
+pytestmark = pytest.mark.docs
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 COMMITTED = sorted(RESULTS.glob("*.json"))

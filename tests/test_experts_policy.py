@@ -24,7 +24,6 @@ from slim.harness.models.experts_policy import (
 from slim.harness.models.mtp import build_mtp, run_mtp
 from slim.harness.training.distill_module import DistillModule
 from slim.harness.training.run import ExpertsPolicy
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher with MTP + tokenizer)
 
 CPU = torch.device("cpu")
 needs_grouped_mm = pytest.mark.skipif(not grouped_mm_runs(CPU, torch.float32),
@@ -114,7 +113,7 @@ def test_grouped_mm_logits_and_gradients_equal_eager(family: str) -> None:
 
 
 @pytest.mark.parametrize("requested", ["auto", "eager"])
-def test_distillation_applies_it_to_student_mtp_and_teacher(teacher, tiny_config, requested: str):  # noqa: F811
+def test_distillation_applies_it_to_student_mtp_and_teacher(teacher, tiny_config, requested: str):
     """The training callback reaches the student, its MTP module and the frozen teacher (and its MTP module),
     which sits outside the Lightning module tree."""
     if requested == "auto" and not grouped_mm_runs(CPU, torch.float32):
@@ -135,7 +134,7 @@ def test_distillation_applies_it_to_student_mtp_and_teacher(teacher, tiny_config
 
 
 @pytest.mark.parametrize("requested", ["auto", "eager"])
-def test_eval_summary_records_it(teacher, tmp_path: Path, requested: str):  # noqa: F811
+def test_eval_summary_records_it(teacher, tmp_path: Path, requested: str):
     """`slim eval` applies the policy and writes what ran to eval_summary.json."""
     if requested == "auto" and not grouped_mm_runs(CPU, torch.float32):
         pytest.skip("this torch has no CPU grouped GEMM")

@@ -3,7 +3,6 @@ a resumed run continues the interrupted curve; batches split by rank; bad strate
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -24,18 +23,12 @@ from slim.harness.models.mtp import build_mtp
 from slim.harness.models.mtp_io import has_mtp_weights, save_mtp
 from slim.harness.training.run import validate_train_config
 from tests.conftest import TINY_OVERRIDES
+from tests.fixtures.distill_pair import TWO_LAYER_MODEL
+from tests.fixtures.distributed_runs import FSDP, LOGITS_TOL, LOSS_TOL, RUN, step_losses
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-# hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2; the student keeps the second layer.
-TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",
-              "model.num_experts=8", "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",
-              "model.shared_expert_intermediate_size=64"]
-RUN = ["distill.loss=full", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2", "train.val_batches=1",
-       "train.log_every=1", "train.accelerator=cpu", "data.seq_len=32"]
-FSDP = ["train.strategy=fsdp", "train.devices=2"]
-# Per-step losses: CPU MoE kernels are not bit-deterministic across batch shapes (~3e-4 drift seen over 12 steps).
-LOSS_TOL = 5e-4
-LOGITS_TOL = 1e-4
 # bf16-mixed vs 32-true, relative per-step gap of the global-batch loss over 3 steps: measured at most 1.0e-4
 # (1 process) and 4.4e-5 (2 FSDP processes) on this tiny model.
 BF16_RELATIVE_GAP = 5e-3
@@ -46,7 +39,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(teacher, student, tokenizer dir): a random-init tiny teacher with an MTP module, saved with the corpus
     tokenizer, and its 1-layer student."""
     root = tmp_path_factory.mktemp("fsdp")
-    cfg = load_config([*TINY_OVERRIDES, *TINY_MODEL, "data.seq_len=32", f"data.tokenizer={root / 'tok'}"])
+    cfg = load_config([*TINY_OVERRIDES, *TWO_LAYER_MODEL, "data.seq_len=32", f"data.tokenizer={root / 'tok'}"])
     data = CorpusDataModule(cfg.data, batch_size=4)
     data.setup()
     teacher = build_model(cfg.model, seed=0)
@@ -77,12 +70,6 @@ def slim_distill(run_dir: Path, pair: tuple[Path, Path, Path], *overrides: str, 
     else:
         assert done.returncode == 0, done.stderr[-3000:]
     return output
-
-
-def step_losses(run_dir: Path, version: int = 0, column: str = "train/global_loss") -> dict[int, float]:
-    """step -> logged training loss from `<run_dir>/metrics/version_<version>/metrics.csv`."""
-    with open(run_dir / f"metrics/version_{version}/metrics.csv") as handle:
-        return {int(row["step"]): float(row[column]) for row in csv.DictReader(handle) if row.get(column)}
 
 
 @pytest.fixture(scope="module")

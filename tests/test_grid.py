@@ -15,7 +15,8 @@ from slim.harness.grid.report import cell_results
 from slim.harness.grid.runner import cell_log
 from slim.reports.results import load_run_metrics
 from tests.grid_echo import KILL_MARKER, SimulatedKill, calls, write_spec
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+pytestmark = pytest.mark.e2e
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("table*.yaml"))
 
@@ -162,7 +163,7 @@ REAL = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "trai
         "train.val_batches=1", "distill.loss=kd+lm", "compress.depth.num_drop=1", "compress.experts.num_experts=4"]
 
 
-def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):  # noqa: F811
+def test_real_compress_and_run_cells_on_the_tiny_teacher(teacher, tmp_path):
     """One one-shot `compress` cell and one trained `run` cell record metrics, artifacts and curves for reports."""
     teacher_dir, stats, base = teacher
     spec = tmp_path / "real.yaml"

@@ -11,7 +11,8 @@ import slim.harness.calibration.run
 import slim.harness.compression.compress
 from slim.harness.grid import prepare_grid, run_grid
 from slim.harness.grid.calibration import CALIBRATION_DIR
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+pytestmark = pytest.mark.e2e
 
 COMPRESS = ["compress.depth.num_drop=0", "compress.width.hidden_size=0", "compress.experts.num_experts=4",
             "train.batch_size=4", "train.val_batches=1"]
@@ -29,7 +30,7 @@ def passes(monkeypatch) -> list[str]:
         return original(model, data_cfg, calib_cfg, model_dir)
 
     monkeypatch.setattr(slim.harness.calibration.run, "run_calibration", counting)
-    monkeypatch.setattr(slim.harness.compression.compress, "run_calibration", counting)
+    monkeypatch.setattr(slim.harness.compression.statistics, "run_calibration", counting)
     return seen
 
 
@@ -40,7 +41,7 @@ def _grid(tmp_path: Path, teacher_dir: Path, base: list[str], axis: str):
     return prepare_grid(spec, overrides=[*base, *COMPRESS, f"compress.teacher={teacher_dir}"])
 
 
-def test_cells_on_one_teacher_calibrate_once(teacher, tmp_path, passes):  # noqa: F811
+def test_cells_on_one_teacher_calibrate_once(teacher, tmp_path, passes):
     """3 cells of one teacher and calibration config: 1 pass, whose stats every cell's compression used; a cell with
     another calibration config gets its own pass and stats file."""
     teacher_dir, _, base = teacher

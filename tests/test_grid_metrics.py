@@ -12,7 +12,8 @@ from slim.harness.errors import UserError
 from slim.harness.evaluation.task_metrics import check_task_metric, evaluated_tasks, store_metrics, task_index
 from slim.harness.grid import expand, load_spec, prepare_grid, run_grid
 from slim.harness.grid.expand import select_cells
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+
+pytestmark = pytest.mark.e2e
 
 TINY_SCALE = "scale: [conf/recipes/tiny-slimqwen.yaml, ablations/tiny.yaml]\n"
 
@@ -137,7 +138,7 @@ TINY_RUN_EVAL = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=
                  "eval.mtp.num_prompts=1", "eval.mtp.prompt_len=8", "eval.mtp.new_tokens=4"]
 
 
-def test_local_task_with_a_filter_is_read_from_the_store(teacher, tmp_path):  # noqa: F811
+def test_local_task_with_a_filter_is_read_from_the_store(teacher, tmp_path):
     """A task folder of our own (eval.include_path, lm-eval's --include_path) whose metric has one filter: the spec
     names it with and without the filter, both are checked against its YAML, and a run_eval cell stores both."""
     tasks = tmp_path / "tasks"

@@ -24,6 +24,8 @@ from slim.harness.grid import ResultsStore, prepare_grid, run_grid
 from slim.harness.grid.lock import grid_lock
 from tests.grid_echo import BLOCK_MARKER, PIDS_DIR, calls, write_spec
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 # The real `slim` entry point, with the test cell kinds registered first.
 CLI = [sys.executable, "-c",

@@ -24,7 +24,7 @@ from slim.harness.models.linear_attention_path import (
     linear_attention_backend,
     torch_reference,
 )
-from tests.test_models import tiny_config, token_ids
+from tests.fixtures.model_configs import tiny_model_config, token_ids
 
 
 def torch_rule(query: torch.Tensor, key: torch.Tensor, g: torch.Tensor, beta: torch.Tensor) -> str:
@@ -149,8 +149,8 @@ def test_cpu_forward_and_backward_with_the_kernel_stack_installed(monkeypatch: p
     assert linear_attention_backend("cpu") == "torch"
 
     def forward_backward() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model = build_model(tiny_config(), seed=0)
-        logits = model(token_ids(tiny_config())).logits
+        model = build_model(tiny_model_config(), seed=0)
+        logits = model(token_ids(tiny_model_config())).logits
         logits.float().square().mean().backward()
         return logits.detach(), [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
 

@@ -12,39 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from slim.harness.config.schema import ModelConfig
 from slim.harness.errors import UserError
 from slim.harness.models.build import build_model, validate_model_config
 from slim.harness.models.io import load_pretrained, save_pretrained
 from slim.harness.models.linear_attention_path import linear_attention_backend
 from slim.harness.models.params import count_parameters, format_count
 from slim.harness.models.view import view
+from tests.fixtures.model_configs import FAMILIES, load_model_config, tiny_model_config, token_ids
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("qwen3_next", "qwen3_moe", "olmoe", "mixtral")
-
-
-def load_model_config(name: str) -> ModelConfig:
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(REPO / "conf/model" / f"{name}.yaml"))
-    return OmegaConf.to_object(merged)
-
-
-def tiny_config(family: str = "qwen3_next", **overrides: object) -> ModelConfig:
-    """conf/model/tiny.yaml in the tests' 4-layer, hidden-128 shape (conftest.TINY_OVERRIDES; OLMoE needs
-    head_dim = hidden / heads = 32), moved to `family` with the fields that family cannot express neutralized."""
-    cfg = dataclasses.replace(load_model_config("tiny"), num_hidden_layers=4, hidden_size=128)
-    if family != "qwen3_next":
-        cfg = dataclasses.replace(cfg, family=family, shared_expert_intermediate_size=0, partial_rotary_factor=1.0)
-    return dataclasses.replace(cfg, **overrides)
-
-
-def token_ids(cfg: ModelConfig, seq_len: int = 11) -> torch.Tensor:
-    return torch.randint(0, cfg.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(1))
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -58,7 +38,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_view_tensors_are_the_model_parameters(family: str) -> None:
     """Every view tensor is the very Parameter object named in model.named_parameters()."""
-    model = build_model(tiny_config(family))
+    model = build_model(tiny_model_config(family))
     params = dict(model.named_parameters())
     model_view = view(model)
     assert model_view.embed_tokens.weight is params["model.embed_tokens.weight"]
@@ -81,7 +61,7 @@ def test_view_tensors_are_the_model_parameters(family: str) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_moe_view_reproduces_block_forward(family: str) -> None:
     """route + per-expert loop + shared expert from the view equals the MoE block's own forward."""
-    model = build_model(tiny_config(family))
+    model = build_model(tiny_model_config(family))
     x = torch.randn(2, 7, model.config.hidden_size, generator=torch.Generator().manual_seed(2))
     for layer in view(model).moe_layers():
         moe = layer.moe
@@ -99,7 +79,7 @@ def test_moe_view_reproduces_block_forward(family: str) -> None:
 
 def test_norms_cover_every_rmsnorm() -> None:
     """all_norms() lists exactly the model's RMSNorm modules, incl. q/k norms and the gated DeltaNet norm."""
-    model = build_model(tiny_config())
+    model = build_model(tiny_model_config())
     expected = {name for name, module in model.named_modules() if "RMSNorm" in type(module).__name__}
     names = [name for name, _ in view(model).all_norms()]
     assert len(names) == len(set(names)) and set(names) == expected
@@ -108,7 +88,7 @@ def test_norms_cover_every_rmsnorm() -> None:
 
 def test_layer_kinds_follow_full_attention_interval() -> None:
     """Layer i is full attention iff (i + 1) % full_attention_interval == 0; the mixer matches the kind."""
-    model = build_model(tiny_config(num_hidden_layers=8, full_attention_interval=4))
+    model = build_model(tiny_model_config(num_hidden_layers=8, full_attention_interval=4))
     layers = view(model).layers
     assert [layer.kind for layer in layers] == (["linear_attention"] * 3 + ["full_attention"]) * 2
     for layer in layers:
@@ -118,7 +98,7 @@ def test_layer_kinds_follow_full_attention_interval() -> None:
 
 def test_save_reload_gives_identical_logits_and_config(tmp_path: Path) -> None:
     """save -> reload: bit-identical logits, same config (MTP depth as mtp_num_hidden_layers), same tokenizer."""
-    cfg = tiny_config(mtp_num_layers=2)
+    cfg = tiny_model_config(mtp_num_layers=2)
     model = build_model(cfg).eval()
     out_dir = tmp_path / "student"
     save_pretrained(model, out_dir, tiny_tokenizer())
@@ -145,7 +125,8 @@ def test_saved_files_take_the_umask_not_owner_only(tmp_path: Path) -> None:
         def extra(directory: Path) -> None:
             save_safetensors_atomic({"w": torch.ones(2)}, directory / "extra.safetensors", metadata={})
 
-        out_dir = save_pretrained(build_model(tiny_config()), tmp_path / "student", tiny_tokenizer(), extras=extra)
+        out_dir = save_pretrained(build_model(tiny_model_config()), tmp_path / "student", tiny_tokenizer(),
+                                  extras=extra)
     finally:
         os.umask(umask)
     modes = {path.name: path.stat().st_mode & 0o777 for path in out_dir.iterdir() if path.is_file()}
@@ -174,9 +155,9 @@ FAKE_FLA_SCRIPT = textwrap.dedent(
     from transformers import AutoModelForCausalLM
     from slim.harness.models.build import build_hf_config
     from slim.harness.models.linear_attention_path import install_device_dispatch, linear_attention_backend
-    from tests.test_models import tiny_config, token_ids
+    from tests.fixtures.model_configs import tiny_model_config, token_ids
 
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(build_hf_config(cfg)).eval()
     ids = token_ids(cfg)
@@ -226,7 +207,7 @@ def test_cpu_path_survives_importable_fake_fla(tmp_path: Path) -> None:
     assert expected in run.stdout
     assert "BACKEND torch fla" in run.stdout
     result = torch.load(result_file)
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     model = build_model(cfg, seed=0).eval()
     ids = token_ids(cfg)
     with torch.no_grad():
@@ -237,7 +218,7 @@ def test_cpu_path_survives_importable_fake_fla(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (GPU extra) installed")
 def test_cpu_forward_with_real_triton_installed() -> None:
     """With the real triton/fla installed, the tiny model still runs on CPU through the torch path."""
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     model = build_model(cfg).eval()
     with torch.no_grad():
         assert torch.isfinite(model(token_ids(cfg)).logits).all()
@@ -280,7 +261,7 @@ def test_conf_model_presets_validate() -> None:
 
 @pytest.fixture
 def saved_dir(tmp_path: Path) -> Path:
-    return save_pretrained(build_model(tiny_config()), tmp_path / "ckpt")
+    return save_pretrained(build_model(tiny_model_config()), tmp_path / "ckpt")
 
 
 def test_bad_checkpoint_dirs_name_the_path(tmp_path: Path, saved_dir: Path) -> None:

@@ -66,6 +66,15 @@ def test_the_engine_imports_no_plugin():
             if name == "slim.methods" or name.startswith("slim.methods.")] == []
 
 
+def test_no_test_imports_another_test_file():
+    """Shared fixtures and helpers live in tests/fixtures/ (registered by tests/conftest.py): a test module importing
+    another one's fixture re-creates it under the importer's scope and needs `noqa: F811` on every use."""
+    tests = sorted((REPO / "tests").rglob("*.py"))
+    assert len(tests) > 50
+    assert [f"{path.relative_to(REPO)}:{line}: {name}" for path in tests for line, name in imported_modules(path)
+            if name.split(".")[0] == "tests" and name.split(".")[-1].startswith("test_")] == []
+
+
 def test_code_folders_have_no_top_level_init():
     """Without `__init__.py` at their top, the folders are namespace portions: any installed regular package of the
     same name wins over them when Python runs from the repository root."""
@@ -132,7 +141,7 @@ def test_installed_slim_command_lists_every_registry(where: str, tmp_path: Path)
     done = subprocess.run([str(Path(sys.prefix) / "bin" / "slim"), "methods"],
                           cwd=REPO if where == "root" else tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(GROUPS) == 16
+    assert len(GROUPS) == 18
     assert [group for group, family in GROUPS.items() if f"{family} [{group}]: " not in done.stdout] == []
 
 

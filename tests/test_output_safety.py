@@ -33,7 +33,6 @@ from slim.harness.training.pretrain import pretrain
 from slim.harness.training.run import check_run_dir
 from slim.methods.zeda.stages import run_zeda
 from tests.conftest import TINY_OVERRIDES
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
 TEACHER = "assets/tiny-teacher"  # the shipped 4096-token teacher
 TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",
@@ -74,7 +73,7 @@ def _run_config(tmp_path: Path, *overrides: str):
 
 def test_compress_refuses_a_directory_it_did_not_write_before_any_work(tmp_path, monkeypatch):
     """compress.output holding other files is refused in one line before the teacher is loaded; they stay."""
-    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.compress_statistics", _no_work)
     output = _foreign_dir(tmp_path / "student")
     cfg = load_config([f"compress.teacher={TEACHER}", f"compress.output={output}"])
     with pytest.raises(UserError, match=rf"^compress.output: {output} holds files the harness did not write"):
@@ -136,7 +135,7 @@ def test_a_full_disk_mid_save_leaves_no_temporary_and_keeps_the_old_output(tiny_
 
 def test_no_room_for_the_student_is_refused_before_compressing(tmp_path, monkeypatch):
     """A filesystem with less free space than the teacher's weights is refused before the teacher is loaded."""
-    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.compress_statistics", _no_work)
     monkeypatch.setattr("slim.harness.outputs.shutil.disk_usage", lambda path: SimpleNamespace(free=1024))
     cfg = load_config([f"compress.teacher={TEACHER}", f"compress.output={tmp_path / 'student'}"])
     with pytest.raises(UserError, match=r"^compress.output: .* has 0 MiB free, the output needs about 15 MiB"):
@@ -155,7 +154,7 @@ def test_calibrate_refuses_a_tokenizer_of_another_vocabulary(tmp_path, monkeypat
         calibrate_teacher(cfg)
 
 
-def test_calibrate_refuses_a_same_size_tokenizer_that_is_not_the_teachers(teacher, tmp_path):  # noqa: F811
+def test_calibrate_refuses_a_same_size_tokenizer_that_is_not_the_teachers(teacher, tmp_path):
     """Same vocab_size, other vocabulary: refused before the calibration pass, no stats written."""
     teacher_dir, _, base = teacher
     other = Path(shutil.copytree(teacher_dir, tmp_path / "teacher"))
@@ -172,7 +171,7 @@ def test_calibrate_refuses_a_same_size_tokenizer_that_is_not_the_teachers(teache
 
 
 @pytest.mark.parametrize("change", ["calibration.num_samples=8", "data.seq_len=32", "tokenizer"])
-def test_compress_refuses_stats_calibrated_on_other_data_or_tokenizer(change, teacher, tmp_path,  # noqa: F811
+def test_compress_refuses_stats_calibrated_on_other_data_or_tokenizer(change, teacher, tmp_path,
                                                                       monkeypatch):
     """Stats record their tokenizer and data; a recipe whose own calibration would read something else refuses
     them in one line before the teacher is loaded."""
@@ -181,7 +180,7 @@ def test_compress_refuses_stats_calibrated_on_other_data_or_tokenizer(change, te
     if change == "tokenizer":
         stats = dataclasses.replace(load_stats(stats_path), tokenizer_fingerprint="0" * 64)
         stats_path = save_stats(stats, tmp_path / "other-tokenizer.safetensors")
-    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.compress_statistics", _no_work)
     cfg = load_config([*base, f"compress.teacher={teacher_dir}", f"compress.stats={stats_path}",
                        f"compress.output={tmp_path / 'student'}", *overrides])
     reason = "another tokenizer" if change == "tokenizer" else "other data than this config"
@@ -273,7 +272,7 @@ def test_run_dir_naming_a_file_is_one_line_before_work(entry, tmp_path, monkeypa
 @pytest.mark.parametrize("field", ["compress.output", "calibration.output"])
 def test_an_output_under_a_regular_file_is_refused_before_work(field, tmp_path, monkeypatch):
     """An output whose parent is a file can never be written: refused before the teacher is loaded."""
-    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.compress_statistics", _no_work)
     monkeypatch.setattr("slim.harness.calibration.run.load_pretrained", _no_work)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
@@ -286,7 +285,7 @@ def test_a_read_only_output_location_is_refused_before_work(tmp_path, monkeypatc
     """compress.output in a read-only directory: one line naming the field, before the teacher is loaded."""
     if os.geteuid() == 0:
         pytest.skip("root writes through read-only permission bits")
-    monkeypatch.setattr("slim.harness.compression.compress.load_pretrained", _no_work)
+    monkeypatch.setattr("slim.harness.compression.compress.compress_statistics", _no_work)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)

@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from slim.harness.config.load import load_config
 from slim.harness.errors import UserError
 from slim.harness.models.experts_policy import resolve_experts_implementation
 from slim.harness.models.io import load_pretrained
 from slim.harness.pipeline import run_recipe
 from slim.harness.provenance import software
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+from tests.fixtures.compress_teacher import run_config
 
-TRAIN = ["train.max_steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=3",
-         "train.val_batches=1", "distill.loss=kd+lm", "compress.depth.num_drop=1", "compress.experts.num_experts=4"]
-
-
-def run_config(teacher, tmp_path: Path, *overrides: str):  # noqa: F811
-    teacher_dir, stats, base = teacher
-    return load_config([*base, *TRAIN, f"compress.teacher={teacher_dir}", f"compress.stats={stats}",
-                        f"compress.output={tmp_path / 'student'}", f"distill.output={tmp_path / 'distilled'}",
-                        f"run_dir={tmp_path / 'run'}", *overrides])
+pytestmark = pytest.mark.e2e
 
 
-def test_one_shot_run_writes_a_distilled_student(teacher, tmp_path):  # noqa: F811
+def test_one_shot_run_writes_a_distilled_student(teacher, tmp_path):
     """The pipeline compresses, distills for the step budget and writes the student plus a summary."""
     summary = run_recipe(run_config(teacher, tmp_path))
     assert summary["distill"]["steps"] == 3 and summary["init"] == "pruned"
@@ -41,7 +31,7 @@ def test_one_shot_run_writes_a_distilled_student(teacher, tmp_path):  # noqa: F8
     assert saved["software"] == distill_saved["software"] == software()  # versions on every summary
 
 
-def test_scratch_init_keeps_the_shape_and_redraws_every_weight(teacher, tmp_path):  # noqa: F811
+def test_scratch_init_keeps_the_shape_and_redraws_every_weight(teacher, tmp_path):
     """distill.init=scratch trains the compressed architecture (same config) with every weight matrix redrawn."""
     run_recipe(run_config(teacher, tmp_path, "distill.init=scratch"))
     pruned, _ = load_pretrained(tmp_path / "student")
@@ -55,7 +45,7 @@ def test_scratch_init_keeps_the_shape_and_redraws_every_weight(teacher, tmp_path
     assert (tmp_path / "distilled" / "config.json").is_file()
 
 
-def test_unknown_init_is_refused_before_compressing(teacher, tmp_path):  # noqa: F811
+def test_unknown_init_is_refused_before_compressing(teacher, tmp_path):
     """A bad distill.init fails in one line before the student directory is written."""
     with pytest.raises(UserError, match="distill.init: unknown 'random'; valid: pruned, scratch"):
         run_recipe(run_config(teacher, tmp_path, "distill.init=random"))
@@ -63,7 +53,7 @@ def test_unknown_init_is_refused_before_compressing(teacher, tmp_path):  # noqa:
 
 
 @pytest.mark.slow
-def test_rerun_with_another_recipe_in_the_same_run_dir_is_refused(teacher, tmp_path):  # noqa: F811
+def test_rerun_with_another_recipe_in_the_same_run_dir_is_refused(teacher, tmp_path):
     """A finished run_dir is not silently reused for a different student: the rerun names the run_dir instead of
     returning the old summary (or resuming the old checkpoints); train.resume=false starts over there."""
     run_recipe(run_config(teacher, tmp_path))

@@ -11,6 +11,8 @@ from slim.harness.errors import UserError
 from slim.harness.training.lm_module import PretrainModule
 from slim.harness.training.pretrain import pretrain
 
+pytestmark = pytest.mark.e2e
+
 SHORT = ["train.max_steps=40", "train.batch_size=8", "train.warmup_steps=4", "train.val_every=20",
          "train.val_batches=4", "train.lr=3e-3"]
 

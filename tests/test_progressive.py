@@ -15,14 +15,15 @@ from slim.harness.models.io import load_pretrained, read_model_config
 from slim.harness.pipeline import run_recipe
 from slim.harness.progressive import plan_stages, stage_steps
 from slim.harness.progressive_plans import Shape
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
-from tests.test_pipeline import run_config
+from tests.fixtures.compress_teacher import run_config
+
+pytestmark = pytest.mark.e2e
 
 JOINT = ["compress.plan=joint", "compress.plan_first_share=0.5", "train.max_steps=4", "train.val_every=2",
          "compress.depth.num_drop=2", "compress.width.hidden_size=48", "compress.experts.num_experts=4"]
 
 
-def test_joint_plan_stages_chain_recipes_and_budgets(teacher, tmp_path):  # noqa: F811
+def test_joint_plan_stages_chain_recipes_and_budgets(teacher, tmp_path):
     """Stage 1 cuts half of depth and width from the teacher; stage 2 cuts the rest from stage 1's student,
     recalibrated (no stats file), with the experts; steps split by token share and offsets accumulate."""
     cfg = run_config(teacher, tmp_path, *JOINT)
@@ -45,7 +46,7 @@ def test_stage_steps_give_the_last_stage_the_remainder():
 
 
 @pytest.mark.slow
-def test_joint_run_distills_each_stage_from_the_original_teacher_and_resumes(teacher, tmp_path):  # noqa: F811
+def test_joint_run_distills_each_stage_from_the_original_teacher_and_resumes(teacher, tmp_path):
     """Two stages run, stage 2 continues at global step 2 against the ORIGINAL teacher, the final student has
     the target shape, and a rerun skips both finished stages."""
     cfg = run_config(teacher, tmp_path, *JOINT)
@@ -65,13 +66,13 @@ def test_joint_run_distills_each_stage_from_the_original_teacher_and_resumes(tea
     assert not any(Path(tmp_path / "run" / f"stage{i}" / "metrics" / "version_1").exists() for i in (1, 2))
 
 
-def test_scratch_with_a_progressive_plan_is_refused(teacher, tmp_path):  # noqa: F811
+def test_scratch_with_a_progressive_plan_is_refused(teacher, tmp_path):
     with pytest.raises(UserError, match="distill.init: scratch .* needs compress.plan=one_shot, got 'joint'"):
         run_recipe(run_config(teacher, tmp_path, *JOINT, "distill.init=scratch"))
     assert not (tmp_path / "student").exists()
 
 
-def test_unknown_plan_lists_valid_plans(teacher, tmp_path):  # noqa: F811
+def test_unknown_plan_lists_valid_plans(teacher, tmp_path):
     with pytest.raises(UserError, match="compress.plan.*depth_first"):
         run_recipe(run_config(teacher, tmp_path, "compress.plan=zigzag"))
 

@@ -21,6 +21,8 @@ import pytest
 
 from slim.harness.source_tree import python_path
 
+pytestmark = pytest.mark.docs
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 CLUSTER = "cluster"  # the fence info word that marks commands the walk skips

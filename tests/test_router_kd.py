@@ -15,7 +15,7 @@ from slim.harness.config.load import load_config
 from slim.harness.errors import UserError
 from slim.harness.training.distill_module import DistillModule
 from slim.harness.training.router_kd import RouterMap, router_kd_loss, student_lineage
-from tests.test_compress import recipe, teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
+from tests.fixtures.compress_teacher import recipe
 
 
 def test_lineage_composes_layer_and_expert_maps():
@@ -69,7 +69,7 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": ids}
 
 
-def test_uncut_student_has_zero_router_kd_and_a_merged_one_does_not(teacher, tmp_path):  # noqa: F811
+def test_uncut_student_has_zero_router_kd_and_a_merged_one_does_not(teacher, tmp_path):
     """Compressing with no cut gives the teacher's routers back (router KD 0); dropping a layer and merging experts
     gives a positive term that enters the total loss with its weight."""
     compress(recipe(teacher, tmp_path / "same", f"compress.output={tmp_path / 'same' / 'student'}"))
@@ -89,7 +89,7 @@ def test_uncut_student_has_zero_router_kd_and_a_merged_one_does_not(teacher, tmp
     assert weighted.total - plain.total == pytest.approx(weighted.terms["router_kd"].item(), rel=1e-4)
 
 
-def test_students_without_a_lineage_to_the_teacher_are_refused(teacher, tmp_path):  # noqa: F811
+def test_students_without_a_lineage_to_the_teacher_are_refused(teacher, tmp_path):
     cut = recipe(teacher, tmp_path, "compress.depth.num_drop=1")
     compress(cut)
     with pytest.raises(UserError, match="distill.router_kd_weight: the student descends from .* not from the teacher"):
@@ -99,7 +99,7 @@ def test_students_without_a_lineage_to_the_teacher_are_refused(teacher, tmp_path
         student_lineage(cut.compress.output, teacher[0])
 
 
-def test_a_second_cut_keeps_the_lineage_to_the_original_teacher(teacher, tmp_path):  # noqa: F811
+def test_a_second_cut_keeps_the_lineage_to_the_original_teacher(teacher, tmp_path):
     """Compressing a compressed student again composes the maps: layers index the ORIGINAL teacher."""
     first = recipe(teacher, tmp_path, "compress.depth.num_drop=1")
     compress(first)

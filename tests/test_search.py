@@ -20,18 +20,15 @@ from slim.harness.errors import UserError
 from slim.harness.provenance import software
 from slim.harness.search.spec import Param, SearchSpec, check_spec, parse_spec
 from slim.harness.search.study import RECIPE_FILE, check_storage, create_study, run_search, run_workers, worker_shares
+from tests.fixtures.compress_teacher import TRIAL
 from tests.search_echo import RACE_WORKERS, record_evaluation
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
 
-# 4 steps, validation at steps 2 and 4, pure LM loss: val/loss (the student's LM loss) falls fast at lr 0.03
-# and not at all at lr 1e-7, so the tiny-LR trials are clearly worse than any finished one.
-TRIAL = ["train.max_steps=4", "train.batch_size=4", "train.warmup_steps=1", "train.val_every=2",
-         "train.val_batches=1", "distill.loss=lm", "compress.depth.num_drop=1", "compress.experts.num_experts=4",
-         "data.heldout_every=400"]  # a few validation chapters: each trial's final perplexities take seconds
+pytestmark = pytest.mark.e2e
+
 GOOD_LR, BAD_LR = 0.03, 1e-7
 
 
-def trial_overrides(teacher) -> list[str]:  # noqa: F811
+def trial_overrides(teacher) -> list[str]:
     """Each trial calibrates on its own split: the fixture's stats were calibrated on data.heldout_every=20."""
     teacher_dir, _, base = teacher
     return [*base, *TRIAL, f"compress.teacher={teacher_dir}", "tracking.wandb=true"]
@@ -47,7 +44,7 @@ def write_spec(tmp_path: Path, **fields) -> Path:
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(teacher, tmp_path):  # noqa: F811
+def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(teacher, tmp_path):
     """2 worker processes finish 4 trials on the default journal file; the 1e-7-LR trials, started after a 0.03-LR
     trial finished, are pruned by the Lightning callback; the best recipe reloads with the best LR."""
     # good, good, bad, bad: the two workers take the good ones first, so a finished trial exists before a bad one
@@ -135,7 +132,7 @@ def test_storage_refuses_an_old_default_study_and_warns_on_shared_sqlite(tmp_pat
         create_study(race_spec(tmp_path, storage=str(tmp_path / "missing" / "study.journal")))
 
 
-def test_unknown_space_key_fails_before_any_trial(teacher, tmp_path, capsys):  # noqa: F811
+def test_unknown_space_key_fails_before_any_trial(teacher, tmp_path, capsys):
     """`slim search` with a space key missing from the config schema fails in one line naming it, before a study
     exists."""
     spec = write_spec(tmp_path, space={"train.lrr": {"type": "float", "low": 1e-4, "high": 1e-2}})
@@ -145,7 +142,7 @@ def test_unknown_space_key_fails_before_any_trial(teacher, tmp_path, capsys):  #
     assert not (tmp_path / "search").exists()
 
 
-def test_bad_space_value_and_enqueued_trial_are_refused(teacher, tmp_path):  # noqa: F811
+def test_bad_space_value_and_enqueued_trial_are_refused(teacher, tmp_path):
     """A choice the registry does not know, or an enqueued key outside the space, fails before any trial."""
     reducer = {"compress.experts.reducer": {"type": "categorical", "choices": ["prune", "average_all"]}}
     with pytest.raises(UserError, match=r"space: .*'average_all'"):

@@ -25,7 +25,9 @@ from slim.harness.models.mtp import build_mtp
 from slim.harness.models.mtp_io import save_mtp
 from slim.methods.zeda.modeling_zeda import install_zero_experts
 from tests.conftest import TINY_OVERRIDES
-from tests.test_fsdp import FSDP, LOSS_TOL, step_losses
+from tests.fixtures.distributed_runs import FSDP, LOSS_TOL, step_losses
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 # ~320 MiB of fp32 backbone weights in 190 tensors (the largest 16 MiB) plus a 26 MiB MTP module: big enough

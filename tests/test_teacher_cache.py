@@ -22,7 +22,7 @@ from slim.harness.training.distill_module import DistillModule
 from slim.harness.training.teacher_cache import CacheManifest, TeacherCache, shard_path, write_shards
 from slim.kernels.kd_loss.cached_reference import cached_kd_implementations, kd_loss_cached_reference
 from slim.kernels.kd_loss.reference import kd_loss_reference
-from tests.test_distill import SHORT, student_dir, teacher_dir  # noqa: F401  (session fixtures)
+from tests.fixtures.distill_pair import SHORT
 
 NUM_TOKENS, DIM, VOCAB, TOP_K = 63, 16, 101, 7
 CORPUS_LINES = 600  # Genesis 1-23: ~290 train sequences of 64 tokens, so whole-split caches stay small
@@ -133,7 +133,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def small_config(tiny_config, small_corpus: Path, teacher_dir: Path, student_dir: Path, tmp_path: Path):  # noqa: F811
+def small_config(tiny_config, small_corpus: Path, teacher_dir: Path, student_dir: Path, tmp_path: Path):
     """tiny_config on the small corpus, distilling the pruned student from the test teacher."""
 
     def make(*overrides: str):
@@ -166,7 +166,7 @@ def test_train_items_carry_their_index(train: PackedDataset) -> None:
     assert torch.equal(batch["input_ids"], train.sequences[[7, 2], :-1])
 
 
-def test_roundtrip_equals_teacher_topk(teacher_dir: Path, train: PackedDataset, tmp_path: Path) -> None:  # noqa: F811
+def test_roundtrip_equals_teacher_topk(teacher_dir: Path, train: PackedDataset, tmp_path: Path) -> None:
     """Read back in any order (across 2 shards, the last one partial), entries are the teacher's own top-k."""
     subset = PackedDataset(train.sequences[:5])
     assert small_cache(teacher_dir, subset, tmp_path, top_k=8, per_shard=3) == [0, 1]
@@ -180,7 +180,7 @@ def test_roundtrip_equals_teacher_topk(teacher_dir: Path, train: PackedDataset, 
     assert torch.allclose(entries.logprobs.float(), logprobs, rtol=2 ** -10, atol=1e-4)
 
 
-def test_killed_run_resumes_at_the_missing_shard(teacher_dir: Path, train: PackedDataset, tmp_path: Path,  # noqa: F811
+def test_killed_run_resumes_at_the_missing_shard(teacher_dir: Path, train: PackedDataset, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A run killed while writing shard 1 leaves shard 0; the rerun writes only shards 1 and 2, and the cache
     equals one written in a single run."""
@@ -216,7 +216,7 @@ def _module(teacher: Path, student: Path, **distill_fields: object) -> DistillMo
     return module
 
 
-def test_full_vocab_cache_gives_the_live_teacher_loss(teacher_dir: Path, student_dir: Path,  # noqa: F811
+def test_full_vocab_cache_gives_the_live_teacher_loss(teacher_dir: Path, student_dir: Path,
                                                       train: PackedDataset, tmp_path: Path) -> None:
     """With k = V the step-1 KD term from the cache equals the live teacher's (fp16 storage: 1e-3 relative)."""
     subset = PackedDataset(train.sequences[:4])
@@ -228,7 +228,7 @@ def test_full_vocab_cache_gives_the_live_teacher_loss(teacher_dir: Path, student
     assert cached == pytest.approx(live, rel=1e-3)
 
 
-def test_distill_from_cache_lowers_kd(small_config, teacher_dir: Path, student_dir: Path,  # noqa: F811
+def test_distill_from_cache_lowers_kd(small_config, teacher_dir: Path, student_dir: Path,
                                       train: PackedDataset, capsys: pytest.CaptureFixture) -> None:
     """`slim cache-teacher` writes the whole train split (a rerun writes nothing); 12 KD steps from the cache
     lower the cached-support KD term of the student on train batches."""
@@ -260,7 +260,7 @@ def cached_kd(teacher: Path, student: Path, cache_dir: str, batches: list[dict])
     (["data.seq_len=32"], r"^data.seq_len: 32 differs from the 64 of distill.teacher_cache"),
     ([], r"^distill.teacher_cache: .* caches 4 train sequences, the data has \d+; rewrite it"),
 ])
-def test_mismatched_cache_is_refused_before_work(small_config, teacher_dir: Path, train: PackedDataset,  # noqa: F811
+def test_mismatched_cache_is_refused_before_work(small_config, teacher_dir: Path, train: PackedDataset,
                                                  overrides: list[str], message: str) -> None:
     """A cache that cannot serve the run fails with one line before the run directory exists."""
     cfg = small_config(*overrides)
@@ -270,7 +270,7 @@ def test_mismatched_cache_is_refused_before_work(small_config, teacher_dir: Path
     assert not Path(cfg.run_dir).exists()
 
 
-def test_missing_manifest_shard_or_teacher_is_refused(small_config, teacher_dir: Path, student_dir: Path,  # noqa: F811
+def test_missing_manifest_shard_or_teacher_is_refused(small_config, teacher_dir: Path, student_dir: Path,
                                                       train: PackedDataset) -> None:
     """No manifest, a missing shard, or another teacher's model: one line naming distill.teacher_cache."""
     cache_dir = Path(small_config().distill.teacher_cache)

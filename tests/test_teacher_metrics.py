@@ -15,7 +15,7 @@ from slim.harness.evaluation.perplexity import model_perplexity
 from slim.harness.evaluation.teacher_metrics import cached_file_sha256, teacher_perplexity
 from slim.harness.models.io import load_pretrained, save_pretrained
 from slim.harness.training.distill import distill
-from tests.test_distill import _distill_config, student_dir, teacher_dir  # noqa: F401 (fixtures)
+from tests.fixtures.distill_pair import distill_config
 
 
 @pytest.fixture
@@ -39,12 +39,12 @@ def perplexity_calls(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
 
 
 @pytest.mark.slow
-def test_a_grid_of_distills_computes_the_teacher_perplexity_once(tiny_config, teacher_dir: Path,  # noqa: F811
-                                                                  student_dir: Path, cache: Path,  # noqa: F811
+def test_a_grid_of_distills_computes_the_teacher_perplexity_once(tiny_config, teacher_dir: Path,
+                                                                  student_dir: Path, cache: Path,
                                                                   perplexity_calls: list, tmp_path: Path) -> None:
     """Two cells on one teacher and data: one teacher pass, equal values; another data config: a second pass."""
     def cell(name: str, *overrides: str) -> float:
-        cfg = _distill_config(tiny_config, teacher_dir, student_dir, "train.max_steps=2", "distill.loss=kd",
+        cfg = distill_config(tiny_config, teacher_dir, student_dir, "train.max_steps=2", "distill.loss=kd",
                               f"run_dir={tmp_path / name}", f"distill.output={tmp_path / name / 'model'}", *overrides)
         return distill(cfg).teacher_val_perplexity
 
@@ -61,7 +61,7 @@ def val_loader(tiny_config) -> DataLoader:
     return data.val_dataloader()
 
 
-def test_cached_value_equals_the_computed_one_and_other_inputs_recompute(teacher_dir: Path,  # noqa: F811
+def test_cached_value_equals_the_computed_one_and_other_inputs_recompute(teacher_dir: Path,
                                                                         val_loader: DataLoader, cache: Path,
                                                                         perplexity_calls: list,
                                                                         tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_cached_value_equals_the_computed_one_and_other_inputs_recompute(teacher
     assert len(perplexity_calls) == 4
 
 
-def test_a_stored_value_under_another_key_is_not_reused(teacher_dir: Path, val_loader: DataLoader,  # noqa: F811
+def test_a_stored_value_under_another_key_is_not_reused(teacher_dir: Path, val_loader: DataLoader,
                                                         cache: Path, perplexity_calls: list) -> None:
     """The stored key is compared, not only the file name; a torn file is recomputed."""
     model, _ = load_pretrained(teacher_dir)

@@ -24,8 +24,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from slim.harness.grid import ResultsStore
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
-from tests.test_search import TRIAL
+from tests.fixtures.compress_teacher import TRIAL
+
+pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example"
 PACKAGE = "slim_sharp_example"
@@ -58,7 +59,7 @@ def slim(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess
                           capture_output=True, text=True, timeout=900)
 
 
-def compress_args(teacher, out: Path, *overrides: str) -> list[str]:  # noqa: F811
+def compress_args(teacher, out: Path, *overrides: str) -> list[str]:
     teacher_dir, stats, base = teacher
     return [*base, f"compress.teacher={teacher_dir}", f"compress.stats={stats}", f"compress.output={out}",
             "compress.experts.num_experts=4", *overrides]
@@ -72,7 +73,7 @@ def test_methods_lists_the_plugin_with_its_doc(plugin_env):
     assert "  sharp        REAP score to the power compress.experts.sharpness" in documented.stdout
 
 
-def test_compress_uses_the_plugin_criterion_and_its_option(plugin_env, teacher, tmp_path):  # noqa: F811
+def test_compress_uses_the_plugin_criterion_and_its_option(plugin_env, teacher, tmp_path):
     """The student's report carries the plug-in's scores: REAP's, squared at sharpness 2."""
     reap = slim(plugin_env, "compress", *compress_args(teacher, tmp_path / "reap", "compress.experts.criterion=reap"))
     sharp = slim(plugin_env, "compress", *compress_args(teacher, tmp_path / "sharp", "compress.experts.criterion=sharp",
@@ -96,7 +97,7 @@ def test_a_typo_in_the_plugin_name_or_option_is_one_line(plugin_env, override, m
 
 
 @pytest.mark.slow
-def test_grid_workers_use_the_plugin_and_record_its_option(plugin_env, teacher, tmp_path):  # noqa: F811
+def test_grid_workers_use_the_plugin_and_record_its_option(plugin_env, teacher, tmp_path):
     """Two spawned grid workers compress with `sharp` at two sharpness values; each row stores the option."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "sharp", "kind": "compress", "output_dir": str(tmp_path / "grid"),
@@ -114,7 +115,7 @@ def test_grid_workers_use_the_plugin_and_record_its_option(plugin_env, teacher, 
 
 
 @pytest.mark.slow
-def test_search_workers_use_the_plugin_and_record_its_option(plugin_env, teacher, tmp_path):  # noqa: F811
+def test_search_workers_use_the_plugin_and_record_its_option(plugin_env, teacher, tmp_path):
     """Two spawned search workers run a trial each with `sharp`, the sharpness sampled from the space."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({

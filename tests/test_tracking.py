@@ -14,8 +14,9 @@ from wandb.proto import wandb_internal_pb2
 from slim.harness.errors import UserError
 from slim.harness.pipeline import run_recipe
 from slim.harness.training.pretrain import pretrain
-from tests.test_compress import teacher  # noqa: F401  (module-scoped fixture: tiny teacher + stats)
-from tests.test_pipeline import run_config
+from tests.fixtures.compress_teacher import run_config
+
+pytestmark = pytest.mark.e2e
 
 # Log every step, tracking on (the shared test overrides may turn it off for other tests), and only a few
 # validation chapters, so each run's final perplexities take seconds.
@@ -75,7 +76,7 @@ def test_pretrain_run_logs_config_and_the_csv_metrics_to_an_offline_run(tiny_con
         assert len(csv_values) >= 2 and logged == pytest.approx(csv_values), key
 
 
-def test_distill_run_logs_schedules_throughput_and_validation(teacher, tmp_path):  # noqa: F811
+def test_distill_run_logs_schedules_throughput_and_validation(teacher, tmp_path):
     """`slim run`'s distillation logs λ, β, LR, tokens/s and the validation KD next to the losses."""
     # The fixture's stats were calibrated on data.heldout_every=20: calibrate on this config's split instead.
     cfg = run_config(teacher, tmp_path, *LOGGED, 'compress.stats=""')

@@ -23,6 +23,8 @@ from slim.methods.zeda.modeling_zeda import zero_expert_routers
 from slim.methods.zeda.options import ZedaConfig
 from slim.methods.zeda.stages import run_zeda
 
+pytestmark = pytest.mark.e2e
+
 # hidden 64, 2 layers (Gated DeltaNet + full attention), 8 experts top-2, vocab 1024, sequences of 64.
 TINY_MODEL = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.full_attention_interval=2",
               "model.num_experts=8", "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",

@@ -48,7 +48,7 @@ class CellKind:
     calibrates: bool = False
 
 
-cell_kinds: Registry[CellKind] = Registry("grid cell kind", "slim.harness.grid.cells")
+cell_kinds: Registry[CellKind] = Registry.of_group("slim.cell_kinds")
 
 
 def register_kind(name: str, metrics: tuple[str, ...], validate: Callable[[SlimConfig], None] = _no_checks,

@@ -30,7 +30,7 @@ class InferenceBackend:
         object.__setattr__(self, "__doc__", self.doc)
 
 
-inference_backends: Registry[InferenceBackend] = Registry("inference backend", "slim.harness.evaluation.backends")
+inference_backends: Registry[InferenceBackend] = Registry.of_group("slim.inference_backends")
 
 
 def speed_ratios(student: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
