@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,67 @@ def test_torchrun_slim_run_writes_the_one_process_student(teacher, tmp_path):
     assert diff < LOGITS_TOL
     summary = json.loads((two / "run" / "run_summary.json").read_text())
     assert summary["distill"]["steps"] == 3
+
+
+def _eval_result(run_dir: Path) -> dict:
+    """eval_summary.json without what differs between any two runs (the software stamp; nothing is timed here)."""
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    summary.pop("software", None)
+    return summary
+
+
+@pytest.mark.slow
+def test_torchrun_slim_eval_finishes_with_the_one_process_summary(teacher, tmp_path):
+    """torchrun with 2 processes: rank 0 evaluates (lm-eval, perplexity, MTP acceptance) while rank 1 waits, and the
+    summary equals one process's. Its perplexity metric used to wait in a collective rank 1 never joined (a
+    deadlock until the time limit); torchrun_slim's timeout turns a hang into a failure."""
+    teacher_dir, base = teacher
+    args = [*base, f"eval.model={teacher_dir}", "eval.tasks=[kjv_cloze]", "eval.limit=4", "eval.perplexity_batches=2",
+            "eval.mtp.num_prompts=1", "eval.batch_size=4", "eval.efficiency.enabled=false"]
+    subprocess.run([sys.executable, "-m", "slim.harness.cli.main", "eval", *args, f"run_dir={tmp_path / 'one'}"],
+                   cwd=REPO, env=_environment(), check=True, capture_output=True, timeout=900)
+    torchrun_slim("eval", *args, f"run_dir={tmp_path / 'two'}")
+    one, two = _eval_result(tmp_path / "one"), _eval_result(tmp_path / "two")
+    assert one["perplexity"] > 1 and one["lm_eval"]
+    assert two == one
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_killing_torchrun_leaves_no_worker(teacher, tmp_path):
+    """kill -9 of torchrun while its 2 workers run `slim eval`: both workers die with it (PR_SET_PDEATHSIG), none is
+    left holding the rendezvous port. Waits on events (workers started, workers gone), never on a fixed delay."""
+    teacher_dir, base = teacher
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         "slim.harness.cli.main", "eval", *base, f"eval.model={teacher_dir}", "eval.tasks=[]",
+         "eval.perplexity_batches=1000", f"run_dir={tmp_path / 'run'}"],
+        cwd=REPO, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while len(workers := _children(launcher.pid)) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline, "torchrun never started 2 workers"
+            time.sleep(0.2)
+        launcher.kill()
+        launcher.wait()
+        while alive := [pid for pid in workers if _alive(pid)]:
+            assert time.monotonic() < deadline, f"workers {alive} outlived torchrun"
+            time.sleep(0.2)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

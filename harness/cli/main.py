@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from slim.harness.cli import commands
 from slim.harness.errors import UserError
+from slim.harness.orphans import die_with_launcher
 from slim.harness.plugins import load_plugins
 from slim.harness.verbosity import configure_output
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()  # under torchrun: a killed launcher leaves no worker behind
     args = build_parser().parse_args(argv)
     configure_output(args.verbose)  # before the subcommand imports any library
     try:

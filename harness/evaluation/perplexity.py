@@ -17,7 +17,9 @@ def model_perplexity(model: torch.nn.Module, loader: DataLoader, max_batches: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    metric = Perplexity().to(device)  # on the model's device: no [B, T, V] copies to CPU, and NCCL can sync it
+    # On the model's device (no [B, T, V] copies to CPU). Never synced: every caller scores its whole loader in this
+    # process (slim eval on rank 0 alone), and a synced compute() would wait on ranks that never join (a deadlock).
+    metric = Perplexity(sync_on_compute=False).to(device)
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
     for index, batch in enumerate(tqdm(loader, total=total, desc=desc, leave=False)):
         if index == total:
