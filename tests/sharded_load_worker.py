@@ -41,7 +41,7 @@ def load(model_dir: str, mesh: DeviceMesh, dtype: torch.dtype | None) -> tuple[P
     model, mtp = empty_with_mtp(model_dir, with_mtp=True)
     cast_parameters((model, mtp), dtype)
     shard_with_mtp(model, mtp, mesh)
-    fill_pretrained(model, mtp, model_dir, mesh)
+    fill_pretrained(model, mtp, model_dir, mesh, seed=0)
     return model, mtp
 
 

@@ -134,3 +134,24 @@ def test_width_surgery_slices_mtp_with_the_backbone(input_ids) -> None:
     with torch.no_grad():
         logits = mtp_logits(model, mtp, input_ids)
     assert [tuple(x.shape) for x in logits] == [(BATCH, SEQ - k, VOCAB) for k in range(1, DEPTH + 1)]
+
+
+def test_a_seeded_fresh_mtp_depends_on_the_seed_alone() -> None:
+    """build_mtp(model, seed) draws on the CPU from `seed`, leaving the global RNG as it was: the same module after
+    any other draws, in the model's dtype (what makes 1 process and FSDP start from one MTP init), another seed
+    another module."""
+    model = build_model(tiny_config())
+    torch.manual_seed(5)
+    first = build_mtp(model, seed=3).state_dict()
+    after_first = torch.rand(4)
+    torch.manual_seed(5)
+    torch.rand(100)  # other draws before the second build
+    second = build_mtp(model, seed=3).state_dict()
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(4), after_first)  # the global stream continued as if no MTP were drawn
+    assert all(torch.equal(tensor, second[name]) for name, tensor in first.items())
+    other = build_mtp(model, seed=4).state_dict()
+    assert any(not torch.equal(tensor, other[name]) for name, tensor in first.items())
+    half = build_mtp(model.to(torch.bfloat16), seed=3).state_dict()
+    assert all(tensor.dtype == torch.bfloat16 and torch.equal(tensor, first[name].to(torch.bfloat16))
+               for name, tensor in half.items())

@@ -136,15 +136,23 @@ def mtp_depth(model: PreTrainedModel) -> int:
     return config_mtp_depth(model.config)
 
 
-def build_mtp(model: PreTrainedModel) -> MTPModule | None:
-    """A freshly initialized MTP module for `model` (the family's own init), on its device and dtype;
-    None when the config has no MTP depth. Draws from the global torch RNG."""
+def build_mtp(model: PreTrainedModel, seed: int | None = None) -> MTPModule | None:
+    """A freshly initialized MTP module for `model` (the family's own init), on its device and dtype; None when the
+    config has no MTP depth. With `seed`, drawn on the CPU from that seed alone (the global RNG untouched), so a
+    student's fresh MTP module is the same whatever the device, process count or sharding; without, from the global
+    torch RNG on the model's device."""
     if mtp_depth(model) == 0:
         return None
     embed_weight = model.get_input_embeddings().weight
-    mtp = construct_mtp(model, embed_weight.device)
-    mtp.apply(model._init_weights)
-    return mtp.to(embed_weight.dtype)
+    if seed is None:
+        mtp = construct_mtp(model, embed_weight.device)
+        mtp.apply(model._init_weights)
+        return mtp.to(embed_weight.dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mtp = construct_mtp(model, "cpu")
+        mtp.apply(model._init_weights)
+    return mtp.to(embed_weight.device, embed_weight.dtype)
 
 
 def mtp_hidden_params(mtp: MTPModule) -> list[tuple[str, torch.Tensor, int]]:

@@ -163,7 +163,8 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     result = fit(module, data, cfg.train, run_dir, loggers=loggers, callbacks=[*callbacks, experts])
     trainer = result.trainer
 
-    gathered = gather_unsharded((module.student, module.student_mtp), lambda: load_student(cfg.distill.student))
+    gathered = gather_unsharded((module.student, module.student_mtp),
+                                lambda: load_student(cfg.distill.student, cfg.train.seed))
     if gathered is not None:  # under FSDP only rank 0 holds the gathered student and writes it
         student, student_mtp = gathered
         save_pretrained(student, cfg.distill.output, tokenizer=data.tokenizer,

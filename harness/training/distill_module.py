@@ -88,12 +88,12 @@ def _fresh_mtp(path: str | Path, model: PreTrainedModel) -> bool:
     return fresh
 
 
-def load_student(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
-    """The student (in train mode) and its MTP module; a fresh MTP module when config.json has MTP depths but
-    no weights were saved."""
+def load_student(path: str | Path, seed: int) -> tuple[PreTrainedModel, MTPModule | None]:
+    """The student (in train mode) and its MTP module; a fresh MTP module drawn from `seed` when config.json has MTP
+    depths but no weights were saved (the same module FSDP's sharded load draws)."""
     model, _ = load_pretrained(path)
     model.train()
-    return model, build_mtp(model) if _fresh_mtp(path, model) else load_mtp(model, path)
+    return model, build_mtp(model, seed) if _fresh_mtp(path, model) else load_mtp(model, path)
 
 
 def student_skeleton(path: str | Path) -> tuple[PreTrainedModel, MTPModule | None]:
@@ -146,7 +146,8 @@ class DistillModule(pl.LightningModule):
         if self.student is not None:
             return
         sharded = self.device_mesh is not None  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
-        self.student, self.student_mtp = (student_skeleton if sharded else load_student)(self.distill_cfg.student)
+        self.student, self.student_mtp = (student_skeleton(self.distill_cfg.student) if sharded
+                                          else load_student(self.distill_cfg.student, self.train_cfg.seed))
         self.teacher = (teacher_skeleton if sharded else load_teacher)(self.distill_cfg.teacher)
         if self.distill_cfg.teacher_cache:  # kd targets from `slim cache-teacher`; the teacher still serves validation
             self.teacher_cache = TeacherCache(self.distill_cfg.teacher_cache)
@@ -171,10 +172,10 @@ class DistillModule(pl.LightningModule):
         cfg, mesh = self.distill_cfg, self.device_mesh
         shard_with_mtp(self.student, self.student_mtp, mesh, mixed_precision_policy(self.train_cfg.precision))
         shard_with_mtp(self.teacher.model, self.teacher.mtp, mesh)
-        fill_pretrained(self.student, self.student_mtp, cfg.student, mesh)
+        fill_pretrained(self.student, self.student_mtp, cfg.student, mesh, self.train_cfg.seed)
         check = (None if self.teacher_cache is None
                  else partial(self.teacher_cache.check_teacher, self.teacher.model, cfg.teacher))
-        fill_pretrained(self.teacher.model, self.teacher.mtp, cfg.teacher, mesh, check)
+        fill_pretrained(self.teacher.model, self.teacher.mtp, cfg.teacher, mesh, self.train_cfg.seed, check)
 
     def loss_weights(self) -> tuple[float, float]:
         """(λ, β) at the current step, as a fraction of the whole budget `total_steps`."""

@@ -83,18 +83,19 @@ def empty_with_mtp(directory: str | Path, with_mtp: bool) -> tuple[PreTrainedMod
     return model, construct_mtp(model, "meta").to(model.get_input_embeddings().weight.dtype)
 
 
-def _mtp_state(model: PreTrainedModel, directory: str | Path) -> dict[str, torch.Tensor]:
-    """The MTP weights saved in `directory`, or a fresh init's (drawn on `model`'s device) when there are none."""
+def _mtp_state(model: PreTrainedModel, directory: str | Path, seed: int) -> dict[str, torch.Tensor]:
+    """The MTP weights saved in `directory`, or when there are none a fresh init's, drawn from `seed` as one process
+    without FSDP draws it (slim.harness.models.mtp.build_mtp)."""
     if has_mtp_weights(directory):
         return read_mtp_state(directory, mtp_depth(model))
-    return build_mtp(model).state_dict()
+    return build_mtp(model, seed).state_dict()
 
 
 def fill_pretrained(model: PreTrainedModel, mtp: MTPModule | None, directory: str | Path, mesh: DeviceMesh,
-                    check: StateCheck | None = None) -> None:
+                    seed: int, check: StateCheck | None = None) -> None:
     """Fill the sharded meta-device model of `directory` (slim.harness.models.io.empty_model) from rank 0's lazy read
     of its safetensors, which `check(state)` may refuse there, and its MTP module from its saved weights or,
-    without any, a fresh init. A collective: all ranks call it."""
+    without any, a fresh init drawn from `seed`. A collective: all ranks call it."""
     def read_model() -> dict[str, torch.Tensor]:
         state = read_state_dict(model, directory)
         if check is not None:
@@ -103,4 +104,4 @@ def fill_pretrained(model: PreTrainedModel, mtp: MTPModule | None, directory: st
 
     fill_from_rank0(model, read_model, mesh, model._init_weights)
     if mtp is not None:
-        fill_from_rank0(mtp, lambda: _mtp_state(model, directory), mesh, model._init_weights)
+        fill_from_rank0(mtp, lambda: _mtp_state(model, directory, seed), mesh, model._init_weights)
