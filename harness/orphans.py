@@ -1,10 +1,11 @@
-"""No orphan workers: a process torchrun started dies with its launcher, even when the launcher is killed hard.
+"""No orphan workers: a process torchrun or the grid started dies with its parent, even when that is killed hard.
 
 torchrun forwards SIGTERM and SIGINT to its workers, but a `kill -9` of torchrun (or of the shell job around it)
-leaves them running: blocked in a collective, holding GPUs and the rendezvous port. On Linux a worker can ask the
-kernel to send it a signal when its parent dies (prctl PR_SET_PDEATHSIG); the `slim` command asks for SIGKILL first
-thing under torchrun. Every file the harness writes goes through a temp file and a rename, so a killed worker
-loses no finished file. srun's tasks are reaped by slurmstepd already and need nothing here.
+leaves them running: blocked in a collective, holding GPUs and the rendezvous port. On Linux a process can ask the
+kernel to send it a signal when its parent dies (prctl PR_SET_PDEATHSIG): the `slim` command asks for SIGKILL first
+thing under torchrun, and a grid's worker processes ask for it against the grid process. Every file the harness
+writes goes through a temp file and a rename, so a killed worker loses no finished file. srun's tasks are reaped by
+slurmstepd already and need nothing here.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker's environment
 
 
-def die_with_launcher() -> bool:
-    """Under torchrun on Linux, have this process killed when its parent (the launcher) exits; True if armed."""
-    if TORCHRUN_VARIABLE not in os.environ or not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return False
-    if os.getppid() == 1:  # the launcher died before the request took effect
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere only the check below runs),
+    and die now if the parent is already gone (it may have died before the request was made)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
-    return True
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, `die_with_parent` of the launcher that started this worker; elsewhere nothing."""
+    if TORCHRUN_VARIABLE in os.environ:
+        die_with_parent(os.getppid())

@@ -1,6 +1,7 @@
 """Distillation: eq 12 terms from a frozen teacher, kernels agree, KD falls, checkpoints resume and stay clean."""
 
 import math
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from slim.harness.training.distill_module import DistillModule
 from slim.harness.training.loss_terms import kd_loss_from_logits, lm_loss, main_head_targets, mtp_kd_loss, mtp_lm_loss
 from slim.harness.training.nonfinite_guard import GoodCheckpoint, NonFiniteGuard, NonFiniteLossError
 from slim.harness.training.optim import configure_adamw
+from slim.harness.training.run import validate_train_config
 from slim.harness.training.trainer import build_trainer
 from tests.fixtures.distill_pair import TWO_LAYER_MODEL, config_in, distill_config
 
@@ -121,6 +123,51 @@ def test_checkpoint_has_no_teacher_and_resume_continues(teacher_dir, student_dir
     second_run = (Path(tiny_config().run_dir) / "metrics/version_1/metrics.csv").read_text().splitlines()
     steps = [int(row.split(",")[second_run[0].split(",").index("step")]) for row in second_run[1:]]
     assert steps and min(steps) >= 2, steps
+
+
+class Stopped(RuntimeError):
+    """The simulated kill."""
+
+
+class StopBeforeStep(pl.Callback):
+    """Raises as step `step` starts, as a killed job stops (what was written by then is what a rerun finds)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Stopped(f"stopped before step {self.step}")
+
+
+@pytest.mark.parametrize("every", ["train.checkpoint_every_steps=3", "train.checkpoint_every_minutes=1e-9"])
+def test_checkpoints_between_validations_by_steps_or_minutes(teacher_dir, student_dir, tiny_config, every):
+    """With validation only at step 8, a run stopped as step 4 starts has last.ckpt at step 3 (every 3 steps) or
+    step 4 (a clock that is always due: every step); without either, it has none. The checkpoint records the
+    training loss it was written at."""
+    written = {}
+    for name, overrides in (("off", []), ("on", [every])):
+        cfg = distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=8",
+                             "train.val_every=8", f"run_dir={Path(tiny_config().run_dir).parent / name}",
+                             *overrides)
+        with pytest.raises(Stopped):
+            distill(cfg, callbacks=[StopBeforeStep(4)])
+        last = Path(cfg.run_dir) / "checkpoints/last.ckpt"
+        written[name] = torch.load(last, weights_only=False) if last.exists() else None
+    assert written["off"] is None
+    assert written["on"]["global_step"] == (3 if "steps" in every else 4)
+    guard = next(state for key, state in written["on"]["callbacks"].items() if key.startswith("GoodCheckpoint"))
+    assert guard["last_good_step"] == written["on"]["global_step"] and math.isfinite(guard["train_loss"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.checkpoint_every_steps=-1", "train.checkpoint_every_steps: must be >= 0"),
+    ("train.checkpoint_every_minutes=-0.5", "train.checkpoint_every_minutes: must be >= 0"),
+    ("train.stop_signals=[SIGKILL]", "train.stop_signals: unknown 'SIGKILL'; valid: SIGTERM, SIGUSR1"),
+])
+def test_bad_checkpoint_settings_are_refused_before_work(tiny_config, override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate_train_config(tiny_config(override).train)
 
 
 def test_teacher_stays_frozen_in_eval_mode(teacher_dir, student_dir):

@@ -17,7 +17,7 @@ from slim.harness.config.load import load_config
 from slim.harness.config.schema import TrainConfig
 from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.data.sampler import ResumableBatchSampler
-from slim.harness.errors import UserError
+from slim.harness.errors import REQUEUE_EXIT, UserError
 from slim.harness.models.build import build_model
 from slim.harness.models.io import load_pretrained, save_pretrained
 from slim.harness.models.mtp import build_mtp
@@ -54,22 +54,25 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return teacher_dir, student_dir, root / "tok"
 
 
-def slim_distill(run_dir: Path, pair: tuple[Path, Path, Path], *overrides: str, kill_at: int = 0) -> Path:
-    """Run `slim distill` in a subprocess (one thread per process), or with `kill_at` > 0 the same run killed
-    before that step (tests/killed_distill.py); returns the output directory."""
+def slim_distill(run_dir: Path, pair: tuple[Path, Path, Path], *overrides: str, stop: str = "") -> Path:
+    """Run `slim distill` in a subprocess (one thread per process); returns the output directory. With `stop`
+    (tests/killed_distill.py): "N" kills the run before step N; "N SIGNAL" sends SIGNAL to rank 0 as step N starts,
+    and the run must then exit REQUEUE_EXIT saying so."""
     teacher, student, tokenizer_dir = pair
     output = run_dir.parent / f"{run_dir.name}-student"
     args = [*TINY_OVERRIDES, *RUN, f"data.tokenizer={tokenizer_dir}", f"run_dir={run_dir}",
             f"distill.teacher={teacher}", f"distill.student={student}", f"distill.output={output}", *overrides]
-    command = (["-m", "slim.harness.cli.main", "distill"] if not kill_at
-               else [str(REPO / "tests/killed_distill.py"), str(kill_at)])
+    command = (["-m", "slim.harness.cli.main", "distill"] if not stop
+               else [str(REPO / "tests/killed_distill.py"), *stop.split()])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, *command, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
-    if kill_at:
+    if not stop:
+        assert done.returncode == 0, done.stderr[-3000:]
+    elif len(stop.split()) == 1:
         assert done.returncode != 0 and "killed before step" in done.stderr, done.stderr[-3000:]
     else:
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == REQUEUE_EXIT and f"stopped on {stop.split()[1]}" in done.stderr, done.stderr[-3000:]
     return output
 
 
@@ -154,11 +157,29 @@ def test_bf16_mixed_follows_the_fp32_curve(one_and_two, pair, tmp_path, processe
 def _resume_matches_uninterrupted(pair, tmp_path: Path, *overrides: str) -> None:
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     slim_distill(whole, pair, "train.max_steps=4", *overrides)
-    slim_distill(cut, pair, "train.max_steps=4", *overrides, kill_at=2)
+    slim_distill(cut, pair, "train.max_steps=4", *overrides, stop="2")
     slim_distill(cut, pair, "train.max_steps=4", *overrides)
     uninterrupted, resumed = step_losses(whole), step_losses(cut, version=1)
     assert sorted(resumed) == [2, 3], resumed
     print("resumed vs uninterrupted:", {step: (resumed[step], uninterrupted[step]) for step in resumed})
+    for step in resumed:
+        assert abs(resumed[step] - uninterrupted[step]) < LOSS_TOL, (step, resumed[step], uninterrupted[step])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", ["one", "two"])
+def test_a_stop_signal_checkpoints_its_step_and_the_rerun_recomputes_nothing(pair, tmp_path, processes):
+    """SIGTERM to rank 0 as step 1 starts, no validation before step 4: every rank finishes step 1, writes last.ckpt
+    at step 2 and `slim distill` exits 75; the rerun resumes at step 2 (steps 0-1 are not recomputed) and its
+    curve is the uninterrupted one."""
+    strategy = FSDP if processes == "two" else []
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    overrides = ["train.max_steps=5", "train.val_every=4", *strategy]
+    slim_distill(whole, pair, *overrides)
+    slim_distill(cut, pair, *overrides, stop="1 SIGTERM")
+    slim_distill(cut, pair, *overrides)
+    uninterrupted, resumed = step_losses(whole), step_losses(cut, version=1)
+    assert sorted(step_losses(cut)) == [0, 1] and sorted(resumed) == [2, 3, 4], resumed
     for step in resumed:
         assert abs(resumed[step] - uninterrupted[step]) < LOSS_TOL, (step, resumed[step], uninterrupted[step])
 

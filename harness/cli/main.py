@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from slim.harness.cli import commands
-from slim.harness.errors import UserError
+from slim.harness.errors import REQUEUE_EXIT, Preempted, UserError
 from slim.harness.orphans import die_with_launcher
 from slim.harness.plugins import load_plugins
 from slim.harness.verbosity import configure_output
@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"slim {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"slim {args.command}: {stop}", file=sys.stderr)
+        return REQUEUE_EXIT
 
 
 if __name__ == "__main__":

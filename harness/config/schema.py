@@ -131,6 +131,12 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0
     resume: bool = True
+    # last.ckpt between validations (0: off): every N optimizer steps and/or every M minutes of training.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
+    # Signals that make every rank finish its step, write last.ckpt and exit 75 for a requeue (Slurm preemption and
+    # time limits send SIGTERM; `sbatch --signal=B:USR1@300` sends SIGUSR1 ahead of the limit). [] leaves them alone.
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 @dataclass

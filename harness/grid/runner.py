@@ -11,14 +11,11 @@ their output to their cell's `cell.log`, so the terminal shows the grid's one pr
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import multiprocessing
 import os
-import signal
 import socket
 import subprocess
-import sys
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -32,13 +29,13 @@ from slim.harness.grid.calibration import with_shared_stats
 from slim.harness.grid.expand import Cell
 from slim.harness.grid.kinds import CellKind, cell_kinds
 from slim.harness.grid.store import ResultsStore
+from slim.harness.orphans import die_with_parent
 from slim.harness.plugins import load_plugins
 from slim.harness.provenance import software
 from slim.harness.verbosity import configure_output, redirect_output
 
 CELL_LOG = "cell.log"  # a parallel worker's stdout and stderr, in its cell's run_dir
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @functools.cache
@@ -87,17 +84,6 @@ def run_sequential(store_path: str, cells: list[Cell]) -> None:
     """Cells one after another in this process."""
     for cell in tqdm(cells, desc="grid cells", unit="cell"):
         execute_cell(store_path, cell, cell_kinds.get(cell.kind))
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere only the check below runs),
-    and die now if the parent is already gone (it may have died before the request was made)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def cell_log(cell: Cell) -> Path:

@@ -47,7 +47,9 @@ def _parameters_finite(module: torch.nn.Module) -> bool:
 
 
 class GoodCheckpoint(Callback):
-    """`<dirpath>/last.ckpt` after every validation and at the end of training, only when the state is good.
+    """`<dirpath>/last.ckpt` after every validation, at the end of training and when `save` is called between
+    validations (slim.harness.training.preemption), only when the state is good: finite parameters, finite last
+    training loss and finite last validation loss (`train_loss` records the training loss it was written at).
 
     The checkpoint is written beside as `last.ckpt.tmp` (a file, or a directory of shards under FSDP) and then
     renamed over the previous one, so a kill during the save leaves the previous good checkpoint. `last_good_step`
@@ -58,16 +60,18 @@ class GoodCheckpoint(Callback):
         self.dirpath = Path(dirpath)
         self.last_good_step: int | None = None
         self.resumed_step: int | None = None
+        self.train_loss: float | None = None
 
     @property
     def path(self) -> Path:
         return self.dirpath / LAST_CHECKPOINT
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_good_step": self.last_good_step}
+        return {"last_good_step": self.last_good_step, "train_loss": self.train_loss}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_good_step = state_dict.get("last_good_step")
+        self.train_loss = state_dict.get("train_loss")
         self.resumed_step = self.last_good_step
 
     def _good(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
@@ -76,7 +80,8 @@ class GoodCheckpoint(Callback):
                  and _parameters_finite(pl_module))
         return trainer.strategy.reduce_boolean_decision(local, all=True)
 
-    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write last.ckpt for the current step if the state is good (a collective: every rank calls it)."""
         if (trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
                 or self.last_good_step == trainer.global_step):
             return
@@ -85,6 +90,8 @@ class GoodCheckpoint(Callback):
                            f"{self.describe()}")
             return
         previous, self.last_good_step = self.last_good_step, trainer.global_step
+        loss = trainer.callback_metrics.get("train/loss")
+        self.train_loss = None if loss is None else float(_full(loss) if isinstance(loss, torch.Tensor) else loss)
         tmp = self.path.with_name(f"{LAST_CHECKPOINT}.tmp")
         if trainer.is_global_zero:
             remove_path(tmp)
@@ -100,10 +107,10 @@ class GoodCheckpoint(Callback):
         trainer.strategy.barrier()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer, pl_module)
+        self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer, pl_module)
+        self.save(trainer, pl_module)
 
     def describe(self) -> str:
         """Which checkpoint a rerun resumes from, in words."""

@@ -19,11 +19,13 @@ from omegaconf import OmegaConf
 from slim.harness.atomic import write_text_atomic
 from slim.harness.config.load import to_yaml
 from slim.harness.config.schema import SlimConfig, TrainConfig
-from slim.harness.errors import UserError
+from slim.harness.errors import Preempted, UserError
 from slim.harness.models.experts_policy import apply_experts_policy
 from slim.harness.outputs import check_work_dir
 from slim.harness.provenance import stamped
 from slim.harness.training.layer_switches import check_compiler
+from slim.harness.training.nonfinite_guard import GoodCheckpoint
+from slim.harness.training.preemption import StopAndCheckpoint, validate_checkpointing
 from slim.harness.training.trainer import PRECISIONS, STRATEGIES, build_trainer, resume_path
 
 
@@ -55,6 +57,7 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
     if cfg.precision not in PRECISIONS:
         raise UserError(f"train.precision: unknown {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     check_batch_split(cfg, cfg.devices * cfg.num_nodes, "train.devices x train.num_nodes")
+    validate_checkpointing(cfg)
     if cfg.compile:
         check_compiler()
 
@@ -134,11 +137,16 @@ class FitResult:
 
 def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConfig, run_dir: Path,
         loggers: Sequence[Logger] = (), callbacks: Sequence[Callback] = ()) -> FitResult:
-    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present) with extra loggers and callbacks."""
+    """Fit (resuming from `<run_dir>/checkpoints/last.ckpt` when present) with extra loggers and callbacks; raises
+    Preempted when a stop signal ended training early (last.ckpt is written: rerunning the command resumes)."""
     start_step = _StartStep()
     trainer = build_trainer(cfg, run_dir, loggers, [*callbacks, start_step])
     start = perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg))
+    stop = next(callback for callback in trainer.callbacks if isinstance(callback, StopAndCheckpoint))
+    if stop.signalled is not None:
+        checkpoint = next(callback for callback in trainer.callbacks if isinstance(callback, GoodCheckpoint))
+        raise Preempted(f"stopped on {stop.signalled} after step {trainer.global_step}: {checkpoint.describe()}")
     return FitResult(trainer, perf_counter() - start, start_step.step)
 
 

@@ -15,6 +15,7 @@ from slim.harness.config.schema import TrainConfig
 from slim.harness.training.accumulation import StepMean, micro_batches_per_step
 from slim.harness.training.nonfinite_guard import LAST_CHECKPOINT, GoodCheckpoint, NonFiniteGuard
 from slim.harness.training.precision import trainer_precision
+from slim.harness.training.preemption import StopAndCheckpoint
 
 STRATEGIES = ("auto", "fsdp")
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -60,8 +61,9 @@ def build_strategy(cfg: TrainConfig) -> str | Strategy:
 
 def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logger] = (),
                   callbacks: Sequence[Callback] = ()) -> pl.Trainer:
-    """Step-based trainer: validation and checkpointing every `val_every` steps and at the end, atomic checkpoints
-    of finite states only, a stop on non-finite losses or gradients; `loggers` (e.g. W&B) log beside the CSV
+    """Step-based trainer: validation and checkpointing every `val_every` steps and at the end, checkpoints between
+    validations by steps, minutes or a stop signal (slim.harness.training.preemption), atomic checkpoints of finite
+    states only, a stop on non-finite losses or gradients; `loggers` (e.g. W&B) log beside the CSV
     metrics, `callbacks` (e.g. search pruning) run after the built-in ones. Lightning counts validation
     intervals and batches in micro-batches, hence the scaling under gradient accumulation."""
     checkpoint = GoodCheckpoint(checkpoint_dir(run_dir))
@@ -83,8 +85,8 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path, loggers: Sequence[Logge
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
         logger=[CSVLogger(str(run_dir), name="metrics"), *loggers],  # CSV version_N per (re)start: never overwritten
-        callbacks=[checkpoint, NonFiniteGuard(checkpoint), GlobalBatchLoss(), TQDMProgressBar(refresh_rate=10),
-                   *callbacks],
+        callbacks=[checkpoint, NonFiniteGuard(checkpoint), GlobalBatchLoss(), StopAndCheckpoint(checkpoint, cfg),
+                   TQDMProgressBar(refresh_rate=10), *callbacks],
         enable_model_summary=False,
         enable_checkpointing=False,  # GoodCheckpoint writes last.ckpt
     )
