@@ -198,6 +198,24 @@ def test_fsdp_resumes_from_its_sharded_checkpoint_directory(pair, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_resumed_on_another_process_count_continues_the_same_curve(pair, tmp_path):
+    """2 FSDP processes killed before step 2, resumed on 1 FSDP process (the shards re-sharded), killed before step
+    4, resumed on 2 again: steps 2-5 follow the uninterrupted 2-process curve (the same global batches in the same
+    order, each sliced by the processes there are)."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    base = ["train.max_steps=6", "train.strategy=fsdp"]
+    slim_distill(whole, pair, *base, "train.devices=2")
+    slim_distill(cut, pair, *base, "train.devices=2", stop="2")
+    slim_distill(cut, pair, *base, "train.devices=1", stop="4")
+    slim_distill(cut, pair, *base, "train.devices=2")
+    uninterrupted = step_losses(whole)
+    resumed = {**step_losses(cut, version=1), **step_losses(cut, version=2)}
+    assert sorted(resumed) == [2, 3, 4, 5], resumed
+    for step in resumed:
+        assert abs(resumed[step] - uninterrupted[step]) < LOSS_TOL, (step, resumed[step], uninterrupted[step])
+
+
+@pytest.mark.slow
 def test_fsdp_with_checkpointed_layers_and_micro_batches_follows_the_one_process_curve(one_and_two, pair, tmp_path):
     """2 FSDP processes recomputing every checkpointed layer in backward and accumulating each slice of 2 as 2
     micro-batches of 1 follow the 1-process curve. Not bit for bit: the balance term counts its expert load

@@ -228,6 +228,32 @@ def test_same_run_may_change_its_step_budget_or_start_over(tmp_path):
     check_run_dir(_distill_config(tmp_path, "distill.loss=lm", "train.resume=false"))
 
 
+def test_a_requeue_may_change_the_launch_but_not_the_run(tmp_path):
+    """A requeued job may come back on another node or process count, strategy, micro-batch split, recomputation
+    or checkpoint cadence (LAUNCH_FIELDS); another global batch is another run."""
+    cfg = _distill_config(tmp_path)
+    Path(cfg.run_dir).mkdir()
+    (Path(cfg.run_dir) / "config.yaml").write_text(to_yaml(cfg))
+    check_run_dir(_distill_config(tmp_path, "train.devices=2", "train.num_nodes=4", "train.strategy=fsdp",
+                                  "train.micro_batch_size=1", "train.activation_checkpointing=true",
+                                  "train.checkpoint_every_minutes=30", "train.stop_signals=[SIGUSR1]"))
+    with pytest.raises(UserError, match="holds a run with another config"):
+        check_run_dir(_distill_config(tmp_path, f"train.batch_size={cfg.train.batch_size * 2}"))
+
+
+def test_a_sharded_checkpoint_without_fsdp_is_one_line_before_any_work(tmp_path):
+    """last.ckpt as a directory of shards (an FSDP run) is refused under another strategy, naming the one that
+    resumes it (it used to be an IsADirectoryError traceback after the models were loaded)."""
+    cfg = _distill_config(tmp_path)
+    (Path(cfg.run_dir) / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    (Path(cfg.run_dir) / "config.yaml").write_text(to_yaml(cfg))
+    with pytest.raises(UserError, match=r"^train.strategy: .*last.ckpt is a sharded FSDP checkpoint, which only "
+                                        r"train.strategy=fsdp resumes"):
+        check_run_dir(cfg)
+    check_run_dir(_distill_config(tmp_path, "train.strategy=fsdp"))
+    check_run_dir(_distill_config(tmp_path, "train.resume=false"))
+
+
 @pytest.mark.parametrize("entry", ["run", "pretrain", "zeda"])
 def test_run_pretrain_and_zeda_refuse_another_run_before_any_work(entry, tmp_path, monkeypatch):
     """slim run refuses before compressing (it used to overwrite its student first), pretrain before reading data,

@@ -62,25 +62,38 @@ def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> N
         check_compiler()
 
 
+# What may change between launches of one run: where and how it computes, not what it trains. A requeued job may get
+# another node or GPU count (the global batch stays train.batch_size, sliced anew, in the same (seed, step) order),
+# another micro-batch split of it, recomputation, compilation, threads, logging and checkpoint cadence.
+LAUNCH_FIELDS = ("max_steps", "resume", "devices", "num_nodes", "strategy", "micro_batch_size",
+                 "activation_checkpointing", "compile", "num_threads", "log_every", "checkpoint_every_steps",
+                 "checkpoint_every_minutes", "stop_signals")
+
+
 def _comparable(yaml_text: str) -> dict:
-    """A run config without the fields a rerun may change: its step budget (to extend it), train.resume and how
-    the models compute (model_runtime: the same model either way)."""
+    """A run config without the fields a rerun may change: its step budget (to extend it), train.resume, the launch
+    (LAUNCH_FIELDS) and how the models compute (model_runtime: the same model either way)."""
     config = OmegaConf.to_container(OmegaConf.create(yaml_text))
-    config["train"].pop("max_steps")
-    config["train"].pop("resume")
+    for name in LAUNCH_FIELDS:
+        config["train"].pop(name, None)
     config.pop("model_runtime", None)
     return config
 
 
 def check_run_dir(cfg: SlimConfig) -> None:
     """Refuse a run_dir that is a file or unwritable, and, with train.resume, one holding a run of another config
-    (recipe, loss, LR, data, ...): its checkpoints and summary belong to a different model. Cheap; every
-    training entry point calls it before any work, `prepare_run` again before config.yaml is written."""
+    (recipe, loss, LR, data, ...): its checkpoints and summary belong to a different model; or a sharded (FSDP)
+    checkpoint this strategy cannot read. Cheap; every training entry point calls it before any work, `prepare_run`
+    again before config.yaml is written."""
     check_work_dir(cfg.run_dir, "run_dir")
     saved = Path(cfg.run_dir) / "config.yaml"
     if cfg.train.resume and saved.is_file() and _comparable(saved.read_text()) != _comparable(to_yaml(cfg)):
         raise UserError(f"run_dir: {cfg.run_dir} holds a run with another config ({saved}); pick a new run_dir "
                         "or set train.resume=false to start over there")
+    last = resume_path(cfg.run_dir, cfg.train)
+    if last is not None and Path(last).is_dir() and cfg.train.strategy != "fsdp":
+        raise UserError(f"train.strategy: {last} is a sharded FSDP checkpoint, which only train.strategy=fsdp "
+                        "resumes (on any train.devices x train.num_nodes, 1 included); or set train.resume=false")
 
 
 def prepare_run(cfg: SlimConfig) -> Path:
