@@ -129,6 +129,29 @@ def test_submitit_local_executor_matches_inprocess(tmp_path):
     assert all(row["status"] == "done" and "job" in row["worker"] for row in submitted)
 
 
+def test_submitit_jobs_pass_the_cluster_settings_and_requeue_into_the_same_cell():
+    """account, qos, constraint, setup lines and the signal delay reach submitit; a cell's job is checkpointable:
+    preempted, it resubmits the same call (the cell reruns in its run_dir and resumes there)."""
+    import submitit
+
+    from slim.harness.grid.launch_submitit import CellJob, executor_parameters
+    from slim.harness.grid.spec import SlurmParams
+
+    slurm = SlurmParams(partition="gpu", account="proj1", qos="high", constraint="h100",
+                        setup=["module load cuda", "export HF_HUB_OFFLINE=1"], signal_delay_s=300)
+    params = executor_parameters((2, 8), slurm, "grid-x")
+    assert {key: params[key] for key in ("slurm_account", "slurm_qos", "slurm_constraint", "slurm_setup",
+                                         "slurm_signal_delay_s", "nodes", "tasks_per_node")} == {
+        "slurm_account": "proj1", "slurm_qos": "high", "slurm_constraint": "h100",
+        "slurm_setup": ["module load cuda", "export HF_HUB_OFFLINE=1"], "slurm_signal_delay_s": 300, "nodes": 2,
+        "tasks_per_node": 8}
+    assert "slurm_account" not in executor_parameters((1, 0), SlurmParams(), "grid-y")
+    job = CellJob()
+    again = job.checkpoint("store.sqlite", "cell", "kind")
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.function is job and again.args == ("store.sqlite", "cell", "kind")
+
+
 def test_cli_grid_then_report_writes_the_table(tmp_path, capsys):
     """`slim grid` runs the cells with overrides applied to each, `slim report` renders the store as LaTeX."""
     spec = write_spec(tmp_path, "axes:\n  train.lr: [0.1, 0.3]\nseeds: [0, 1]\nmetrics: [value]\n"

@@ -52,6 +52,11 @@ class SlurmParams:
     cpus_per_task: int = 8
     mem_gb: float = 0.0  # 0 = the partition's default
     array_parallelism: int = 16
+    account: str = ""  # sbatch --account
+    qos: str = ""  # sbatch --qos
+    constraint: str = ""  # sbatch --constraint (e.g. a GPU model)
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, env, ...)
+    signal_delay_s: int = 120  # seconds before the time limit Slurm warns the job (submitit then requeues it)
 
 
 @dataclass(frozen=True)
