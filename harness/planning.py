@@ -17,9 +17,18 @@ With P parameters (MTP included) and c bytes per compute element (2 under train.
                          without checkpointing A = sum of a(layer) over the student's layers and MTP depths;
                          with it (train.activation_checkpointing) A = d (L + D) + max a(layer): each layer keeps
                          only its input, and one layer's activations are rebuilt at a time in backward
-    LM-loss logits       b s V (4 h + c + 4 [c < 4])   for h heads with a cross-entropy term (the backbone's with
-                         `lm`, one per MTP depth with `mtp_lm`): each keeps its fp32 log-softmax for backward, and one
-                         head at a time also holds its logits in the compute dtype and their fp32 copy
+    loss heads           h c (N + V) d + 4 V d + 12 r V   for h heads with a loss term (the backbone's with `lm`
+                         or `kd`, one per MTP depth with `mtp_lm` or `mtp_kd`) under the fused chunked head
+                         (distill.kd_kernel chunked or triton): each head's forward leaves its input and weight
+                         gradients ([N, d], [V, d] in the compute dtype) for backward; one head at a time accumulates
+                         its weight gradient in fp32 and holds three fp32 [r, V] chunk buffers (student and teacher
+                         logits, their gradient), r rows per chunk (kernels/kd_loss/chunked.py's default, at most
+                         N = b s). Full [N, V] logits never exist. With kd_kernel=reference they do:
+                         b s V (4 h' + c + 4 [c < 4]) for the h' heads with a cross-entropy term (fp32 log-softmax
+                         kept, logits in the compute dtype and their fp32 copy)
+
+Host memory per rank (`slim plan` prints it): calibrating on the fly loads the whole teacher (its bf16 checkpoint, 2 P_t
+bytes) on every rank; with compress.stats only rank 0 loads it, to cut it. Training reads checkpoints lazily.
 
 a(layer), the activation estimate of one decoder layer per token: its two RMSNorm inputs (2 d), the input and the
 output of every linear map in it (the router included), routed experts once per routed copy (top-k x (d + 2I + I + d)),
@@ -30,6 +39,7 @@ the chunked KD kernel's chunk, embeddings and the final norm.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +54,12 @@ from slim.harness.models.params import ParamCount, count_parameters
 from slim.harness.models.view import MoEView, moe_view, view
 from slim.harness.training.loss_mixes import loss_mixes
 from slim.harness.training.run import check_batch_split
+from slim.kernels.kd_loss.chunked import default_chunk_size
 
 GIB = 2**30
 COMPUTE_BYTES = {"bf16-mixed": 2, "32-true": 4}  # bytes per element of compute (and the frozen teacher)
+MAX_NODES = 64  # the most nodes `slim plan` tries when it looks for a cluster the step fits
+CHECKPOINT_BYTES = 2  # released MoE checkpoints are bf16: a teacher loaded to host memory for calibration or the cut
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class MemoryPlan:
     activations_without_checkpointing: int
     activations_with_checkpointing: int
     usable: int  # bytes per GPU: plan.gpu_memory_gib - plan.reserve_gib
+    host: dict[str, int]  # host bytes of the heaviest rank by stage (module docstring)
+    fixes: tuple[str, ...] = ()  # overrides that each alone make a plan that does not fit fit
 
     @property
     def total(self) -> int:
@@ -151,11 +166,25 @@ def validate_plan_config(cfg: SlimConfig) -> None:
     loss_mixes.validate(cfg.distill.loss, "distill.loss")
 
 
-def _logit_bytes(cfg: SlimConfig, vocab: int, tokens: int, compute: int) -> int:
+def _head_bytes(cfg: SlimConfig, student: ModelShape, tokens: int, compute: int) -> int:
+    """Bytes of the loss heads (module docstring): the fused chunked head's buffers, or the reference's logits."""
     needs = loss_mixes.get(cfg.distill.loss).needs
-    heads = ("lm" in needs) + ("mtp_lm" in needs) * cfg.model.mtp_num_layers
-    copy = 4 if compute < 4 else 0
-    return tokens * vocab * (4 * heads + compute + copy) if heads else 0
+    depth = cfg.model.mtp_num_layers
+    vocab, width = student.vocab_size, student.hidden_size
+    if cfg.distill.kd_kernel == "reference":
+        heads = ("lm" in needs) + ("mtp_lm" in needs) * depth
+        return tokens * vocab * (4 * heads + compute + (4 if compute < 4 else 0)) if heads else 0
+    heads = bool({"lm", "kd"} & needs) + bool({"mtp_lm", "mtp_kd"} & needs) * depth
+    rows = min(default_chunk_size(width), tokens)
+    return heads * compute * (tokens + vocab) * width + 4 * vocab * width + 12 * rows * vocab if heads else 0
+
+
+def _host_bytes(cfg: SlimConfig, teacher: ModelShape) -> dict[str, int]:
+    """Host bytes of the heaviest rank by stage: the teacher loaded for calibration (every rank, when compress.stats
+    is empty) and for the cut (rank 0)."""
+    teacher_bytes = CHECKPOINT_BYTES * teacher.total
+    return {"calibration, every rank": 0 if cfg.compress.stats else teacher_bytes,
+            "compression, rank 0": teacher_bytes}
 
 
 def plan_memory(cfg: SlimConfig, teacher: ModelShape, student: ModelShape) -> MemoryPlan:
@@ -179,10 +208,11 @@ def plan_memory(cfg: SlimConfig, teacher: ModelShape, student: ModelShape) -> Me
         "all-gathered": 0 if shards == 1 else compute * (student.root_params + teacher.root_params
                                                          + 2 * max(student.largest_unit, teacher.largest_unit)),
         "activations": with_checkpointing if train.activation_checkpointing else without,
-        "LM-loss logits": _logit_bytes(cfg, student.vocab_size, tokens, compute),
+        "loss heads": _head_bytes(cfg, student, tokens, compute),
     }
     usable = int((plan.gpu_memory_gib - plan.reserve_gib) * GIB)
-    return MemoryPlan(world, micro, per_gpu // micro, parts, layer, layer_input, without, with_checkpointing, usable)
+    return MemoryPlan(world, micro, per_gpu // micro, parts, layer, layer_input, without, with_checkpointing, usable,
+                      _host_bytes(cfg, teacher))
 
 
 def plan_run(cfg: SlimConfig) -> MemoryPlan:
@@ -191,7 +221,31 @@ def plan_run(cfg: SlimConfig) -> MemoryPlan:
     recipe = cfg.compress
     student = student_shape(cfg.model, recipe.depth.num_drop, recipe.width.hidden_size, recipe.experts.num_experts,
                             recipe.experts.top_k).model
-    return plan_memory(cfg, model_shape(cfg.model), model_shape(student))
+    teacher, student = model_shape(cfg.model), model_shape(student)
+    plan = plan_memory(cfg, teacher, student)
+    return plan if plan.fits else dataclasses.replace(plan, fixes=_fixes(cfg, teacher, student))
+
+
+def _fixes(cfg: SlimConfig, teacher: ModelShape, student: ModelShape) -> tuple[str, ...]:
+    """The switches that each alone make the distillation step fit: activation checkpointing, a micro-batch of one
+    sequence, FSDP, or the fewest nodes (up to MAX_NODES) the global batch still splits over."""
+    train = cfg.train
+    trials = [(override, dataclasses.replace(cfg, train=dataclasses.replace(train, **change)))
+              for override, change, wanted in (
+                  ("train.activation_checkpointing=true", {"activation_checkpointing": True},
+                   not train.activation_checkpointing),
+                  ("train.micro_batch_size=1", {"micro_batch_size": 1}, train.micro_batch_size != 1),
+                  ("train.strategy=fsdp", {"strategy": "fsdp"}, train.strategy != "fsdp")) if wanted]
+    for nodes in range(cfg.plan.nodes + 1, MAX_NODES + 1):
+        if train.batch_size % (cfg.plan.gpus * nodes) == 0:
+            trials.append((f"plan.nodes={nodes} train.num_nodes={nodes}",
+                           dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, nodes=nodes))))
+    fixes, more_nodes = [], False
+    for override, changed in trials:
+        if (not more_nodes or not override.startswith("plan.nodes")) and plan_memory(changed, teacher, student).fits:
+            fixes.append(override)
+            more_nodes = more_nodes or override.startswith("plan.nodes")
+    return tuple(fixes)
 
 
 def format_plan(plan: MemoryPlan, cfg: PlanConfig) -> str:
@@ -204,5 +258,9 @@ def format_plan(plan: MemoryPlan, cfg: PlanConfig) -> str:
     lines.append(f"  activations: {plan.activations_with_checkpointing / GIB:.2f} GiB with checkpointing, "
                  f"{plan.activations_without_checkpointing / GIB:.2f} GiB without; per decoder layer up to "
                  f"{plan.layer_activations / GIB:.3f} GiB, {plan.layer_input / GIB:.3f} GiB checkpointed")
-    lines.append("fits" if plan.fits else f"does not fit: {(plan.total - plan.usable) / GIB:.2f} GiB over per GPU")
+    lines += [f"  host memory, {stage}: {value / GIB:.2f} GiB" for stage, value in plan.host.items()]
+    if not plan.fits:
+        lines.append("  each of these alone fits: " + ("; ".join(plan.fixes) if plan.fixes else "none found"))
+    lines.append("fits" if plan.fits else f"does not fit: the distillation step is "
+                 f"{(plan.total - plan.usable) / GIB:.2f} GiB over per GPU")
     return "\n".join(lines)
