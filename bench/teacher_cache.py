@@ -25,7 +25,7 @@ from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.provenance import stamped
 from slim.harness.training.distill import distill
 from slim.harness.training.distill_module import DistillModule
-from slim.harness.training.teacher_cache import cache_teacher
+from slim.harness.training.teacher_cache_writer import cache_teacher
 
 TEACHER = "assets/tiny-teacher"
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -228,3 +229,34 @@ def test_killing_torchrun_leaves_no_worker(teacher, tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def _slim(command: str, *args: str) -> None:
+    """`slim <command>` in one process (no launcher), with _environment()'s settings."""
+    done = subprocess.run([sys.executable, "-m", "slim.harness.cli.main", command, *args], cwd=REPO,
+                          env=_environment(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
+@pytest.mark.slow
+def test_torchrun_compress_and_cache_teacher_write_the_one_process_files(teacher, tmp_path):
+    """torchrun with 2 processes: `slim compress` (calibrating on the fly, both ranks) writes the one-process student
+    bit for bit; `slim cache-teacher` splits the shards between the ranks and writes the one-process cache (manifest
+    and every shard equal). 3,000 lines at 256 tokens a sequence make 2 shards, one per rank."""
+    teacher_dir, base = teacher
+    with gzip.open(REPO / "data/corpus/kjv.txt.gz", "rt") as source:
+        (tmp_path / "corpus.txt").write_text("".join(next(source) for _ in range(3000)))
+    for name, launch in (("one", _slim), ("two", torchrun_slim)):
+        launch("compress", *base, *RECIPE, f"compress.output={tmp_path / name / 'student'}")
+        launch("cache-teacher", *base, f"data.path={tmp_path / 'corpus.txt'}", "data.seq_len=256",
+               f"distill.teacher={teacher_dir}", f"distill.teacher_cache={tmp_path / name / 'cache'}",
+               "distill.teacher_cache_top_k=8", "train.batch_size=4")
+    one, two = _weights(tmp_path / "one" / "student"), _weights(tmp_path / "two" / "student")
+    assert sorted(one) == sorted(two) and all(torch.equal(two[key], value) for key, value in one.items())
+    caches = [tmp_path / name / "cache" for name in ("one", "two")]
+    assert (caches[0] / "manifest.json").read_text() == (caches[1] / "manifest.json").read_text()
+    shards = sorted(path.name for path in caches[0].glob("shard-*.safetensors"))
+    assert len(shards) == 2 and shards == sorted(path.name for path in caches[1].glob("shard-*.safetensors"))
+    for shard in shards:
+        first, second = (load_file(cache / shard) for cache in caches)
+        assert all(torch.equal(first[key], second[key]) for key in ("ids", "logprobs")), shard

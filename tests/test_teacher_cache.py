@@ -16,10 +16,11 @@ from slim.harness.config.load import load_config
 from slim.harness.data.packing import PackedDataset, build_corpus_data
 from slim.harness.errors import UserError
 from slim.harness.models.io import load_pretrained
-from slim.harness.training import teacher_cache
+from slim.harness.training import teacher_cache, teacher_cache_writer
 from slim.harness.training.distill import distill
 from slim.harness.training.distill_module import DistillModule
-from slim.harness.training.teacher_cache import CacheManifest, TeacherCache, shard_path, write_shards
+from slim.harness.training.teacher_cache import CacheManifest, TeacherCache, shard_path
+from slim.harness.training.teacher_cache_writer import write_shards
 from slim.kernels.kd_loss.cached_reference import cached_kd_implementations, kd_loss_cached_reference
 from slim.kernels.kd_loss.reference import kd_loss_reference
 from tests.fixtures.distill_pair import SHORT
@@ -185,19 +186,19 @@ def test_killed_run_resumes_at_the_missing_shard(teacher_dir: Path, train: Packe
     """A run killed while writing shard 1 leaves shard 0; the rerun writes only shards 1 and 2, and the cache
     equals one written in a single run."""
     subset = PackedDataset(train.sequences[:7])
-    real_save = teacher_cache.save_safetensors_atomic
+    real_save = teacher_cache_writer.save_safetensors_atomic
 
     def killed_at_second_shard(tensors, path, metadata):
         if Path(path).name != "shard-00000.safetensors":
             raise KeyboardInterrupt
         return real_save(tensors, path, metadata)
 
-    monkeypatch.setattr(teacher_cache, "save_safetensors_atomic", killed_at_second_shard)
+    monkeypatch.setattr(teacher_cache_writer, "save_safetensors_atomic", killed_at_second_shard)
     with pytest.raises(KeyboardInterrupt):
         small_cache(teacher_dir, subset, tmp_path / "resumed", top_k=4, per_shard=3)
     left = sorted(path.name for path in (tmp_path / "resumed").iterdir())
     assert left == ["manifest.json", "shard-00000.safetensors"]
-    monkeypatch.setattr(teacher_cache, "save_safetensors_atomic", real_save)
+    monkeypatch.setattr(teacher_cache_writer, "save_safetensors_atomic", real_save)
     assert small_cache(teacher_dir, subset, tmp_path / "resumed", top_k=4, per_shard=3) == [1, 2]
     assert small_cache(teacher_dir, subset, tmp_path / "once", top_k=4, per_shard=3) == [0, 1, 2]
     everything = torch.arange(7)
@@ -297,4 +298,4 @@ def test_cache_teacher_refuses_bad_fields(small_config, overrides: list[str], me
     assert slim(["cache-teacher", *args]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
     with pytest.raises(UserError, match=message):
-        teacher_cache.cache_teacher(cfg)
+        teacher_cache_writer.cache_teacher(cfg)

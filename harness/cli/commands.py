@@ -36,7 +36,7 @@ def pretrain(args: argparse.Namespace) -> int:
     from slim.harness.training.pretrain import pretrain as run_pretrain
 
     summary = run_pretrain(_config(args))
-    print(json.dumps(asdict(summary), indent=2))
+    _say(json.dumps(asdict(summary), indent=2))
     return 0
 
 
@@ -84,17 +84,17 @@ def distill(args: argparse.Namespace) -> int:
     from slim.harness.training.distill import distill as run_distill
 
     summary = run_distill(_config(args))
-    print(json.dumps(asdict(summary), indent=2))
+    _say(json.dumps(asdict(summary), indent=2))
     return 0
 
 
 def cache_teacher(args: argparse.Namespace) -> int:
     """Write the teacher's top-k log-probs over the train split to distill.teacher_cache (k =
     distill.teacher_cache_top_k; resumes a partial cache); `slim distill` then reads its kd targets from there."""
-    from slim.harness.training.teacher_cache import cache_teacher as run_cache_teacher
+    from slim.harness.training.teacher_cache_writer import cache_teacher as run_cache_teacher
 
     summary = run_cache_teacher(_config(args))
-    print(json.dumps(asdict(summary), indent=2))
+    _say(json.dumps(asdict(summary), indent=2))
     return 0
 
 

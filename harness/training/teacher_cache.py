@@ -17,34 +17,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from slim.harness.atomic import save_safetensors_atomic, write_text_atomic
+from slim.harness.atomic import write_text_atomic
 from slim.harness.calibration.fingerprint import model_fingerprint, tokenizer_sha256
 from slim.harness.config.schema import SlimConfig
-from slim.harness.data.packing import WindowDataset, build_corpus_data, sequences_sha256, window_rows
+from slim.harness.data.packing import WindowDataset, sequences_sha256
 from slim.harness.errors import UserError
-from slim.harness.models.experts_policy import apply_experts_policy
-from slim.harness.models.io import load_pretrained, read_model_config, tokenizer_vocab
-from slim.harness.training.distill_terms import backbone_hidden
 from slim.harness.training.loss_mixes import loss_mixes
 from slim.kernels.kd_loss import KDLoss
 from slim.kernels.kd_loss.cached_reference import cached_kd_implementations
-from slim.kernels.kd_loss.chunked import default_chunk_size
 
 FIELD = "distill.teacher_cache"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
-TOKENS_PER_SHARD = 1 << 16  # ~25 MB per shard at k = 64: resume loses little, the file count stays small
-BYTES_PER_ENTRY = 4 + 2  # int32 id + float16 log-prob
 
 
 @dataclass(frozen=True)
@@ -83,20 +75,6 @@ class TeacherTopK:
     logprobs: torch.Tensor
 
 
-@dataclass
-class CacheSummary:
-    """What `slim cache-teacher` reports."""
-
-    cache_dir: str
-    top_k: int
-    num_sequences: int
-    shards_written: int
-    num_shards: int
-    bytes_per_token: int
-    wall_seconds: float
-    tokens_per_second: float
-
-
 def shard_path(cache_dir: str | Path, shard: int) -> Path:
     return Path(cache_dir) / f"shard-{shard:05d}.safetensors"
 
@@ -116,14 +94,14 @@ def read_manifest(cache_dir: str | Path) -> CacheManifest:
     return manifest
 
 
-def _first_difference(found: CacheManifest, expected: CacheManifest, ignore: tuple[str, ...] = ()) -> str | None:
+def first_difference(found: CacheManifest, expected: CacheManifest, ignore: tuple[str, ...] = ()) -> str | None:
     for item in fields(CacheManifest):
         if item.name not in ignore and getattr(found, item.name) != getattr(expected, item.name):
             return f"{item.name} {getattr(found, item.name)} != {getattr(expected, item.name)}"
     return None
 
 
-def _write_manifest(cache_dir: Path, manifest: CacheManifest) -> None:
+def write_manifest(cache_dir: Path, manifest: CacheManifest) -> None:
     """manifest.json written atomically (temp file + rename)."""
     write_text_atomic(cache_dir / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2))
 
@@ -213,85 +191,3 @@ def check_cache_data(cache_dir: str, train: WindowDataset, tokenizer: PreTrained
     if manifest.train_sha256 != sequences_sha256(train):
         raise UserError(f"{FIELD}: {cache_dir} was written for other train sequences (corpus or split differ); "
                         "rewrite it with `slim cache-teacher`")
-
-
-@torch.inference_mode()
-def teacher_topk(model: PreTrainedModel, input_ids: torch.Tensor, top_k: int, batch_size: int) -> TeacherTopK:
-    """Top-k ids and log-probs of the teacher's next-token distribution at every position of input_ids [n, T],
-    in batches of `batch_size` sequences and token chunks (the [tokens, V] logits are never all held)."""
-    head = model.get_output_embeddings().weight  # [V, d]
-    chunk = default_chunk_size(head.shape[1])
-    ids, logprobs = [], []
-    for batch in input_ids.split(batch_size):
-        hidden = backbone_hidden(model, batch.to(head.device)).flatten(0, 1)  # [b * T, d]
-        for rows in hidden.split(chunk):
-            values, indices = torch.log_softmax((rows @ head.T).float(), dim=-1).topk(top_k, dim=-1)
-            ids.append(indices.to(device="cpu", dtype=torch.int32))
-            logprobs.append(values.to(device="cpu", dtype=torch.float16))
-    shape = (*input_ids.shape, top_k)
-    return TeacherTopK(torch.cat(ids).view(shape), torch.cat(logprobs).view(shape))
-
-
-def write_shards(model: PreTrainedModel, train: WindowDataset, cache_dir: str | Path, manifest: CacheManifest,
-                 batch_size: int) -> list[int]:
-    """Write every missing shard of `manifest` (the manifest first); returns the shards written.
-
-    A manifest already in `cache_dir` must be this one, so a resumed run never mixes two caches."""
-    cache_dir = Path(cache_dir)
-    if (cache_dir / MANIFEST_FILE).is_file():
-        difference = _first_difference(read_manifest(cache_dir), manifest, ignore=("teacher",))
-        if difference:
-            raise UserError(f"{FIELD}: {cache_dir} holds another cache ({difference}); pick another directory or "
-                            "delete it")
-    _write_manifest(cache_dir, manifest)
-    missing = [shard for shard in range(manifest.num_shards) if not shard_path(cache_dir, shard).is_file()]
-    done = manifest.num_sequences - sum(len(manifest.shard_rows(shard)) for shard in missing)
-    with tqdm(total=manifest.num_sequences, initial=done, unit="seq", desc="cache-teacher") as bar:
-        for shard in missing:
-            rows = manifest.shard_rows(shard)
-            targets = teacher_topk(model, window_rows(train, rows.start, rows.stop)[:, :-1], manifest.top_k, batch_size)
-            save_safetensors_atomic({"ids": targets.ids, "logprobs": targets.logprobs}, shard_path(cache_dir, shard),
-                                    {"manifest": manifest.digest(), "first_sequence": str(rows.start)})
-            bar.update(len(rows))
-    return missing
-
-
-def _check_writer_config(cfg: SlimConfig) -> int:
-    """Fields `slim cache-teacher` needs, before any model or data is read; returns the teacher's vocab size."""
-    distill = cfg.distill
-    if not distill.teacher_cache:
-        raise UserError(f"{FIELD}: empty; set the directory to write the cache to, e.g. {FIELD}=runs/teacher-cache")
-    vocab_size = read_model_config(distill.teacher, "distill.teacher").vocab_size
-    if not 1 <= distill.teacher_cache_top_k <= vocab_size:
-        raise UserError(f"distill.teacher_cache_top_k: must be in [1, {vocab_size}] (the teacher's vocab_size), "
-                        f"got {distill.teacher_cache_top_k}")
-    if cfg.train.batch_size < 1:
-        raise UserError(f"train.batch_size: must be >= 1, got {cfg.train.batch_size}")
-    return vocab_size
-
-
-def cache_teacher(cfg: SlimConfig) -> CacheSummary:
-    """Write (or finish) the top-k cache of `distill.teacher` over the train split to `distill.teacher_cache`,
-    running the teacher in `train.batch_size` sequences on CUDA when available."""
-    vocab_size = _check_writer_config(cfg)
-    data = build_corpus_data(cfg.data)
-    if data.tokenizer.get_vocab() != tokenizer_vocab(cfg.distill.teacher, "distill.teacher"):
-        raise UserError(f"data.tokenizer: the tokenizer at {cfg.data.tokenizer} differs from the teacher's "
-                        f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _ = load_pretrained(cfg.distill.teacher, device=device)
-    apply_experts_policy(cfg.model_runtime.experts_implementation, model)
-    model.eval()
-    manifest = CacheManifest(
-        teacher=cfg.distill.teacher, teacher_fingerprint=model_fingerprint(model), vocab_size=vocab_size,
-        top_k=cfg.distill.teacher_cache_top_k, seq_len=cfg.data.seq_len, num_sequences=len(data.train),
-        sequences_per_shard=max(1, TOKENS_PER_SHARD // cfg.data.seq_len), train_sha256=sequences_sha256(data.train),
-        tokenizer_sha256=tokenizer_sha256(data.tokenizer))
-    start = time.perf_counter()
-    written = write_shards(model, data.train, cfg.distill.teacher_cache, manifest, cfg.train.batch_size)
-    wall = time.perf_counter() - start
-    tokens = sum(len(manifest.shard_rows(shard)) for shard in written) * manifest.seq_len
-    return CacheSummary(cache_dir=cfg.distill.teacher_cache, top_k=manifest.top_k, num_sequences=manifest.num_sequences,
-                        shards_written=len(written), num_shards=manifest.num_shards,
-                        bytes_per_token=manifest.top_k * BYTES_PER_ENTRY, wall_seconds=round(wall, 2),
-                        tokens_per_second=round(tokens / max(wall, 1e-9), 1))
