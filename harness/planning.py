@@ -17,6 +17,9 @@ With P parameters (MTP included) and c bytes per compute element (2 under train.
                          without checkpointing A = sum of a(layer) over the student's layers and MTP depths;
                          with it (train.activation_checkpointing) A = d (L + D) + max a(layer): each layer keeps
                          only its input, and one layer's activations are rebuilt at a time in backward
+    teacher forward      b s c (max a_t(layer) + d_t (1 + D))   the frozen teacher keeps no graph: one layer's working
+                         set at a time, plus the final-normed hidden states of its backbone and MTP depths, which the
+                         KD heads read
     loss heads           h c (N + V) d + 4 V d + 12 r V   for h heads with a loss term (the backbone's with `lm`
                          or `kd`, one per MTP depth with `mtp_lm` or `mtp_kd`) under the fused chunked head
                          (distill.kd_kernel chunked or triton): each head's forward leaves its input and weight
@@ -208,6 +211,8 @@ def plan_memory(cfg: SlimConfig, teacher: ModelShape, student: ModelShape) -> Me
         "all-gathered": 0 if shards == 1 else compute * (student.root_params + teacher.root_params
                                                          + 2 * max(student.largest_unit, teacher.largest_unit)),
         "activations": with_checkpointing if train.activation_checkpointing else without,
+        "teacher forward": tokens * compute * (max(teacher.layer_elements)
+                                               + teacher.hidden_size * (1 + cfg.model.mtp_num_layers)),
         "loss heads": _head_bytes(cfg, student, tokens, compute),
     }
     usable = int((plan.gpu_memory_gib - plan.reserve_gib) * GIB)

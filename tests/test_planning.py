@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from slim.harness.cli.main import main
 from slim.harness.compression.shapes import student_shape
 from slim.harness.config.load import load_config
 from slim.harness.config.schema import ModelConfig
+from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.errors import UserError
 from slim.harness.models.params import ParamCount
 from slim.harness.planning import GIB, ModelShape, model_shape, plan_memory, plan_run
+from slim.harness.training.distill_module import DistillModule
+from tests.fixtures.distill_pair import TWO_LAYER_MODEL, distill_config
 
 # d = 64: one Gated DeltaNet layer, one gated full-attention layer, 8 experts top-2 (I = 32), shared expert 64, D = 1.
 TINY = ModelConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, full_attention_interval=2,
@@ -63,6 +71,7 @@ def test_bytes_per_gpu_by_hand():
         "frozen teacher": 2 * 8000 // 4,
         "all-gathered": 2 * (100 + 200 + 2 * 500),
         "activations": tokens * 2 * (16 * 3 + 70),
+        "teacher forward": tokens * 2 * (90 + 16 * (1 + 1)),  # its largest layer, backbone + MTP hidden states
         # backbone + one MTP head: their [N, d] and [V, d] gradients in bf16, one fp32 [V, d] accumulator, three fp32
         # [rows, V] chunk buffers with rows = min(256, N)
         "loss heads": 2 * 2 * (tokens + 100) * 16 + 4 * 100 * 16 + 12 * tokens * 100,
@@ -92,7 +101,7 @@ def test_paper_run_on_one_node_of_eight_80gib_gpus(capsys):
     cfg = load_config(["model=qwen3-next-80b-a3b", "plan.nodes=1"], files=["conf/recipes/qwen3-next-23a2b-120b.yaml"])
     plan = plan_run(cfg)
     assert list(plan.parts) == ["student parameters", "student gradients", "optimizer states", "frozen teacher",
-                                "all-gathered", "activations", "loss heads"]
+                                "all-gathered", "activations", "teacher forward", "loss heads"]
     assert plan.total == sum(plan.parts.values()) and plan.usable == 76 * GIB
     teacher = model_shape(cfg.model)
     recipe = cfg.compress
@@ -128,3 +137,50 @@ def test_bad_plan_fields_are_named(override: str, field: str):
     """Each bad field fails with one line naming it, before any model is built."""
     with pytest.raises(UserError, match=f"^{field}"):
         plan_run(load_config(["plan.gpus=8", override]))
+
+
+class StoragePeak(TorchDispatchMode):
+    """The most bytes of CPU tensor storage alive at once among the storages created while it is active (a storage's
+    Python object lives exactly as long as the storage, so a weak finalizer marks its release)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
+                storage = tensor.untyped_storage()
+                if storage._cdata not in self.live:
+                    self.live[storage._cdata] = storage.nbytes()
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._release, storage._cdata)
+        return out
+
+
+def test_plan_is_within_a_quarter_of_a_measured_tiny_step(teacher_dir, student_dir, tiny_config):
+    """One distillation step of the tiny pair on the CPU (teacher and student forward, eq 12 with MTP, backward, AdamW
+    step): the models' weights plus the peak of the tensors the step creates (gradients, optimizer states,
+    activations, loss buffers) is within 25% of `slim plan`'s total."""
+    cfg = distill_config(tiny_config, teacher_dir, student_dir, *TWO_LAYER_MODEL, "distill.loss=full",
+                         "train.batch_size=8", "compress.depth.num_drop=1", "plan.gpus=1")
+    module = DistillModule(cfg.distill, cfg.train)
+    module.configure_model()
+    optimizer = torch.optim.AdamW([param for param in module.parameters() if param.requires_grad])
+    data = CorpusDataModule(cfg.data, batch_size=cfg.train.batch_size)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    models = (module.student, module.student_mtp, module.teacher.model, module.teacher.mtp)
+    weights = sum(tensor.nbytes for model in models for tensor in [*model.parameters(), *model.buffers()])
+    with StoragePeak() as step:
+        module.step_loss(batch).total.backward()
+        optimizer.step()
+    measured, planned = weights + step.peak, plan_run(cfg).total
+    print(f"tiny step: planned {planned / 2**20:.2f} MiB, measured {measured / 2**20:.2f} MiB")
+    assert abs(planned - measured) <= 0.25 * measured
