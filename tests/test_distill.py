@@ -302,3 +302,12 @@ def test_step_offset_continues_schedules():
     optim = configure_adamw(torch.nn.Linear(2, 2), cfg.train, total_steps=100, step_offset=50)
     expected = cfg.train.min_lr_ratio + (1 - cfg.train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * 40 / 90))
     assert optim["optimizer"].param_groups[0]["lr"] == pytest.approx(cfg.train.lr * expected)
+
+
+def test_an_mtp_module_no_loss_term_reaches_is_frozen(teacher_dir, student_dir):
+    """Under a mix without MTP terms the student's MTP module is carried unchanged: no gradient, no optimizer state
+    (an FSDP resume otherwise looked for AdamW state its checkpoint never had); with MTP terms it trains."""
+    frozen, trained = _module(teacher_dir, student_dir, loss="kd"), _module(teacher_dir, student_dir, loss="full")
+    assert not any(param.requires_grad for param in frozen.student_mtp.parameters())
+    assert all(param.requires_grad for param in trained.student_mtp.parameters())
+    assert all(param.requires_grad for param in frozen.student.parameters())

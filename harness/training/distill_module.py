@@ -148,6 +148,10 @@ class DistillModule(pl.LightningModule):
         sharded = self.device_mesh is not None  # ModelParallelStrategy: FSDP2 over its data-parallel mesh
         self.student, self.student_mtp = (student_skeleton(self.distill_cfg.student) if sharded
                                           else load_student(self.distill_cfg.student, self.train_cfg.seed))
+        if self.student_mtp is not None and not self.mix.needs_mtp:
+            # No loss term reaches it: carried to the output unchanged, with no gradient and no optimizer state (a
+            # sharded checkpoint's optimizer then holds exactly the parameters a resumed run trains).
+            self.student_mtp.requires_grad_(False)
         self.teacher = (teacher_skeleton if sharded else load_teacher)(self.distill_cfg.teacher)
         if self.distill_cfg.teacher_cache:  # kd targets from `slim cache-teacher`; the teacher still serves validation
             self.teacher_cache = TeacherCache(self.distill_cfg.teacher_cache)
