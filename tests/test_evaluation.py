@@ -200,3 +200,14 @@ def test_bad_eval_config_is_one_line(override: str, message: str, tmp_path: Path
     assert main(["eval", f"run_dir={tmp_path}", "eval.mtp.new_tokens=4", override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_lm_eval_asks_git_quietly_outside_a_checkout(tmp_path, monkeypatch, capfd):
+    """lm-eval records `git describe` of the working directory; outside a checkout the harness's stand-in returns
+    None without git's "fatal: not a git repository" on stderr (lm-eval's own printed it on every slim eval)."""
+    from slim.harness.evaluation.lm_eval_runner import _quiet_git_hash
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert _quiet_git_hash() is None
+    assert "fatal" not in capfd.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import subprocess
 from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -69,11 +70,22 @@ def _metric_values(task_results: dict) -> dict[str, float]:
     return values
 
 
+def _quiet_git_hash() -> str | None:
+    """lm-eval's results record `git describe` of the working directory; asked outside a checkout, git prints
+    "fatal: not a git repository" on our stderr. The same question with git's stderr silenced (None outside one)."""
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
 def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[str], manager: TaskManager,
                 limit: int | None, batch_size: int, num_fewshot: int | None = None) -> dict[str, dict[str, float]]:
     """Scores of `model` per task (and per group) as {task: {metric: value}}; `limit` docs per task."""
-    from lm_eval import simple_evaluate
+    from lm_eval import evaluator, simple_evaluate
     from lm_eval.models.huggingface import HFLM
+
+    evaluator.get_git_commit_hash = _quiet_git_hash
 
     was_training = model.training
     model.eval()
