@@ -1,6 +1,7 @@
 """Typed config loading: presets, overrides and one-line errors that name the bad key."""
 
 import importlib
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from slim.harness.config.load import CONF_DIR, load_config, preset_names
-from slim.harness.config.schema import REGISTRY, ModelConfig, SlimConfig
+from slim.harness.config.schema import RANGE, REGISTRY, ModelConfig, Range, SlimConfig
 from slim.harness.errors import UserError
 from slim.harness.training.distill import validate_distill_config
 
@@ -183,3 +184,34 @@ def test_slim_max_steps_caps_the_step_budget(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SLIM_MAX_STEPS", "0")
     with pytest.raises(UserError, match=r"SLIM_MAX_STEPS='0': need an integer >= 1"):
         load_config()
+
+
+def _ranged_fields(cls: type, prefix: str = "") -> list[tuple[str, Range]]:
+    """(dotted key, range) of every field of the config tree under `cls` that declares a range."""
+    found = []
+    for spec in fields(cls):
+        if is_dataclass(spec.default_factory):  # a section
+            found += _ranged_fields(spec.default_factory, f"{prefix}{spec.name}.")
+        elif RANGE in spec.metadata:
+            found.append((f"{prefix}{spec.name}", spec.metadata[RANGE]))
+    return found
+
+
+def _outside(bounds: Range) -> float:
+    """A value just outside `bounds`."""
+    if bounds.low is not None:
+        return bounds.low - 1 if bounds.low_inclusive else bounds.low
+    return bounds.high + 1 if bounds.high_inclusive else bounds.high
+
+
+def test_every_ranged_field_refuses_a_value_outside_its_range_at_load():
+    """Walks the schema: each field declaring a range refuses a value just outside it, in one line naming the field
+    and the range, when the config loads (before any work); the default itself is inside."""
+    ranged = _ranged_fields(SlimConfig)
+    assert len(ranged) >= 30
+    assert {"train.lr", "train.warmup_steps", "compress.experts.num_experts"} <= dict(ranged).keys()
+    for key, bounds in ranged:
+        value = _outside(bounds)
+        literal = int(value) if float(value).is_integer() else value
+        with pytest.raises(UserError, match=rf"^{re.escape(key)}: must be {re.escape(bounds.describe())}, got "):
+            load_config([f"{key}={literal}"])

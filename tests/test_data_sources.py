@@ -160,13 +160,15 @@ def test_an_unknown_source_is_refused_when_the_config_loads(tmp_path):
 
 @pytest.mark.parametrize(("override", "match"), [
     ("data.text_documents=page", r"^data.text_documents: must be one of file, block"),
-    ("data.heldout_every=2", r"^data.heldout_every: must be an integer >= 3"),
-    ("data.num_proc=0", r"^data.num_proc: must be an integer >= 1"),
+    ("data.heldout_every=2", r"^data.heldout_every: must be >= 3, got 2"),
+    ("data.num_proc=0", r"^data.num_proc: must be >= 1, got 0"),
 ])
 def test_bad_options_are_one_line(override, match, tmp_path):
-    """Bad data options name their field before any work."""
+    """Bad data options name their field before any work (a range the schema declares: when the config loads)."""
     path = write_text_dir(TEXTS[:4], tmp_path / "texts")
-    _refused(prepare_config("text", path, tmp_path / "out", override), match, tmp_path / "out")
+    with pytest.raises(UserError, match=match) as error:
+        prepare_data(prepare_config("text", path, tmp_path / "out", override))
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
 
 
 def test_damaged_gzip_is_one_line(tmp_path):

@@ -287,7 +287,7 @@ def test_missing_manifest_shard_or_teacher_is_refused(small_config, teacher_dir:
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["distill.teacher_cache=''"], r"distill.teacher_cache: empty; set the directory"),
-    (["distill.teacher_cache_top_k=0"], r"distill.teacher_cache_top_k: must be in \[1, 1024\]"),
+    (["distill.teacher_cache_top_k=2000"], r"distill.teacher_cache_top_k: must be in \[1, 1024\]"),
 ])
 def test_cache_teacher_refuses_bad_fields(small_config, overrides: list[str], message: str,
                                           capsys: pytest.CaptureFixture) -> None:

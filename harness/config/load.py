@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from slim.harness.config.schema import CHOICES, REGISTRY, SlimConfig, TrainConfig
+from slim.harness.config.schema import CHOICES, RANGE, REGISTRY, SlimConfig, TrainConfig
 from slim.harness.config.sections import root_schema, validate_sections
 from slim.harness.errors import UserError
 from slim.harness.registry import Registry
@@ -77,9 +77,9 @@ def _registry(location: str) -> Registry:
 
 
 def check_choices(cfg: Any, prefix: str = "") -> None:
-    """Every field whose schema metadata lists its allowed values (`CHOICES`) holds one of them, and every field
-    naming a registry entry (`REGISTRY`) names a registered one (with the did-you-mean line). A default always is
-    valid, so the values are only looked up for a changed field."""
+    """Every field whose schema metadata lists its allowed values (`CHOICES`) holds one of them, every field
+    naming a registry entry (`REGISTRY`) names a registered one (with the did-you-mean line), and every number with
+    a `RANGE` lies in it. A default always is valid, so the values are only looked up for a changed field."""
     for spec in fields(cfg):
         value = getattr(cfg, spec.name)
         if is_dataclass(value):
@@ -92,6 +92,8 @@ def check_choices(cfg: Any, prefix: str = "") -> None:
                 raise UserError(f"{prefix}{spec.name}: unknown {value!r}; valid: {', '.join(allowed)}")
         elif REGISTRY in spec.metadata:
             _registry(spec.metadata[REGISTRY]).validate(value, f"{prefix}{spec.name}")
+        elif RANGE in spec.metadata and not spec.metadata[RANGE].contains(value):
+            raise UserError(f"{prefix}{spec.name}: must be {spec.metadata[RANGE].describe()}, got {value}")
 
 
 def _read_yaml(path: Path, what: str) -> DictConfig:

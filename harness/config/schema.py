@@ -17,6 +17,50 @@ CHOICES = "choices"
 REGISTRY = "registry"
 
 
+# Field metadata key: the Range a numeric field's value must lie in, checked when a config is loaded.
+RANGE = "range"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where a number may lie: `low` / `high` bounds (None: unbounded), each inclusive or not."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def contains(self, value: float) -> bool:
+        if value != value:  # NaN lies nowhere
+            return False
+        above = self.low is None or (value >= self.low if self.low_inclusive else value > self.low)
+        below = self.high is None or (value <= self.high if self.high_inclusive else value < self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+        if self.low is None:
+            return f"{'<=' if self.high_inclusive else '<'} {self.high:g}"
+        return (f"in {'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}"
+                f"{']' if self.high_inclusive else ')'}")
+
+
+def at_least(default: float, low: float) -> Any:
+    """A number >= `low`."""
+    return field(default=default, metadata={RANGE: Range(low)})
+
+
+def positive(default: float) -> Any:
+    """A number > 0."""
+    return field(default=default, metadata={RANGE: Range(0, low_inclusive=False)})
+
+
+def between(default: float, low: float, high: float, low_inclusive: bool = True) -> Any:
+    """A number in [low, high] (or (low, high] when not `low_inclusive`)."""
+    return field(default=default, metadata={RANGE: Range(low, high, low_inclusive)})
+
+
 def registry_key(default: str, registry: str) -> Any:
     """A field naming an entry of `registry` ("module:attribute"), `default` when unset."""
     return field(default=default, metadata={REGISTRY: registry})
@@ -87,53 +131,54 @@ class DataConfig:
     tokenizer: str = "artifacts/tokenizer"
     output: str = ""  # prepared shards (`slim prepare-data`); "" = none: only the kjv source packs in memory
     vocab_size: int = 4096  # size of the BPE the kjv source trains; a loaded tokenizer keeps its own
-    seq_len: int = 256
+    seq_len: int = at_least(256, 2)  # a window predicts seq_len - 1 next tokens
     # The kjv source sends every `heldout_every`-th chapter to validation and the one before to calibration; other
     # sources send a document whose id hashes to heldout_every - 1 (mod heldout_every) to validation, - 2 to
     # calibration.
-    heldout_every: int = 20
+    heldout_every: int = at_least(20, 3)  # every Nth chapter held out, the one before it for calibration
     seed: int = 0
     text_field: str = "text"  # jsonl field / parquet or hf_disk column holding a document's text
     text_documents: str = "file"  # text source: "file" (one document per file) or "block" (per blank-line block)
     skip_bad_documents: bool = False  # skip (and count) undecodable documents instead of refusing the corpus
-    num_proc: int = 1  # `slim prepare-data` tokenizer processes
-    shard_tokens: int = 1 << 24  # `slim prepare-data`: a shard closes at the first document end past this many tokens
-    num_workers: int = 0  # DataLoader worker processes of training and evaluation
+    num_proc: int = at_least(1, 1)  # `slim prepare-data` tokenizer processes
+    # `slim prepare-data`: a shard closes at the first document end past this many tokens
+    shard_tokens: int = at_least(1 << 24, 1)
+    num_workers: int = at_least(0, 0)  # DataLoader worker processes of training and evaluation
 
 
 @dataclass
 class TrainConfig:
     """Optimizer, schedule and trainer settings shared by pretraining and distillation."""
 
-    max_steps: int = 400
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
+    max_steps: int = at_least(400, 1)
+    batch_size: int = at_least(16, 1)
+    lr: float = positive(3e-3)
+    min_lr_ratio: float = between(0.1, 0, 1)
+    warmup_steps: int = at_least(30, 0)
+    weight_decay: float = at_least(0.1, 0)
     betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    val_every: int = 100
-    val_batches: int = 16
+    grad_clip: float = at_least(1.0, 0)  # 0: no clipping
+    val_every: int = at_least(100, 1)
+    val_batches: int = at_least(16, 1)
     # "32-true" or "bf16-mixed" (under fsdp: FSDP2 MixedPrecisionPolicy, bf16 compute, fp32 master weights/reduce).
     precision: str = "32-true"
     # Sequences per process per forward/backward; the process's slice of `batch_size` is accumulated over
     # slice / micro_batch_size micro-batches before each optimizer step. 0: the whole slice at once.
-    micro_batch_size: int = 0
+    micro_batch_size: int = at_least(0, 0)
     activation_checkpointing: bool = False  # recompute each decoder layer (student and MTP) in backward
     compile: bool = False  # torch.compile each decoder block
     accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
+    devices: int = at_least(1, 1)
+    num_nodes: int = at_least(1, 1)
     # "auto": Lightning's default (one process, or DDP); "fsdp": FSDP2 via ModelParallelStrategy, any num_nodes.
     strategy: str = "auto"
-    log_every: int = 10  # steps between logged training metrics
+    log_every: int = at_least(10, 1)  # steps between logged training metrics
     seed: int = 0
-    num_threads: int = 0
+    num_threads: int = at_least(0, 0)
     resume: bool = True
     # last.ckpt between validations (0: off): every N optimizer steps and/or every M minutes of training.
-    checkpoint_every_steps: int = 0
-    checkpoint_every_minutes: float = 0.0
+    checkpoint_every_steps: int = at_least(0, 0)
+    checkpoint_every_minutes: float = at_least(0.0, 0)
     # Signals that make every rank finish its step, write last.ckpt and exit 75 for a requeue (Slurm preemption and
     # time limits send SIGTERM; `sbatch --signal=B:USR1@300` sends SIGUSR1 ahead of the limit). [] leaves them alone.
     stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
@@ -143,10 +188,10 @@ class TrainConfig:
 class CalibrationConfig:
     """One calibration pass over held-out text (SlimQwen uses 1024 samples)."""
 
-    num_samples: int = 1024
-    batch_size: int = 8
+    num_samples: int = at_least(1024, 1)
+    batch_size: int = at_least(8, 1)
     # Tokens per MoE layer on which *every* expert is evaluated (for the `expert_outputs` similarity).
-    probe_tokens: int = 512
+    probe_tokens: int = at_least(512, 0)
     # One decoder block's activations in memory at a time, hidden states carried between blocks.
     layerwise: bool = False
     device: str = "cpu"
@@ -157,7 +202,7 @@ class CalibrationConfig:
 class DepthTarget:
     """Depth compression: drop `num_drop` decoder layers chosen by `selector`."""
 
-    num_drop: int = 0
+    num_drop: int = at_least(0, 0)
     selector: str = registry_key("last_n", "slim.harness.compression.depth_selectors:depth_selectors")
     # A cut that drops every full-attention layer of a hybrid (linear + full attention) model is refused unless
     # this is true: such a student keeps no attention at all, unlike the paper's (9 of 12 groups kept).
@@ -168,7 +213,7 @@ class DepthTarget:
 class WidthTarget:
     """Width compression: keep `hidden_size` hidden dims chosen by `selector` (0 = keep all)."""
 
-    hidden_size: int = 0
+    hidden_size: int = at_least(0, 0)
     selector: str = registry_key("rmsnorm_mean_abs", "slim.harness.compression.width_selectors:width_selectors")
 
 
@@ -176,15 +221,16 @@ class WidthTarget:
 class ExpertTarget:
     """Expert compression: per-layer (uniform) or global budget, reducer + criterion + similarity."""
 
-    num_experts: int = 0  # target experts per MoE layer (uniform) or average per layer (global); 0 = keep all
-    top_k: int = 0  # student top-k; 0 = keep the teacher's
+    # target experts per MoE layer (uniform) or average per layer (global); 0 = keep all
+    num_experts: int = at_least(0, 0)
+    top_k: int = at_least(0, 0)  # student top-k; 0 = keep the teacher's
     reducer: str = registry_key("prune", "slim.harness.compression.expert_reducers:reducers")
     criterion: str = registry_key("reap", "slim.harness.compression.expert_criteria:criteria")
     similarity: str = registry_key("router_logits", "slim.harness.compression.expert_similarities:similarities")
     budget: str = "uniform"  # "uniform" | "global"
-    min_per_layer: int = 1  # floor per layer under the global budget (raised to top_k automatically)
-    exempt_first: int = 0  # first N MoE layers keep all experts
-    exempt_last: int = 0  # last N MoE layers keep all experts
+    min_per_layer: int = at_least(1, 1)  # floor per layer under the global budget (raised to top_k automatically)
+    exempt_first: int = at_least(0, 0)  # first N MoE layers keep all experts
+    exempt_last: int = at_least(0, 0)  # last N MoE layers keep all experts
 
 
 @dataclass
@@ -199,7 +245,7 @@ class CompressConfig:
     experts: ExpertTarget = field(default_factory=ExpertTarget)
     # `slim run` only: progressive plan key and the token share of its early stages.
     plan: str = registry_key("one_shot", "slim.harness.progressive_plans:plans")
-    plan_first_share: float = 0.1
+    plan_first_share: float = between(0.1, 0, 1, low_inclusive=False)
 
 
 @dataclass
@@ -213,23 +259,24 @@ class DistillConfig:
     loss: str = registry_key("full", "slim.harness.training.loss_mixes:loss_mixes")
     # weight schedule key for λ, the KD-vs-LM weight
     lambda_schedule: str = registry_key("linear", "slim.harness.training.weight_schedules:weight_schedules")
-    lambda_start: float = 1.0  # λ at progress 0, in [0, 1]
-    lambda_end: float = 0.75  # λ at progress 1, in [0, 1]
+    lambda_start: float = between(1.0, 0, 1)  # λ at progress 0
+    lambda_end: float = between(0.75, 0, 1)  # λ at progress 1
     # weight schedule key for β, the MTP-vs-backbone weight
     beta_schedule: str = registry_key("cosine", "slim.harness.training.weight_schedules:weight_schedules")
-    beta_start: float = 0.3  # β at progress 0, >= 0
-    beta_end: float = 0.1  # β at progress 1, >= 0
-    temperature: float = 1.0  # softmax temperature of both KD distributions, > 0 (no τ² factor)
+    beta_start: float = at_least(0.3, 0)  # β at progress 0
+    beta_end: float = at_least(0.1, 0)  # β at progress 1
+    temperature: float = positive(1.0)  # softmax temperature of both KD distributions (no τ² factor)
     # KD implementation key (kernels/kd_loss): reference, chunked, triton
     kd_kernel: str = registry_key("chunked", "slim.kernels.kd_loss:kd_implementations")
-    router_kd_weight: float = 0.0  # weight of the router-logit KD term (harness/training/router_kd.py), >= 0; 0 = off
+    router_kd_weight: float = at_least(0.0, 0)  # router-logit KD weight (harness/training/router_kd.py); 0 = off
     # Student initialization for `slim run`: "pruned" (compressed teacher) or "scratch" (same shape, random init,
     # SlimQwen Table 1 baseline).
     init: str = "pruned"
     # Offline teacher top-k written by `slim cache-teacher` (harness/training/teacher_cache.py); the `kd` term then
     # reads it instead of running the teacher. Empty = run the teacher live.
     teacher_cache: str = ""
-    teacher_cache_top_k: int = 64  # `slim cache-teacher`: teacher token ids (and logits) kept per position, in [1, V]
+    # `slim cache-teacher`: teacher token ids (and logits) kept per position, in [1, V]
+    teacher_cache_top_k: int = at_least(64, 1)
 
 
 @dataclass

@@ -62,10 +62,6 @@ class PrepareSummary:
 def check_prepare_config(cfg: DataConfig) -> None:
     if not cfg.output:
         raise UserError("data.output: empty; set the directory the shards go to, e.g. data.output=runs/shards")
-    if not isinstance(cfg.num_proc, int) or cfg.num_proc < 1:
-        raise UserError(f"data.num_proc: must be an integer >= 1, got {cfg.num_proc!r}")
-    if not isinstance(cfg.shard_tokens, int) or cfg.shard_tokens < 1:
-        raise UserError(f"data.shard_tokens: must be an integer >= 1, got {cfg.shard_tokens!r}")
 
 
 def scan(cfg: DataConfig, source: Source) -> tuple[dict[str, int], int]:

@@ -44,16 +44,12 @@ def check_batch_split(cfg: TrainConfig, processes: int, processes_field: str) ->
 def validate_train_config(cfg: TrainConfig, total_steps: int | None = None) -> None:
     """Refuse step counts that cannot make a run, naming the `train.` field. `total_steps` is the whole
     budget when this run is one stage of a progressive plan (warmup happens once, in the first stage)."""
-    if cfg.max_steps < 1 or cfg.batch_size < 1:
-        raise UserError("train.max_steps and train.batch_size must be >= 1")
     budget = cfg.max_steps if total_steps is None else total_steps
     if cfg.warmup_steps >= budget:
         raise UserError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.max_steps ({budget}); a short run "
                         f"needs a shorter warmup too, e.g. train.warmup_steps={budget // 10}")
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"train.strategy: unknown {cfg.strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if cfg.log_every < 1:
-        raise UserError(f"train.log_every: must be >= 1, got {cfg.log_every}")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"train.precision: unknown {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     check_batch_split(cfg, cfg.devices * cfg.num_nodes, "train.devices x train.num_nodes")

@@ -108,8 +108,6 @@ def _check_writer_config(cfg: SlimConfig) -> int:
     if not 1 <= distill.teacher_cache_top_k <= vocab_size:
         raise UserError(f"distill.teacher_cache_top_k: must be in [1, {vocab_size}] (the teacher's vocab_size), "
                         f"got {distill.teacher_cache_top_k}")
-    if cfg.train.batch_size < 1:
-        raise UserError(f"train.batch_size: must be >= 1, got {cfg.train.batch_size}")
     return vocab_size
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from slim.harness.config.load import check_choices
 from slim.harness.config.schema import DataConfig
 from slim.harness.errors import UserError
 from slim.harness.registry import Registry
@@ -80,9 +81,9 @@ sources: Registry[Source] = Registry.of_group("slim.data_sources")
 
 
 def get_source(cfg: DataConfig) -> Source:
-    """The source `data.source` names, its options checked (one-line UserError naming the field)."""
-    if not isinstance(cfg.heldout_every, int) or cfg.heldout_every < 3:
-        raise UserError(f"data.heldout_every: must be an integer >= 3, got {cfg.heldout_every!r}")
+    """The source `data.source` names, its options checked (one-line UserError naming the field): the schema's
+    ranges too, for a DataConfig built in code rather than loaded."""
+    check_choices(cfg, "data.")
     source = sources.get(cfg.source, "data.source")
     source.check(cfg)
     return source
