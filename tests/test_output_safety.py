@@ -237,8 +237,13 @@ def test_a_requeue_may_change_the_launch_but_not_the_run(tmp_path):
     check_run_dir(_distill_config(tmp_path, "train.devices=2", "train.num_nodes=4", "train.strategy=fsdp",
                                   "train.micro_batch_size=1", "train.activation_checkpointing=true",
                                   "train.checkpoint_every_minutes=30", "train.stop_signals=[SIGUSR1]"))
-    with pytest.raises(UserError, match="holds a run with another config"):
+    with pytest.raises(UserError, match=r"holds a run with another config \(.*config.yaml: train.batch_size differ\)"):
         check_run_dir(_distill_config(tmp_path, f"train.batch_size={cfg.train.batch_size * 2}"))
+    many = ["train.lr=0.7", "train.seed=5", "train.warmup_steps=0", "train.weight_decay=0", "train.grad_clip=0",
+            "train.val_batches=3", "distill.loss=kd"]
+    with pytest.raises(UserError, match=r"\(.*: distill.loss, train.grad_clip, train.lr, train.seed, "
+                                        r"train.val_batches and 2 more differ\)"):
+        check_run_dir(_distill_config(tmp_path, *many))
 
 
 def test_a_sharded_checkpoint_without_fsdp_is_one_line_before_any_work(tmp_path):

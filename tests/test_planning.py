@@ -113,7 +113,7 @@ def test_paper_run_on_one_node_of_eight_80gib_gpus(capsys):
     assert plan.parts["optimizer states"] == 8 * student.total // 8
     assert plan.accumulation == 64 and plan.micro_batch == 1
     assert plan.fits and one_node.splitlines()[-1] == "fits"
-    assert main([*argv, "plan.nodes=1", "plan.gpu_memory_gib=64"]) == 0
+    assert main([*argv, "plan.nodes=1", "plan.gpu_memory_gib=64"]) == 3  # exit 3: does not fit
     small = capsys.readouterr().out.splitlines()
     assert small[-1].startswith("does not fit: the distillation step is")
     assert small[-2] == "  each of these alone fits: plan.nodes=2 train.num_nodes=2"
@@ -122,7 +122,7 @@ def test_paper_run_on_one_node_of_eight_80gib_gpus(capsys):
 def test_too_small_cluster_does_not_fit(capsys):
     """The tiny preset on one GPU of 1 GiB with 0.9 GiB reserved does not fit; the verdict says by how much."""
     assert main(["plan", "model=tiny", "plan.gpus=1", "plan.gpu_memory_gib=1", "plan.reserve_gib=0.999",
-                 "train.batch_size=8"]) == 0
+                 "train.batch_size=8"]) == 3
     assert capsys.readouterr().out.splitlines()[-1].startswith("does not fit: ")
 
 

@@ -121,14 +121,19 @@ def params(args: argparse.Namespace) -> int:
     return 0
 
 
+PLAN_DOES_NOT_FIT = 3  # `slim plan`'s exit status when the run does not fit (a script can test it)
+
+
 def plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of distilling the `compress` recipe's student from `model` on plan.nodes x plan.gpus GPUs of
-    plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), and whether it fits."""
+    plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), and whether it fits
+    (exit status 3 when it does not)."""
     from slim.harness.planning import format_plan, plan_run
 
     cfg = _config(args)
-    print(format_plan(plan_run(cfg), cfg.plan))
-    return 0
+    memory = plan_run(cfg)
+    print(format_plan(memory, cfg.plan))
+    return 0 if memory.fits else PLAN_DOES_NOT_FIT
 
 
 def show_config(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from slim.harness.cli import commands
-from slim.harness.errors import REQUEUE_EXIT, Preempted, UserError
+from slim.harness.errors import INTERRUPTED_EXIT, REQUEUE_EXIT, Interrupted, Preempted, UserError
 from slim.harness.orphans import die_with_launcher
 from slim.harness.plugins import load_plugins
 from slim.harness.verbosity import configure_output
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stop:
         print(f"slim {args.command}: {stop}", file=sys.stderr)
         return REQUEUE_EXIT
+    except Interrupted as stop:
+        print(f"slim {args.command}: {stop}", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

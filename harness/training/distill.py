@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -35,12 +36,14 @@ from slim.harness.training.run import (
 )
 from slim.harness.training.teacher_cache import check_cache_config, check_cache_data
 from slim.harness.training.weight_schedules import weight_schedules
+from slim.harness.verbosity import note
 from slim.kernels.kd_loss.fused_head import head_implementations
 
 # Builds the Lightning module of one run: (distill_cfg, train_cfg, step_offset, total_steps) -> DistillModule.
 ModuleFactory = Callable[[DistillConfig, TrainConfig, int, int | None], DistillModule]
 
 STUDENT_INITS = ("pruned", "scratch")
+SUMMARY_NAME = "distill_summary"  # <run_dir>/distill_summary.json
 
 
 # What distillation logs per step into the run's metrics CSVs: every loss term a mix may use, the loss over the
@@ -64,6 +67,17 @@ class DistillSummary:
     final_lambda: float
     final_beta: float
     experts_implementation: str  # model_runtime.experts_implementation as resolved for the training device
+
+
+def _finished_summary(run_dir: Path) -> DistillSummary | None:
+    """The summary a finished run wrote, when this rerun trained no step: its times and throughput are the ones of
+    the run that did the work, so it is returned as written and the file is left alone (None: no summary yet)."""
+    path = run_dir / f"{SUMMARY_NAME}.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    note(f"{run_dir}: already trained to step {stored['steps']}; {path} is that run's and stays as it was")
+    return DistillSummary(**{spec.name: stored[spec.name] for spec in fields(DistillSummary)})
 
 
 def validate_distill_config(cfg: SlimConfig, total_steps: int | None = None) -> None:
@@ -156,6 +170,8 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
         student, student_mtp = gathered
         save_pretrained(student, cfg.distill.output, tokenizer=data.tokenizer,
                         extras=lambda directory: _save_student_extras(student_mtp, cfg.distill.student, directory))
+    if result.start_step == trainer.global_step and (finished := _finished_summary(run_dir)) is not None:
+        return finished
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     final_lambda, final_beta = module.loss_weights()
     summary = DistillSummary(
@@ -174,6 +190,6 @@ def distill(cfg: SlimConfig, step_offset: int = 0, total_steps: int | None = Non
     finish_runs(loggers, {"val_perplexity": summary.val_perplexity,
                           "teacher_val_perplexity": summary.teacher_val_perplexity})
     if trainer.is_global_zero:
-        write_summary(run_dir, "distill_summary", summary)
+        write_summary(run_dir, SUMMARY_NAME, summary)
     trainer.strategy.barrier()
     return summary

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from slim.harness.atomic import write_text_atomic
 from slim.harness.config.load import to_yaml
 from slim.harness.config.schema import SlimConfig, TrainConfig
-from slim.harness.errors import Preempted, UserError
+from slim.harness.errors import Interrupted, Preempted, UserError
 from slim.harness.models.experts_policy import apply_experts_policy
 from slim.harness.outputs import check_work_dir
 from slim.harness.provenance import stamped
@@ -76,6 +76,14 @@ def _comparable(yaml_text: str) -> dict:
     return config
 
 
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees (a key on one side only counts)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix.rstrip(".")]
+    return [key for name in sorted(old.keys() | new.keys())
+            for key in _differing_keys(old.get(name), new.get(name), f"{prefix}{name}.")]
+
+
 def check_run_dir(cfg: SlimConfig) -> None:
     """Refuse a run_dir that is a file or unwritable, and, with train.resume, one holding a run of another config
     (recipe, loss, LR, data, ...): its checkpoints and summary belong to a different model; or a sharded (FSDP)
@@ -83,9 +91,12 @@ def check_run_dir(cfg: SlimConfig) -> None:
     again before config.yaml is written."""
     check_work_dir(cfg.run_dir, "run_dir")
     saved = Path(cfg.run_dir) / "config.yaml"
-    if cfg.train.resume and saved.is_file() and _comparable(saved.read_text()) != _comparable(to_yaml(cfg)):
-        raise UserError(f"run_dir: {cfg.run_dir} holds a run with another config ({saved}); pick a new run_dir "
-                        "or set train.resume=false to start over there")
+    if cfg.train.resume and saved.is_file():
+        differing = _differing_keys(_comparable(saved.read_text()), _comparable(to_yaml(cfg)))
+        if differing:
+            shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+            raise UserError(f"run_dir: {cfg.run_dir} holds a run with another config ({saved}: {shown} differ); "
+                            "pick a new run_dir or set train.resume=false to start over there")
     last = resume_path(cfg.run_dir, cfg.train)
     if last is not None and Path(last).is_dir() and cfg.train.strategy != "fsdp":
         raise UserError(f"train.strategy: {last} is a sharded FSDP checkpoint, which only train.strategy=fsdp "
@@ -106,9 +117,10 @@ def prepare_run(cfg: SlimConfig) -> Path:
 
 
 class _StartStep(Callback):
-    """Records the global step training starts at: after a resume, the restored checkpoint's step."""
+    """Records the global step training starts at: after a resume, the restored checkpoint's step (None when training
+    never starts: a run resumed at its step budget skips the training loop and its hooks)."""
 
-    step = 0
+    step: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.step = trainer.global_step
@@ -151,12 +163,18 @@ def fit(module: pl.LightningModule, data: pl.LightningDataModule, cfg: TrainConf
     start_step = _StartStep()
     trainer = build_trainer(cfg, run_dir, loggers, [*callbacks, start_step])
     start = perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg))
+    checkpoint = next(callback for callback in trainer.callbacks if isinstance(callback, GoodCheckpoint))
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, cfg))
+    except SystemExit:  # Lightning's answer to Ctrl-C, after its graceful shutdown
+        if not trainer.interrupted:
+            raise
+        raise Interrupted(f"interrupted at step {trainer.global_step}: {checkpoint.describe()}") from None
     stop = next(callback for callback in trainer.callbacks if isinstance(callback, StopAndCheckpoint))
     if stop.signalled is not None:
-        checkpoint = next(callback for callback in trainer.callbacks if isinstance(callback, GoodCheckpoint))
         raise Preempted(f"stopped on {stop.signalled} after step {trainer.global_step}: {checkpoint.describe()}")
-    return FitResult(trainer, perf_counter() - start, start_step.step)
+    started = trainer.global_step if start_step.step is None else start_step.step
+    return FitResult(trainer, perf_counter() - start, started)
 
 
 def write_summary(run_dir: Path, name: str, summary: Any) -> None:
