@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -19,7 +20,16 @@ from slim.harness.config.load import CONF_DIR, load_config
 from slim.harness.errors import UserError
 from slim.harness.provenance import software
 from slim.harness.search.spec import Param, SearchSpec, check_spec, parse_spec
-from slim.harness.search.study import RECIPE_FILE, check_storage, create_study, run_search, run_workers, worker_shares
+from slim.harness.search.study import (
+    RECIPE_FILE,
+    WORKER_ATTR,
+    _spawned_worker,
+    check_storage,
+    create_study,
+    run_search,
+    run_workers,
+    worker_shares,
+)
 from tests.fixtures.compress_teacher import TRIAL
 from tests.search_echo import RACE_WORKERS, record_evaluation
 
@@ -79,9 +89,9 @@ def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(te
 
 def race_spec(tmp_path: Path, **fields) -> SearchSpec:
     """12 queued trials of a one-int space, as many as the study runs."""
-    fields = {"enqueue": tuple({"x": x} for x in range(12)), **fields}
-    return SearchSpec(name="race", path="race.yaml", space=(Param("x", "int", low=0, high=1000),), n_trials=12,
-                      output_dir=str(tmp_path / "search"), **fields)
+    fields = {"enqueue": tuple({"x": x} for x in range(12)), "space": (Param("x", "int", low=0, high=1000),),
+              "n_trials": 12, **fields}
+    return SearchSpec(name="race", path="race.yaml", output_dir=str(tmp_path / "search"), **fields)
 
 
 @pytest.mark.slow
@@ -101,6 +111,26 @@ def test_workers_on_the_default_storage_run_each_queued_trial_exactly_once(tmp_p
     # each spawned worker's output went to its own log, not to the terminal where their bars would interleave
     assert sorted(path.name for path in (tmp_path / "search").glob("worker-*.log")) == [
         f"worker-{index}.log" for index in range(RACE_WORKERS)]
+
+
+@pytest.mark.slow
+def test_searches_started_together_sample_apart(tmp_path):
+    """3 workers that all believe they are the first (worker index 0, as `slim search` started on 3 machines at once
+    is) sample 9 fresh trials in lockstep: the storage gives each its own seed, so no two trials draw the same
+    parameters (with seed + 0 each, the three repeated each other trial for trial)."""
+    spec = race_spec(tmp_path, enqueue=(), space=(Param("x", "float", low=0.0, high=1.0),), n_trials=9)
+    study = create_study(spec)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_spawned_worker, args=(spec, 0, 3, record_evaluation)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=600)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 9 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    assert len({trial.params["x"] for trial in trials}) == 9
+    assert len([name for name in study.user_attrs if name.startswith(WORKER_ATTR)]) == 3
 
 
 def test_a_rerun_queues_each_enqueue_entry_once(tmp_path):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import socket
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ RECIPE_FILE = "best_recipe.yaml"
 WORKER_LOG = "worker-{index}.log"  # a spawned worker's stdout and stderr, in the output dir
 SUMMARY_FILE = "search_summary.json"
 ENQUEUED = "enqueued"  # user attr of a queued trial: its spec `enqueue` entry as canonical JSON
+WORKER_ATTR = "worker:"  # study user attrs worker:<uuid> = host, one per worker that joined, in joining order
 Objective = Callable[[optuna.Trial, SearchSpec], float]
 
 logger = logging.getLogger(__name__)
@@ -82,13 +85,24 @@ def objective(trial: optuna.Trial, spec: SearchSpec) -> float:
     return float(summary["distill"][spec.metric])
 
 
+def worker_seed(study: optuna.Study, seed: int) -> int:
+    """`seed` plus this process's place among every worker that ever joined the study. The place is assigned by the
+    storage: each worker appends a user attribute and reads back where it landed, so no two processes (spawned
+    workers, or `slim search` started on several machines at once) sample with one seed and repeat each other."""
+    key = f"{WORKER_ATTR}{uuid.uuid4().hex}"
+    study.set_user_attr(key, socket.gethostname())
+    return seed + [name for name in study.user_attrs if name.startswith(WORKER_ATTR)].index(key)
+
+
 def run_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective = objective) -> None:
-    """Run `n_trials` trials of the study (popping queued ones first, never queueing any); worker `index` samples
-    with seed `spec.seed + index`."""
+    """Run `n_trials` trials of the study (popping queued ones first, never queueing any), sampling with the
+    seed the storage assigns this process (worker_seed); `index` only names the worker's log."""
     configure_output()  # a spawned worker keeps the search command's --verbose choice
     load_plugins()  # the installed plug-ins, as in the search command's process
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec), pruner=build_pruner(spec.pruner),
-                              sampler=optuna.samplers.TPESampler(seed=spec.seed + index))
+    storage = open_storage(spec)
+    seed = worker_seed(optuna.load_study(study_name=spec.name, storage=storage), spec.seed)
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec.pruner),
+                              sampler=optuna.samplers.TPESampler(seed=seed))
     # a trial whose sampled config is refused or diverges (NaN loss) fails; the search goes on
     study.optimize(lambda trial: evaluate(trial, spec), n_trials=n_trials, catch=(UserError,))
 
