@@ -39,7 +39,8 @@ def test_expansion_is_cartesian_and_keys_are_stable(tmp_path):
 
 
 def test_cell_key_hashes_the_full_config_and_the_results_version_but_not_output_paths():
-    """Every resolved value counts, defaults included, and the harness's RESULTS_VERSION; output paths do not."""
+    """Every resolved value counts, defaults included, and the harness's RESULTS_VERSION; output paths and fields
+    added later at their neutral value do not."""
     import hashlib
     from dataclasses import asdict
 
@@ -51,6 +52,8 @@ def test_cell_key_hashes_the_full_config_and_the_results_version_but_not_output_
     config.train.lr, config.run_dir = 0.5, "anywhere"
     stripped = asdict(SlimConfig())
     stripped["train"]["lr"] = 0.5
+    for name in ("checkpoint_every_steps", "checkpoint_every_minutes", "stop_signals"):  # added later, at neutral
+        del stripped["train"][name]
     for dotted in PATH_FIELDS:
         section, _, leaf = dotted.rpartition(".")
         (stripped[section] if section else stripped)[leaf] = ""
@@ -218,3 +221,35 @@ def test_teacher_row_comes_from_the_first_finished_cell_reporting_it():
             {"status": "done", "metrics": {"teacher_ppl": 36.9}}]
     assert teacher_row(rows, {"ppl": "teacher_ppl"}) == {"ppl": 36.7}
     assert teacher_row(rows, {"ppl": "missing"}) is None
+
+
+def test_a_field_added_later_keeps_stored_cells_until_it_leaves_its_neutral_value():
+    """A schema field marked added_later changes no cell key while it holds its neutral (as-before) value, so
+    yesterday's cells stay done; set to another value it gives them new keys, as a plain new field always does."""
+    from dataclasses import dataclass, field
+
+    from slim.harness.config.schema import SlimConfig, TrainConfig, added_later, at_least
+    from slim.harness.grid.expand import cell_key
+
+    @dataclass
+    class TrainWithKnob(TrainConfig):
+        knob: int = added_later(at_least(0, 0), neutral=0)
+
+    @dataclass
+    class SlimWithKnob(SlimConfig):
+        train: TrainWithKnob = field(default_factory=TrainWithKnob)
+
+    @dataclass
+    class TrainWithPlain(TrainConfig):
+        plain: int = 0
+
+    @dataclass
+    class SlimWithPlain(SlimConfig):
+        train: TrainWithPlain = field(default_factory=TrainWithPlain)
+
+    yesterday = cell_key("run", SlimConfig())
+    today = SlimWithKnob()
+    assert cell_key("run", today) == yesterday
+    today.train.knob = 1
+    assert cell_key("run", today) != yesterday
+    assert cell_key("run", SlimWithPlain()) != yesterday

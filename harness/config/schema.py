@@ -61,6 +61,17 @@ def between(default: float, low: float, high: float, low_inclusive: bool = True)
     return field(default=default, metadata={RANGE: Range(low, high, low_inclusive)})
 
 
+# Field metadata key: for a field added after results were stored, the value that behaves as before it existed; a
+# grid cell key leaves the field out while it holds that value, so stored cells stay valid (harness/grid/expand.py).
+NEUTRAL = "neutral"
+
+
+def added_later(spec: Any, neutral: Any) -> Any:
+    """`spec` (a dataclasses field) marked as added after results were stored, `neutral` its as-before value."""
+    return field(default=spec.default, default_factory=spec.default_factory,
+                 metadata={**spec.metadata, NEUTRAL: neutral})
+
+
 def registry_key(default: str, registry: str) -> Any:
     """A field naming an entry of `registry` ("module:attribute"), `default` when unset."""
     return field(default=default, metadata={REGISTRY: registry})
@@ -177,11 +188,12 @@ class TrainConfig:
     num_threads: int = at_least(0, 0)
     resume: bool = True
     # last.ckpt between validations (0: off): every N optimizer steps and/or every M minutes of training.
-    checkpoint_every_steps: int = at_least(0, 0)
-    checkpoint_every_minutes: float = at_least(0.0, 0)
+    checkpoint_every_steps: int = added_later(at_least(0, 0), neutral=0)
+    checkpoint_every_minutes: float = added_later(at_least(0.0, 0), neutral=0.0)
     # Signals that make every rank finish its step, write last.ckpt and exit 75 for a requeue (Slurm preemption and
     # time limits send SIGTERM; `sbatch --signal=B:USR1@300` sends SIGUSR1 ahead of the limit). [] leaves them alone.
-    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    stop_signals: list[str] = added_later(field(default_factory=lambda: ["SIGTERM", "SIGUSR1"]),
+                                          neutral=["SIGTERM", "SIGUSR1"])
 
 
 @dataclass

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import yaml
 
 from slim.harness import provenance
 from slim.harness.config.load import load_config
-from slim.harness.config.schema import SlimConfig
+from slim.harness.config.schema import NEUTRAL, SlimConfig
 from slim.harness.errors import UserError
 from slim.harness.grid.kinds import cell_kinds
 from slim.harness.grid.spec import KIND_KEY, Axis, AxisValue, GridSpec
@@ -65,14 +65,27 @@ def _set(config: Any, dotted: str, value: Any) -> None:
     setattr(_get(config, ".".join(parents)) if parents else config, leaf, copy.deepcopy(value))
 
 
+def hashed_values(config: Any) -> dict[str, Any]:
+    """The config tree as a dict, without the fields added after results were stored while they hold their neutral
+    (as-before) value (schema NEUTRAL): adding such a field changes no key."""
+    values = {}
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        if is_dataclass(value):
+            values[spec.name] = hashed_values(value)
+        elif NEUTRAL not in spec.metadata or value != spec.metadata[NEUTRAL]:
+            values[spec.name] = copy.deepcopy(value)
+    return values
+
+
 def cell_key(kind: str, config: SlimConfig) -> str:
     """16 hex digits of sha256 over the kind, `provenance.RESULTS_VERSION` and every resolved config value (defaults
-    included), output paths excluded: a cell stored before a default changed or the version was bumped gets
-    another key, so it is never reused."""
+    included; a field added later only when it leaves its neutral value), output paths excluded: a cell stored
+    before a default changed or the version was bumped gets another key, so it is never reused."""
     stripped = copy.deepcopy(config)
     for dotted in PATH_FIELDS:
         _set(stripped, dotted, "")
-    payload = json.dumps({"kind": kind, "version": provenance.RESULTS_VERSION, "config": asdict(stripped)},
+    payload = json.dumps({"kind": kind, "version": provenance.RESULTS_VERSION, "config": hashed_values(stripped)},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
