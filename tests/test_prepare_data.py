@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -95,17 +96,25 @@ def test_killed_prepare_resumes_to_the_uninterrupted_shards(corpus, tmp_path):
 
 
 def test_damaged_shards_are_refused_at_load_and_rewritten_alone(corpus, tmp_path):
-    """A truncated shard is refused when read (size check); a rerun checksums every shard and rewrites exactly the
-    damaged ones (flipped byte, truncated, deleted), byte for byte."""
+    """A flipped or truncated shard is refused when read (sampled blocks, size); a rerun checksums every shard and
+    rewrites exactly the damaged ones (flipped byte, truncated, deleted), byte for byte."""
     path, reference = corpus
     output = Path(shutil.copytree(reference, tmp_path / "out"))
     shards = sorted(output.glob("*/shard-*.bin"))
     flipped, truncated, deleted = shards[0], shards[2], shards[-1]
     flipped.write_bytes(bytes([flipped.read_bytes()[0] ^ 1]) + flipped.read_bytes()[1:])
     truncated.write_bytes(truncated.read_bytes()[:-2])
+    with pytest.raises(UserError, match=rf"^data.output: {flipped} does not hold the tokens its index records "
+                                        r"\(its sampled blocks differ\); rerun `slim prepare-data` with the same"):
+        build_corpus_data(load_config(_overrides(path, output)).data)  # its first byte is in a sampled block
+    (output / "kept.bin").write_bytes(flipped.read_bytes())
+    flipped.write_bytes(shards_bytes := (reference / flipped.relative_to(output)).read_bytes())
     with pytest.raises(UserError, match=rf"^data.output: {truncated} holds .* bytes, the index says .*; rerun "
                                         "`slim prepare-data` with the same overrides"):
         build_corpus_data(load_config(_overrides(path, output)).data)
+    flipped.write_bytes((output / "kept.bin").read_bytes())
+    (output / "kept.bin").unlink()
+    assert flipped.read_bytes() != shards_bytes
     deleted.unlink()
     summary = prepare_data(load_config(_overrides(path, output)))
     assert summary.shards_written == 3
@@ -258,3 +267,16 @@ def test_a_vocabulary_past_65536_ids_writes_uint32(tmp_path):
     assert max(int(stream.max()) for stream in streams.values()) == 70_001  # eos
     assert sorted(int(token) for stream in streams.values() for token in stream if token != 70_001) == sorted(
         words[word] for text in texts for word in text.split())
+
+
+def test_a_same_size_foreign_shard_is_refused_at_load(corpus, tmp_path):
+    """A shard overwritten by other tokens of the same byte length (another tokenizer's, another corpus's) passes the
+    size check but not the sampled-block digest every open computes: one line naming it, before any training."""
+    path, reference = corpus
+    output = Path(shutil.copytree(reference, tmp_path / "out"))
+    shard = sorted(output.glob("train/shard-*.bin"))[1]
+    tokens = np.frombuffer(shard.read_bytes(), dtype=read_index(output)["identity"]["dtype"])
+    shard.write_bytes(np.roll(tokens, 1).tobytes())  # the same ids, shifted: same size, other tokens
+    with pytest.raises(UserError, match=rf"^data.output: {shard} does not hold the tokens its index records "
+                                        r"\(its sampled blocks differ\); rerun `slim prepare-data`"):
+        build_corpus_data(load_config(_overrides(path, output)).data)

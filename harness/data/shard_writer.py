@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from slim.harness.atomic import atomic_path
-from slim.harness.data.shards import shard_name
+from slim.harness.data.shards import SAMPLE_KEY, sampled_sha256, shard_name
 from slim.harness.errors import UserError
 
 
@@ -98,17 +98,22 @@ class SplitWriter:
     def _close(self) -> None:
         shard, self.current = self.current, None
         record = shard.record(shard_name(self.split, shard.number))
-        if shard.number < len(self.records):
-            if record != self.records[shard.number]:
+        rewritten = shard.number < len(self.records)
+        if rewritten:
+            recorded = {key: value for key, value in self.records[shard.number].items() if key != SAMPLE_KEY}
+            if record != recorded:
                 shard.abort()
                 raise UserError(f"data.path: {self.output / record['file']} re-tokenized to other tokens than its "
                                 "index records: the source changed under the same fingerprint; prepare into a new "
                                 "data.output")
             self.damaged.discard(shard.number)
+        shard.close()
+        record[SAMPLE_KEY] = sampled_sha256(self.output / record["file"])
+        if rewritten:
+            self.records[shard.number] = record
         else:
             self.records.append(record)
             self._starts.append(record["first_document"])
-        shard.close()
         self.written += 1
         self.on_close()
 

@@ -30,6 +30,10 @@ FORMAT_VERSION = 1
 OPEN_SHARDS = 64  # memory maps kept open per reader (each holds a file descriptor)
 
 
+SAMPLE_KEY = "sample_sha256"  # a shard record's digest of its sampled blocks (sampled_sha256)
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 4096
+
+
 def token_dtype(vocab_ids: int) -> str:
     """uint16 when every id fits, else uint32."""
     return "uint16" if vocab_ids <= 1 << 16 else "uint32"
@@ -64,15 +68,31 @@ def identity_difference(recorded: dict, expected: dict) -> str:
     return ""
 
 
+def sampled_sha256(path: Path) -> str:
+    """sha256 of SAMPLE_BLOCKS blocks of SAMPLE_BYTES spread evenly over the file, its first and last included: 64
+    KiB read per shard, so every open can catch a shard replaced by another of the same size (another tokenizer's,
+    another corpus's) without hashing every byte."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in range(SAMPLE_BLOCKS):
+            handle.seek(max(0, size - SAMPLE_BYTES) * block // (SAMPLE_BLOCKS - 1))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
 def shard_problem(output: Path, record: dict, itemsize: int, checksum: bool) -> str:
-    """Why the shard of `record` cannot be read ('' when it can): missing, wrong size, or (with `checksum`) bytes
-    that do not hash to the recorded sha256."""
+    """Why the shard of `record` cannot be read ('' when it can): missing, wrong size, sampled blocks that do not
+    hash to the recorded SAMPLE_KEY (indexes written before it lack it), or (with `checksum`) bytes that do not
+    hash to the recorded sha256."""
     path = output / record["file"]
     if not path.is_file():
         return f"{path} is missing"
     expected = record["tokens"] * itemsize
     if path.stat().st_size != expected:
         return f"{path} holds {path.stat().st_size} bytes, the index says {expected}"
+    if SAMPLE_KEY in record and sampled_sha256(path) != record[SAMPLE_KEY]:
+        return f"{path} does not hold the tokens its index records (its sampled blocks differ)"
     if checksum:
         with open(path, "rb") as handle:
             if hashlib.file_digest(handle, "sha256").hexdigest() != record["sha256"]:
@@ -148,8 +168,8 @@ class PreparedDataset(Dataset):
 
 
 def open_split(output: Path, index: dict, split: str, seq_len: int) -> PreparedDataset:
-    """The split's windows, every shard's size checked (a checksum of every byte is prepare-data's job: a rerun
-    verifies all shards and rewrites damaged ones)."""
+    """The split's windows, every shard's size and sampled blocks checked (a checksum of every byte is
+    prepare-data's job: a rerun verifies all shards and rewrites damaged ones)."""
     records = index["shards"][split]
     itemsize = np.dtype(index["identity"]["dtype"]).itemsize
     for record in records:
