@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -299,3 +300,14 @@ def test_cache_teacher_refuses_bad_fields(small_config, overrides: list[str], me
     assert len(capsys.readouterr().err.splitlines()) == 1
     with pytest.raises(UserError, match=message):
         teacher_cache_writer.cache_teacher(cfg)
+
+
+def test_cache_teacher_without_room_is_refused_before_the_teacher_runs(small_config, monkeypatch) -> None:
+    """A cache that will not fit the filesystem is one line naming distill.teacher_cache and the sizes, before the
+    teacher is loaded (it used to fail after the teacher work, leaving a manifest behind)."""
+    cfg = small_config()
+    monkeypatch.setattr("slim.harness.outputs.shutil.disk_usage", lambda path: SimpleNamespace(free=1024))
+    monkeypatch.setattr(teacher_cache_writer, "load_pretrained", lambda *args, **kwargs: pytest.fail("loaded"))
+    with pytest.raises(UserError, match=r"^distill.teacher_cache: .* has 0 MiB free, the output needs about"):
+        teacher_cache_writer.cache_teacher(cfg)
+    assert not Path(cfg.distill.teacher_cache).exists()

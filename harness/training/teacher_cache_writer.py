@@ -20,6 +20,7 @@ from slim.harness.distributed import barrier, init_distributed, local_rank, on_r
 from slim.harness.errors import UserError
 from slim.harness.models.experts_policy import apply_experts_policy
 from slim.harness.models.io import load_pretrained, read_model_config, tokenizer_vocab
+from slim.harness.outputs import check_work_dir
 from slim.harness.training.distill_terms import backbone_hidden
 from slim.harness.training.teacher_cache import (
     FIELD,
@@ -111,6 +112,12 @@ def _check_writer_config(cfg: SlimConfig) -> int:
     return vocab_size
 
 
+def _missing_bytes(cfg: SlimConfig, num_sequences: int) -> int:
+    """About what the cache still has to write: every sequence's top-k entries, less the shards already there."""
+    written = sum(path.stat().st_size for path in Path(cfg.distill.teacher_cache).glob("shard-*.safetensors"))
+    return max(0, num_sequences * cfg.data.seq_len * cfg.distill.teacher_cache_top_k * BYTES_PER_ENTRY - written)
+
+
 def cache_teacher(cfg: SlimConfig) -> CacheSummary:
     """Write (or finish) the top-k cache of `distill.teacher` over the train split to `distill.teacher_cache`,
     running the teacher in `train.batch_size` sequences on CUDA when available (each rank on its own GPU, taking its
@@ -120,6 +127,7 @@ def cache_teacher(cfg: SlimConfig) -> CacheSummary:
     if data.tokenizer.get_vocab() != tokenizer_vocab(cfg.distill.teacher, "distill.teacher"):
         raise UserError(f"data.tokenizer: the tokenizer at {cfg.data.tokenizer} differs from the teacher's "
                         f"({cfg.distill.teacher}); the corpus must be tokenized the way the teacher was trained")
+    check_work_dir(cfg.distill.teacher_cache, FIELD, _missing_bytes(cfg, len(data.train)))
     init_distributed(cuda=torch.cuda.is_available())
     device = f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu"
     model, _ = load_pretrained(cfg.distill.teacher, device=device)
