@@ -235,21 +235,17 @@ def _fixes(cfg: SlimConfig, teacher: ModelShape, student: ModelShape) -> tuple[s
     """The switches that each alone make the distillation step fit: activation checkpointing, a micro-batch of one
     sequence, FSDP, or the fewest nodes (up to MAX_NODES) the global batch still splits over."""
     train = cfg.train
-    trials = [(override, dataclasses.replace(cfg, train=dataclasses.replace(train, **change)))
-              for override, change, wanted in (
-                  ("train.activation_checkpointing=true", {"activation_checkpointing": True},
-                   not train.activation_checkpointing),
-                  ("train.micro_batch_size=1", {"micro_batch_size": 1}, train.micro_batch_size != 1),
-                  ("train.strategy=fsdp", {"strategy": "fsdp"}, train.strategy != "fsdp")) if wanted]
+    switches = [(override, dataclasses.replace(cfg, train=dataclasses.replace(train, **change)))
+                for override, change, wanted in (
+                    ("train.activation_checkpointing=true", {"activation_checkpointing": True},
+                     not train.activation_checkpointing),
+                    ("train.micro_batch_size=1", {"micro_batch_size": 1}, train.micro_batch_size != 1),
+                    ("train.strategy=fsdp", {"strategy": "fsdp"}, train.strategy != "fsdp")) if wanted]
+    fixes = [override for override, changed in switches if plan_memory(changed, teacher, student).fits]
     for nodes in range(cfg.plan.nodes + 1, MAX_NODES + 1):
-        if train.batch_size % (cfg.plan.gpus * nodes) == 0:
-            trials.append((f"plan.nodes={nodes} train.num_nodes={nodes}",
-                           dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, nodes=nodes))))
-    fixes, more_nodes = [], False
-    for override, changed in trials:
-        if (not more_nodes or not override.startswith("plan.nodes")) and plan_memory(changed, teacher, student).fits:
-            fixes.append(override)
-            more_nodes = more_nodes or override.startswith("plan.nodes")
+        more = dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, nodes=nodes))
+        if train.batch_size % (cfg.plan.gpus * nodes) == 0 and plan_memory(more, teacher, student).fits:
+            return (*fixes, f"plan.nodes={nodes} train.num_nodes={nodes}")
     return tuple(fixes)
 
 
