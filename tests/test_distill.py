@@ -340,3 +340,11 @@ def test_ctrl_c_is_one_line_naming_the_checkpoint(teacher_dir, student_dir, tiny
                                           r"\(step 2\), a rerun resumes from it$"):
         distill(cfg, callbacks=[CtrlC()])
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after its shutdown
+
+
+def test_a_finished_fit_hands_the_signals_back(teacher_dir, student_dir, tiny_config):
+    """After distill returns, SIGTERM and SIGUSR1 have the handlers they had before it (not the stop-signal recorder,
+    nor Lightning's handlers of the finished trainer)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
+    distill(distill_config(tiny_config, teacher_dir, student_dir, "distill.loss=kd", "train.max_steps=2"))
+    assert {signum: signal.getsignal(signum) for signum in before} == before

@@ -59,8 +59,12 @@ class StopAndCheckpoint(Callback):
             self._previous = {signum: signal.signal(signum, self._record) for signum in self.signals}
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Hand each signal back to the handler it had, unless someone else already did: after a finished fit
+        Lightning restores its own pre-fit handlers first, and restoring ours over them would leave Lightning's
+        handlers of a finished trainer installed."""
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) == self._record:
+                signal.signal(signum, handler)
         self._previous = {}
 
     def _wanted(self) -> int:
