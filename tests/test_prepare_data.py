@@ -22,7 +22,7 @@ from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.data.packing import build_corpus_data, validation_windows, window_rows
 from slim.harness.data.prepare import prepare_data
 from slim.harness.data.sampler import ResumableBatchSampler
-from slim.harness.data.shards import INDEX_FILE, read_index
+from slim.harness.data.shards import INDEX_FILE, read_index, sampled_sha256
 from slim.harness.data.sources import SPLITS
 from slim.harness.errors import UserError
 from tests.corpora import ROOT, TEACHER, documents, split_streams, write_jsonl
@@ -280,3 +280,25 @@ def test_a_same_size_foreign_shard_is_refused_at_load(corpus, tmp_path):
     with pytest.raises(UserError, match=rf"^data.output: {shard} does not hold the tokens its index records "
                                         r"\(its sampled blocks differ\); rerun `slim prepare-data`"):
         build_corpus_data(load_config(_overrides(path, output)).data)
+
+
+def test_a_token_id_beyond_the_vocabulary_is_one_line_where_it_is_read(corpus, tmp_path):
+    """Damage outside the sampled blocks can put an id the tokenizer does not have into a window: reading that window
+    is one line naming it (the model's embedding would raise an IndexError traceback at the step)."""
+    path, reference = corpus
+    output = Path(shutil.copytree(reference, tmp_path / "out"))
+    shard = sorted(output.glob("train/shard-*.bin"))[0]
+    dtype = np.dtype(read_index(output)["identity"]["dtype"])
+    tokens = np.frombuffer(shard.read_bytes(), dtype=dtype).copy()
+    middle = len(tokens) // 2
+    tokens[middle] = np.iinfo(dtype).max
+    shard.write_bytes(tokens.tobytes())
+    index = json.loads((output / INDEX_FILE).read_text())  # damage the sampled blocks miss, as in a large shard
+    record = next(record for record in index["shards"]["train"] if output / record["file"] == shard)
+    record["sample_sha256"] = sampled_sha256(shard)
+    (output / INDEX_FILE).write_text(json.dumps(index))
+    train = build_corpus_data(load_config(_overrides(path, output)).data).train
+    window = middle // train.window
+    with pytest.raises(UserError, match=rf"^data.output: window {window} holds token id {np.iinfo(dtype).max}, "
+                                        r"beyond the tokenizer's \d+ ids"):
+        train[window]

@@ -148,10 +148,11 @@ class PreparedDataset(Dataset):
     """Disjoint windows of seq_len + 1 tokens of a prepared split, as {"input_ids", "labels", "index"} like
     slim.harness.data.packing.PackedDataset (the partial tail is dropped)."""
 
-    def __init__(self, stream: TokenStream, seq_len: int, digest: str) -> None:
+    def __init__(self, stream: TokenStream, seq_len: int, digest: str, vocab_ids: int) -> None:
         self.stream = stream
         self.window = seq_len + 1
         self.digest = digest
+        self.vocab_ids = vocab_ids  # ids the tokenizer has: a larger one in a shard is damage, never a token
 
     def __len__(self) -> int:
         return len(self.stream) // self.window
@@ -160,6 +161,10 @@ class PreparedDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         row = torch.from_numpy(self.stream.read(index * self.window, (index + 1) * self.window))
+        if int(row.max()) >= self.vocab_ids:
+            raise UserError(f"data.output: window {index} holds token id {int(row.max())}, beyond the tokenizer's "
+                            f"{self.vocab_ids} ids (a damaged shard); rerun `slim prepare-data` with the same "
+                            "overrides to check and rewrite the shards")
         return {"input_ids": row[:-1], "labels": row[1:], "index": index}
 
     def fingerprint(self) -> str:
@@ -167,7 +172,7 @@ class PreparedDataset(Dataset):
         return self.digest
 
 
-def open_split(output: Path, index: dict, split: str, seq_len: int) -> PreparedDataset:
+def open_split(output: Path, index: dict, split: str, seq_len: int, vocab_ids: int) -> PreparedDataset:
     """The split's windows, every shard's size and sampled blocks checked (a checksum of every byte is
     prepare-data's job: a rerun verifies all shards and rewrites damaged ones)."""
     records = index["shards"][split]
@@ -179,7 +184,7 @@ def open_split(output: Path, index: dict, split: str, seq_len: int) -> PreparedD
     digest = hashlib.sha256(json.dumps([[r["sha256"] for r in records], seq_len]).encode()).hexdigest()
     stream = TokenStream([str(output / r["file"]) for r in records], [r["tokens"] for r in records],
                          index["identity"]["dtype"])
-    return PreparedDataset(stream, seq_len, digest)
+    return PreparedDataset(stream, seq_len, digest, vocab_ids)
 
 
 def index_digest(index: dict) -> str:
@@ -218,4 +223,5 @@ def load_prepared(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenize
     if difference:
         raise UserError(f"data.output: {cfg.output} holds shards prepared from other data or with another tokenizer "
                         f"({difference}); run `slim prepare-data` with these overrides into another data.output")
-    return {split: open_split(Path(cfg.output), index, split, cfg.seq_len) for split in SPLITS}
+    vocab_ids = max(tokenizer.get_vocab().values()) + 1
+    return {split: open_split(Path(cfg.output), index, split, cfg.seq_len, vocab_ids) for split in SPLITS}
