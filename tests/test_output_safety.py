@@ -375,3 +375,25 @@ def test_atomic_writes_honour_the_umask(umask, mode, tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_distill_without_room_for_its_checkpoints_is_refused_before_any_work(tmp_path, monkeypatch):
+    """run_dir must hold two checkpoints of the student (fp32 weights and AdamW moments, old and new during the
+    swap): a filesystem with less is one line before any data is read or model trained."""
+    from types import SimpleNamespace
+
+    from slim.harness.models.io import empty_model
+    from slim.harness.models.params import count_parameters
+    from slim.harness.training.trainer import CHECKPOINT_BYTES_PER_PARAM
+
+    need = CHECKPOINT_BYTES_PER_PARAM * count_parameters(empty_model(TEACHER)).total
+    real = shutil.disk_usage
+
+    def room_for_the_output_only(path):
+        return SimpleNamespace(free=need - 1) if Path(path) == tmp_path / "run" else real(path)
+
+    monkeypatch.setattr("slim.harness.training.distill.CorpusDataModule", _no_work)
+    monkeypatch.setattr("slim.harness.outputs.shutil.disk_usage", room_for_the_output_only)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match=rf"^run_dir: {tmp_path / 'run'} has \d+ MiB free, the output needs about"):
+        distill(_distill_config(tmp_path))

@@ -17,10 +17,11 @@ from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.errors import UserError
 from slim.harness.evaluation.perplexity import model_perplexity
 from slim.harness.evaluation.teacher_metrics import teacher_perplexity
-from slim.harness.models.io import read_model_config, save_pretrained, tokenizer_vocab
+from slim.harness.models.io import empty_model, read_model_config, save_pretrained, tokenizer_vocab
 from slim.harness.models.mtp import MTPModule, config_mtp_depth
 from slim.harness.models.mtp_io import save_mtp
-from slim.harness.outputs import check_output_dir, weights_bytes
+from slim.harness.models.params import count_parameters
+from slim.harness.outputs import check_output_dir, check_work_dir, weights_bytes
 from slim.harness.tracking.wandb_logger import finish_runs, validate_tracking_config, wandb_loggers
 from slim.harness.training.distill_module import DistillModule, load_student
 from slim.harness.training.fsdp import gather_unsharded
@@ -35,6 +36,7 @@ from slim.harness.training.run import (
     write_summary,
 )
 from slim.harness.training.teacher_cache import check_cache_config, check_cache_data
+from slim.harness.training.trainer import CHECKPOINT_BYTES_PER_PARAM
 from slim.harness.training.weight_schedules import weight_schedules
 from slim.harness.verbosity import note
 from slim.kernels.kd_loss.fused_head import head_implementations
@@ -124,9 +126,11 @@ def _check_data_tokenizer(cfg: SlimConfig, data: CorpusDataModule) -> None:
 
 def check_distill_outputs(cfg: SlimConfig) -> None:
     """run_dir (another run's config included) and distill.output, before any work: the output must be new,
-    empty or harness-made and have room for the student."""
+    empty or harness-made and have room for the student, run_dir room for its checkpoints."""
     check_run_dir(cfg)
     check_output_dir(cfg.distill.output, "distill.output", weights_bytes(cfg.distill.student))
+    student_params = count_parameters(empty_model(cfg.distill.student)).total
+    check_work_dir(cfg.run_dir, "run_dir", CHECKPOINT_BYTES_PER_PARAM * student_params)
 
 
 def _save_student_extras(student_mtp: MTPModule | None, student_dir: str, directory: Path) -> None:

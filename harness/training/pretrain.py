@@ -27,6 +27,7 @@ from slim.harness.training.run import (
     validate_train_config,
     write_summary,
 )
+from slim.harness.training.trainer import CHECKPOINT_BYTES_PER_PARAM
 
 # Windows the unigram baseline is fit and scored on: a whole shipped corpus, a bounded sample of a prepared one.
 UNIGRAM_WINDOWS = 1 << 16
@@ -78,7 +79,7 @@ def pretrain(cfg: SlimConfig) -> PretrainSummary:
     """Pretrain `cfg.model` on the corpus; resumes from `<run_dir>/checkpoints/last.ckpt` when present."""
     validate_pretrain_config(cfg)
     check_run_dir(cfg)
-    check_output_dir(model_dir(cfg), "run_dir", _model_bytes(cfg))
+    check_output_dir(model_dir(cfg), "run_dir", _model_bytes(cfg) * (1 + CHECKPOINT_BYTES_PER_PARAM // 4))
     data = CorpusDataModule(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
     data.setup("fit")
     run_dir = prepare_run(cfg)

@@ -18,6 +18,9 @@ from slim.harness.training.precision import trainer_precision
 from slim.harness.training.preemption import StopAndCheckpoint
 
 STRATEGIES = ("auto", "fsdp")
+# A checkpoint holds fp32 weights and AdamW's two fp32 moments (12 bytes a trained parameter), and the atomic swap
+# keeps the previous checkpoint until the new one is whole: room for two.
+CHECKPOINT_BYTES_PER_PARAM = 2 * 12
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
