@@ -31,6 +31,11 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def die_with_launcher() -> None:
-    """Under torchrun, `die_with_parent` of the launcher that started this worker; elsewhere nothing."""
-    if TORCHRUN_VARIABLE in os.environ:
-        die_with_parent(os.getppid())
+    """Under torchrun, `die_with_parent` of the launcher that started this worker; elsewhere nothing. A launcher
+    killed while this worker was still starting has left it to init already (parent pid 1): it dies at once."""
+    if TORCHRUN_VARIABLE not in os.environ:
+        return
+    launcher = os.getppid()
+    if launcher == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    die_with_parent(launcher)
