@@ -33,7 +33,7 @@ from slim.harness.models.io import read_model_config
 from slim.harness.outputs import check_output_dir, weights_bytes
 from slim.harness.progressive import StagePlan, plan_stages
 from slim.harness.provenance import stamped, unstamped
-from slim.harness.training.distill import distill, validate_distill_config
+from slim.harness.training.distill import SUMMARY_NAME, distill, validate_distill_config
 from slim.harness.training.run import check_run_dir
 
 
@@ -57,7 +57,7 @@ def _compressed(cfg: SlimConfig) -> dict:
 
 
 def _finished(stage: StagePlan) -> dict | None:
-    summary_file = Path(stage.run_dir) / "distill_summary.json"
+    summary_file = Path(stage.run_dir) / f"{SUMMARY_NAME}.json"
     if not summary_file.is_file():
         return None
     summary = unstamped(json.loads(summary_file.read_text()))

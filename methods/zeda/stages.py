@@ -24,6 +24,7 @@ from slim.harness.models.io import load_pretrained, read_model_config, save_pret
 from slim.harness.models.mtp_io import find_mtp, save_mtp
 from slim.harness.outputs import check_output_dir, check_work_dir, weights_bytes
 from slim.harness.provenance import stamped, unstamped
+from slim.harness.training.distill import SUMMARY_NAME as DISTILL_SUMMARY
 from slim.harness.training.distill import distill, validate_distill_config
 from slim.harness.training.run import check_run_dir
 from slim.methods.zeda.inject import check_injection, inject_zero_experts
@@ -90,7 +91,7 @@ def write_injected(cfg: ZedaConfig, out_dir: Path) -> Path:
 
 
 def _finished(run_dir: Path, output: Path, steps: int) -> dict | None:
-    summary_file = run_dir / "distill_summary.json"
+    summary_file = run_dir / f"{DISTILL_SUMMARY}.json"
     if not summary_file.is_file() or not (output / "config.json").is_file():
         return None
     summary = unstamped(json.loads(summary_file.read_text()))
