@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from slim.harness.errors import UserError
-from slim.harness.models.checkpoint_state import weight_paths
+from slim.harness.models.weight_files import weight_paths
 
 MARKER = ".slim-output"
 

@@ -12,7 +12,8 @@ from slim.harness.config.schema import DataConfig
 from slim.harness.data.corpus import read_chapters, split_corpus
 from slim.harness.data.documents import DocumentStream, split_texts
 from slim.harness.data.prepare import prepare_data
-from slim.harness.data.sources import get_source, hash_split, sources
+from slim.harness.data.sources import get_source, hash_split, read_lines, sources
+from slim.harness.data.sources.text import _document, _whole_file
 from slim.harness.errors import UserError
 from slim.harness.methods_catalog import format_catalog
 from tests.corpora import (
@@ -184,3 +185,13 @@ def test_non_string_field_is_a_bad_document(tmp_path):
     path.write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS) + '{"text": null}\n')
     _refused(prepare_config("jsonl", path, tmp_path / "out"),
              rf"^data.path: {path}:{len(TEXTS) + 1}: field 'text' is NoneType", tmp_path / "out")
+
+
+@pytest.mark.parametrize("content", [b"", b"a", b"a\n", b"a\n\n", b"a\r\nb\r\n", b"a\r\r\nb\rc\r", b"\n\n",
+                                     b"x\ry\n\r", b"ok\n\xff\xfebad\n", b"line1\nli\xc3ne2"])
+def test_a_whole_file_document_reads_as_its_lines_joined(tmp_path, content):
+    """data.text_documents=file reads a file in one piece (bounded copies for a book-sized file); it gives what
+    joining its lines gives, line endings, stray carriage returns and the line of a bad byte included."""
+    path = tmp_path / "doc.txt"
+    path.write_bytes(content)
+    assert _whole_file("doc.txt", path) == _document("doc.txt", "doc.txt", list(read_lines(path)), path)

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from slim.harness.cli.main import main as slim
 from slim.harness.config.load import load_config
+from slim.harness.data import prepare
 from slim.harness.data.datamodule import CorpusDataModule
 from slim.harness.data.packing import build_corpus_data, validation_windows, window_rows
 from slim.harness.data.prepare import prepare_data
@@ -93,6 +94,28 @@ def test_killed_prepare_resumes_to_the_uninterrupted_shards(corpus, tmp_path):
     total = sum(len(records) for records in read_index(reference)["shards"].values())
     assert summary.shards == total and summary.shards_written == total - 2
     assert _files(output) == _files(reference)
+
+
+def test_a_long_document_in_pieces_gives_the_whole_document_shards(tmp_path, monkeypatch):
+    """A 160k-character document tokenized in 8k-character checked pieces (spread over both tokenizer processes)
+    gives the shards, byte for byte, of the run that tokenizes it whole, and stays within one shard."""
+    long_document = "\n".join(TEXTS[:45])
+    path = write_jsonl([*TEXTS[45:50], long_document, *TEXTS[50:]], tmp_path / "corpus.jsonl")
+    whole = prepare_data(load_config(_overrides(path, tmp_path / "whole", "data.num_proc=2")))
+    cuts: list[int] = []
+
+    class SmallPieces(prepare.PieceCutter):
+        def __init__(self, tokenizer) -> None:
+            super().__init__(tokenizer, piece_chars=8000, window=512)
+
+        def _cut(self, text: str, nominal: int) -> int:
+            cuts.append(super()._cut(text, nominal))
+            return cuts[-1]
+
+    monkeypatch.setattr(prepare, "PieceCutter", SmallPieces)
+    pieces = prepare_data(load_config(_overrides(path, tmp_path / "pieces", "data.num_proc=2")))
+    assert len(cuts) >= len(long_document) // 8000 and pieces.unverified_cuts == whole.unverified_cuts == 0
+    assert _files(tmp_path / "pieces") == _files(tmp_path / "whole")
 
 
 def test_damaged_shards_are_refused_at_load_and_rewritten_alone(corpus, tmp_path):

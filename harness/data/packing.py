@@ -23,7 +23,8 @@ from slim.harness.atomic import save_safetensors_atomic
 from slim.harness.config.schema import DataConfig
 from slim.harness.data.corpus import CorpusSplit
 from slim.harness.data.documents import split_texts
-from slim.harness.data.shards import PreparedDataset, complete_index, index_digest, load_prepared
+from slim.harness.data.prepared import PreparedDataset, load_prepared
+from slim.harness.data.shards import complete_index, index_digest
 from slim.harness.data.sources import SPLITS, Source, get_source
 from slim.harness.data.tokenizer import load_or_train_tokenizer, load_tokenizer, tokenizer_sha256
 from slim.harness.errors import UserError

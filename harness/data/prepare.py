@@ -15,6 +15,7 @@ empty split is refused in one line, and the per-split counts it finds size the p
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import time
 from collections import deque
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from slim.harness.atomic import write_text_atomic
 from slim.harness.config.schema import DataConfig, SlimConfig
 from slim.harness.data.documents import DocumentStream
+from slim.harness.data.pieces import PieceCutter
 from slim.harness.data.shard_writer import SplitWriter
 from slim.harness.data.shards import INDEX_FILE, expected_identity, identity_difference, read_index, shard_problem
 from slim.harness.data.sources import SPLITS, Source, get_source
@@ -35,6 +38,8 @@ from slim.harness.data.tokenize import encode_batch, init_worker
 from slim.harness.data.tokenizer import load_or_train_tokenizer
 from slim.harness.errors import UserError
 from slim.harness.outputs import check_output_dir, mark
+
+logger = logging.getLogger(__name__)
 
 BATCH_DOCUMENTS = 256  # documents per tokenizer task
 BATCH_BYTES = 1 << 20  # or fewer when their text reaches this size
@@ -57,6 +62,7 @@ class PrepareSummary:
     wall_seconds: float
     tokens_per_second: float  # tokens this run tokenized / its wall time
     tokens_per_second_per_process: float
+    unverified_cuts: int  # cuts of long documents where the token stream may differ (harness/data/pieces.py)
 
 
 def check_prepare_config(cfg: DataConfig) -> None:
@@ -89,12 +95,14 @@ class Batch:
 
     ordinals: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    ends: list[bool] = field(default_factory=list)  # whether each text ends its document (a long one comes in pieces)
     size: int = 0
 
-    def add(self, ordinal: int, text: str) -> bool:
-        """Add a document; whether the batch is now full."""
+    def add(self, ordinal: int, text: str, ends: bool) -> bool:
+        """Add a document or a piece of one; whether the batch is now full."""
         self.ordinals.append(ordinal)
         self.texts.append(text)
+        self.ends.append(ends)
         self.size += len(text)
         return len(self.texts) >= BATCH_DOCUMENTS or self.size >= BATCH_BYTES
 
@@ -163,11 +171,14 @@ def prepare_data(cfg: SlimConfig) -> PrepareSummary:
     writers = {split: SplitWriter(output, split, index["shards"][split], damaged[split], data.shard_tokens,
                                   index["complete"], write_index) for split in SPLITS}
     start = time.perf_counter()
-    tokenized = 0
+    tokenized = unverified = 0
     if not index["complete"] or any(damaged.values()):
-        tokenized = _write(data, source, tokenizer, index, writers)
+        tokenized, unverified = _write(data, source, tokenizer, index, writers)
         index["complete"] = True
         write_index()
+    if unverified:
+        logger.warning("prepare-data: %d cuts of long documents had no place where the tokens provably match "
+                    "whole-document tokenization (see harness/data/pieces.py)", unverified)
     wall = time.perf_counter() - start
     return PrepareSummary(
         output=str(output), source=data.source, dtype=identity["dtype"], documents=index["documents"],
@@ -176,13 +187,15 @@ def prepare_data(cfg: SlimConfig) -> PrepareSummary:
         shards_written=sum(writer.written for writer in writers.values()),
         skipped_documents=index["skipped_documents"], num_proc=data.num_proc, wall_seconds=round(wall, 2),
         tokens_per_second=round(tokenized / max(wall, 1e-9), 1),
-        tokens_per_second_per_process=round(tokenized / max(wall, 1e-9) / data.num_proc, 1))
+        tokens_per_second_per_process=round(tokenized / max(wall, 1e-9) / data.num_proc, 1),
+        unverified_cuts=unverified)
 
 
 def _write(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase, index: dict,
-           writers: dict[str, SplitWriter]) -> int:
+           writers: dict[str, SplitWriter]) -> tuple[int, int]:
     """Stream the documents, tokenize the wanted ones in `data.num_proc` processes (tasks taken back in order, at
-    most TASKS_PER_PROCESS per process in flight) and hand them to their split's writer; returns tokens written."""
+    most TASKS_PER_PROCESS per process in flight; a long document in checked pieces) and hand them to their split's
+    writer; returns the tokens written and the unverified cuts."""
     ordinals = dict.fromkeys(SPLITS, 0)
     pending = {split: Batch() for split in SPLITS}
     in_flight: deque = deque()
@@ -190,23 +203,25 @@ def _write(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase, 
     total = sum(index["documents"].values())
     context = multiprocessing.get_context("spawn")
     initargs = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, index["identity"]["dtype"])
+    cutter = PieceCutter(Tokenizer.from_str(initargs[0]))
     with context.Pool(cfg.num_proc, initializer=init_worker, initargs=initargs) as pool, \
             tqdm(total=total, desc="prepare-data", unit="doc", smoothing=0.1) as bar:
         started = time.perf_counter()
 
         def take_back() -> None:
             nonlocal tokenized
-            split, batch_ordinals, result = in_flight.popleft()
+            split, batch_ordinals, batch_ends, result = in_flight.popleft()
             tokens, lengths = result.get()
             ends = np.cumsum(lengths)
-            for ordinal, begin, end in zip(batch_ordinals, ends - lengths, ends):
-                writers[split].add(ordinal, tokens[begin:end])
+            for ordinal, begin, end, last in zip(batch_ordinals, ends - lengths, ends, batch_ends):
+                writers[split].add(ordinal, tokens[begin:end], last)
             tokenized += len(tokens)
             bar.set_postfix_str(f"{tokenized / (time.perf_counter() - started):,.0f} tok/s", refresh=False)
 
         def submit(split: str) -> None:
             batch, pending[split] = pending[split], Batch()
-            in_flight.append((split, batch.ordinals, pool.apply_async(encode_batch, (batch.texts,))))
+            in_flight.append((split, batch.ordinals, batch.ends,
+                              pool.apply_async(encode_batch, (batch.texts, batch.ends))))
             while len(in_flight) > TASKS_PER_PROCESS * cfg.num_proc:
                 take_back()
 
@@ -215,8 +230,10 @@ def _write(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase, 
                 ordinal = ordinals[split]
                 ordinals[split] += 1
                 bar.update()
-                if writers[split].wanted(ordinal) and pending[split].add(ordinal, document.text):
-                    submit(split)
+                if writers[split].wanted(ordinal):
+                    for piece, last in cutter.pieces(document.text):
+                        if pending[split].add(ordinal, piece, last):
+                            submit(split)
                 if all(writers[name].done(ordinals[name]) for name in SPLITS):
                     break
             for split in SPLITS:
@@ -230,4 +247,4 @@ def _write(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase, 
             for writer in writers.values():
                 writer.abort()
             raise
-    return tokenized
+    return tokenized, cutter.unverified

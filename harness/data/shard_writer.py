@@ -30,11 +30,11 @@ class ShardWriter:
         self._stack = ExitStack()
         self._file = self._stack.enter_context(open(self._stack.enter_context(atomic_path(path)), "wb"))
 
-    def append(self, tokens: np.ndarray) -> None:
+    def append(self, tokens: np.ndarray, ends_document: bool) -> None:
         self._file.write(tokens.data)
         self._sha.update(tokens.data)
         self.tokens += len(tokens)
-        self.documents += 1
+        self.documents += ends_document
 
     def record(self, file: str) -> dict:
         return {"file": file, "first_document": self.first_document, "documents": self.documents,
@@ -85,11 +85,14 @@ class SplitWriter:
         """Whether nothing from document `ordinal` on is needed (a complete index whose damage lies before it)."""
         return self.complete and ordinal >= self.stop_at
 
-    def add(self, ordinal: int, tokens: np.ndarray) -> None:
+    def add(self, ordinal: int, tokens: np.ndarray, ends_document: bool) -> None:
+        """Append document `ordinal`'s tokens, or a piece of them (a shard only closes at a document's end)."""
         if self.current is None:
             number = self._recorded(ordinal) if ordinal < self.recorded_end else len(self.records)
             self.current = ShardWriter(self.output / shard_name(self.split, number), number, ordinal)
-        self.current.append(tokens)
+        self.current.append(tokens, ends_document)
+        if not ends_document:
+            return
         number = self.current.number
         if (number < len(self.records) and ordinal + 1 == self._end(number)) or (
                 number == len(self.records) and self.current.tokens >= self.shard_tokens):

@@ -1,5 +1,5 @@
-"""Prepared token shards (`slim prepare-data`): the index format, and the memory-mapped packed windows every reader
-uses.
+"""Prepared token shards (`slim prepare-data`): the index format, its checks, and a split read as one memory-mapped
+token stream (torch-free: prepare-data's process never imports torch for it; prepared.py makes the Dataset).
 
 `<data.output>/index.json` records what the shards are (`identity`: source and its fingerprint, the source's
 options, the split rule's `heldout_every`, tokenizer fingerprint, eos id, token dtype; nothing depends on seq_len),
@@ -14,16 +14,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from transformers import PreTrainedTokenizerBase
 
 from slim.harness.config.schema import DataConfig
-from slim.harness.data.sources import SPLITS, Source, files_fingerprint
+from slim.harness.data.sources import Source, files_fingerprint
 from slim.harness.data.tokenizer import tokenizer_sha256
 from slim.harness.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 1
@@ -144,56 +145,13 @@ class TokenStream:
         return np.concatenate(parts).astype(np.int64)
 
 
-class PreparedDataset(Dataset):
-    """Disjoint windows of seq_len + 1 tokens of a prepared split, as {"input_ids", "labels", "index"} like
-    slim.harness.data.packing.PackedDataset (the partial tail is dropped)."""
-
-    def __init__(self, stream: TokenStream, seq_len: int, digest: str, vocab_ids: int) -> None:
-        self.stream = stream
-        self.window = seq_len + 1
-        self.digest = digest
-        self.vocab_ids = vocab_ids  # ids the tokenizer has: a larger one in a shard is damage, never a token
-
-    def __len__(self) -> int:
-        return len(self.stream) // self.window
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        row = torch.from_numpy(self.stream.read(index * self.window, (index + 1) * self.window))
-        if int(row.max()) >= self.vocab_ids:
-            raise UserError(f"data.output: window {index} holds token id {int(row.max())}, beyond the tokenizer's "
-                            f"{self.vocab_ids} ids (a damaged shard); rerun `slim prepare-data` with the same "
-                            "overrides to check and rewrite the shards")
-        return {"input_ids": row[:-1], "labels": row[1:], "index": index}
-
-    def fingerprint(self) -> str:
-        """The split's shard checksums and the window length: equal fingerprints, equal windows."""
-        return self.digest
-
-
-def open_split(output: Path, index: dict, split: str, seq_len: int, vocab_ids: int) -> PreparedDataset:
-    """The split's windows, every shard's size and sampled blocks checked (a checksum of every byte is
-    prepare-data's job: a rerun verifies all shards and rewrites damaged ones)."""
-    records = index["shards"][split]
-    itemsize = np.dtype(index["identity"]["dtype"]).itemsize
-    for record in records:
-        problem = shard_problem(output, record, itemsize, checksum=False)
-        if problem:
-            raise UserError(f"data.output: {problem}; rerun `slim prepare-data` with the same overrides to rewrite it")
-    digest = hashlib.sha256(json.dumps([[r["sha256"] for r in records], seq_len]).encode()).hexdigest()
-    stream = TokenStream([str(output / r["file"]) for r in records], [r["tokens"] for r in records],
-                         index["identity"]["dtype"])
-    return PreparedDataset(stream, seq_len, digest, vocab_ids)
-
-
 def index_digest(index: dict) -> str:
     """sha256 of what a prepared directory holds (identity and every shard checksum)."""
     shards = {split: [r["sha256"] for r in records] for split, records in index["shards"].items()}
     return hashlib.sha256(json.dumps([index["identity"], shards], sort_keys=True).encode()).hexdigest()
 
 
-def expected_identity(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase) -> dict:
+def expected_identity(cfg: DataConfig, source: Source, tokenizer: "PreTrainedTokenizerBase") -> dict:
     """What shards prepared under `cfg` with `tokenizer` record as their identity (nothing depends on seq_len)."""
     return {"format": FORMAT_VERSION, "source": cfg.source,
             "source_fingerprint": files_fingerprint(cfg, source.files(cfg)),
@@ -213,15 +171,3 @@ def complete_index(cfg: DataConfig) -> dict:
         raise UserError(f"data.output: {cfg.output} is incomplete (prepare-data was interrupted); rerun "
                         "`slim prepare-data` with the same overrides")
     return index
-
-
-def load_prepared(cfg: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase) -> dict[str, PreparedDataset]:
-    """Every split of the shards in `data.output` as windows of seq_len + 1, refused unless they were prepared from
-    this source and options with this tokenizer and every shard has its recorded size."""
-    index = complete_index(cfg)
-    difference = identity_difference(index["identity"], expected_identity(cfg, source, tokenizer))
-    if difference:
-        raise UserError(f"data.output: {cfg.output} holds shards prepared from other data or with another tokenizer "
-                        f"({difference}); run `slim prepare-data` with these overrides into another data.output")
-    vocab_ids = max(tokenizer.get_vocab().values()) + 1
-    return {split: open_split(Path(cfg.output), index, split, cfg.seq_len, vocab_ids) for split in SPLITS}

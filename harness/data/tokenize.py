@@ -20,14 +20,17 @@ def init_worker(tokenizer_json: str, eos_token_id: int, dtype: str) -> None:
     _state.update(tokenizer=Tokenizer.from_str(tokenizer_json), eos=eos_token_id, dtype=dtype)
 
 
-def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, lengths): every text's ids followed by eos, concatenated, and each text's length with its eos.
-    Same ids as the Hugging Face tokenizer's `tokenizer(texts, add_special_tokens=False)` (it calls this backend)."""
+def encode_batch(texts: list[str], ends: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, lengths): every text's ids, followed by eos where it ends its document (the others are pieces of a
+    long one), concatenated, and each text's length. Same ids as the Hugging Face tokenizer's
+    `tokenizer(texts, add_special_tokens=False)` (it calls this backend)."""
     encodings = _state["tokenizer"].encode_batch(texts, add_special_tokens=False)
     eos = _state["eos"]
     flat: list[int] = []
-    for encoding in encodings:
+    for encoding, last in zip(encodings, ends, strict=True):
         flat.extend(encoding.ids)
-        flat.append(eos)
-    lengths = np.fromiter((len(encoding.ids) + 1 for encoding in encodings), dtype=np.int64, count=len(encodings))
+        if last:
+            flat.append(eos)
+    lengths = np.fromiter((len(encoding.ids) + last for encoding, last in zip(encodings, ends)), dtype=np.int64,
+                          count=len(encodings))
     return np.asarray(flat, dtype=_state["dtype"]), lengths

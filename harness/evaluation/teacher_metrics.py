@@ -33,7 +33,7 @@ from slim.harness.atomic import write_text_atomic
 from slim.harness.calibration.fingerprint import config_json
 from slim.harness.data.packing import file_sha256, sequences_sha256
 from slim.harness.evaluation.perplexity import model_perplexity
-from slim.harness.models.checkpoint_state import INDEX_FILE, weight_files
+from slim.harness.models.weight_files import INDEX_FILE, weight_files
 
 CACHE_ENV = "SLIM_CACHE_DIR"
 STORE_VERSION = 1

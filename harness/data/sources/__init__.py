@@ -12,10 +12,13 @@ import functools
 import gzip
 import hashlib
 import json
+import re
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from slim.harness.config.load import check_choices
 from slim.harness.config.schema import DataConfig
@@ -24,6 +27,8 @@ from slim.harness.registry import Registry
 
 SPLITS = ("train", "validation", "calibration")
 FINGERPRINT_BYTES = 1 << 16  # hashed at each end of every input file
+CARRIAGE_RETURN = ord("\r")
+BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")
 
 
 @dataclass(frozen=True)
@@ -110,21 +115,45 @@ def relative_name(cfg: DataConfig, file: Path) -> str:
     return file.name if root.is_file() else file.relative_to(root).as_posix()
 
 
-def read_lines(file: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line without its newline) of a plain or .gz file; a damaged .gz is one line."""
+def read_lines(file: Path) -> Iterator[tuple[int, memoryview]]:
+    """(1-based line number, the line without its line ending) of a plain or .gz file; a damaged .gz is one line.
+    A line is a view of the bytes read, held by nothing here once yielded: a document can be a whole book on one
+    line, and its bytes then exist once, until the consumer decodes them and lets go."""
+    with _reading(file) as handle:
+        for number, line in enumerate(handle, start=1):
+            end = len(line) - line.endswith(b"\n")
+            while end and line[end - 1] == CARRIAGE_RETURN:
+                end -= 1
+            view = memoryview(line)[:end]
+            del line
+            yield number, view
+
+
+def read_whole(file: Path) -> bytes:
+    """All bytes of a plain or .gz file; a damaged .gz is one line."""
+    with _reading(file) as handle:
+        return handle.read()
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[BinaryIO]:
     opener = gzip.open if file.name.endswith(".gz") else open
     try:
         with opener(file, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip(b"\n").rstrip(b"\r")
+            yield handle
     except (OSError, EOFError, zlib.error) as error:  # EOFError / zlib.error: a truncated or corrupt .gz
         raise UserError(f"data.path: cannot read {file} ({error})") from error
 
 
-def decode(raw: bytes, where: str, doc_id: str) -> str | BadDocument:
+def is_blank(raw: memoryview) -> bool:
+    """Whether a line holds only ASCII whitespace (as bytes.strip sees it), checked without copying it."""
+    return BLANK.fullmatch(raw) is not None
+
+
+def decode(raw: memoryview, where: str, doc_id: str) -> str | BadDocument:
     """`raw` as UTF-8, or a BadDocument naming `where`."""
     try:
-        return raw.decode("utf-8")
+        return str(raw, "utf-8")
     except UnicodeDecodeError as error:
         return BadDocument(doc_id, where, f"not UTF-8 ({error.reason} at byte {error.start})")
 

@@ -13,6 +13,7 @@ from slim.harness.data.sources import (
     Source,
     decode,
     input_files,
+    is_blank,
     read_lines,
     relative_name,
     sources,
@@ -26,11 +27,7 @@ def _files(cfg: DataConfig) -> list[Path]:
     return input_files(cfg, SUFFIXES, "JSONL files")
 
 
-def _record(raw: bytes, file: Path, number: int, doc_id: str, field: str) -> Document | BadDocument:
-    where = f"{file}:{number}"
-    line = decode(raw, where, doc_id)
-    if isinstance(line, BadDocument):
-        return line
+def _record(line: str, where: str, doc_id: str, field: str) -> Document | BadDocument:
     try:
         record = json.loads(line)
     except ValueError as error:
@@ -49,8 +46,14 @@ def _documents(cfg: DataConfig) -> Iterator[Document | BadDocument]:
     for file in _files(cfg):
         name = relative_name(cfg, file)
         for number, raw in read_lines(file):
-            if raw.strip():
-                yield _record(raw, file, number, f"{name}:{number}", cfg.text_field)
+            if is_blank(raw):
+                continue
+            where, doc_id = f"{file}:{number}", f"{name}:{number}"
+            line = decode(raw, where, doc_id)
+            del raw  # a long line is held once: as bytes until decoded, as text while parsed, then as its document
+            record = line if isinstance(line, BadDocument) else _record(line, where, doc_id, cfg.text_field)
+            del line
+            yield record
 
 
 sources.register("jsonl")(Source(
