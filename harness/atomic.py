@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -10,8 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slim.harness.errors import UserError
+
 if TYPE_CHECKING:
     import torch
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: str | Path, error: BaseException) -> UserError | None:
+    """A one-line error for a write of `path` that failed on a full filesystem (or quota), else None. safetensors
+    reports a full disk as its own SafetensorError, recognized by the OS message."""
+    full = (isinstance(error, OSError) and error.errno in FULL_ERRNOS) or "No space left on device" in str(error)
+    if not full:
+        return None
+    directory = next(parent for parent in Path(path).absolute().parents if parent.exists())
+    return UserError(f"{path}: the filesystem is full ({shutil.disk_usage(directory).free / 2**20:.1f} MiB free in "
+                     f"{directory}); the partial file was removed; free space or write elsewhere")
 
 
 @contextmanager
@@ -27,8 +43,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(tmp_path)
+        full = disk_full(path, error)
+        if full is not None:
+            raise full from error
         raise
 
 

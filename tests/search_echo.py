@@ -27,3 +27,12 @@ def record_evaluation(trial: optuna.Trial, spec: SearchSpec) -> float:
     params = {param.key: param.suggest(trial) for param in spec.space}
     (out / f"evaluated-{trial.number:03d}-{pid}.json").write_text(json.dumps(params))
     return float(params["x"])
+
+
+def search_in_lockstep(spec: SearchSpec) -> None:
+    """What `slim search` does up to its export, for a spec of this module's objective: open (or create) the study,
+    then claim and run trials until its budget is used."""
+    from slim.harness.search.study import create_study, run_worker
+
+    create_study(spec)
+    run_worker(spec, record_evaluation)

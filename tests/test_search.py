@@ -28,7 +28,6 @@ from slim.harness.search.study import (
     create_study,
     run_search,
     run_workers,
-    worker_shares,
 )
 from tests.fixtures.compress_teacher import TRIAL
 from tests.search_echo import RACE_WORKERS, record_evaluation
@@ -103,7 +102,7 @@ def test_workers_on_the_default_storage_run_each_queued_trial_exactly_once(tmp_p
     study = create_study(spec)
     create_study(spec)  # a rerun reopens the study and queues nothing twice
     assert len(study.trials) == 12
-    run_workers(spec, worker_shares(12, RACE_WORKERS), evaluate=record_evaluation)
+    run_workers(spec, RACE_WORKERS, evaluate=record_evaluation)
     evaluated = [json.loads(path.read_text())["x"] for path in (tmp_path / "search").glob("evaluated-*.json")]
     assert sorted(evaluated) == list(range(12))
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 12
@@ -121,7 +120,7 @@ def test_searches_started_together_sample_apart(tmp_path):
     spec = race_spec(tmp_path, enqueue=(), space=(Param("x", "float", low=0.0, high=1.0),), n_trials=9)
     study = create_study(spec)
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_spawned_worker, args=(spec, 0, 3, record_evaluation)) for _ in range(3)]
+    workers = [context.Process(target=_spawned_worker, args=(spec, 0, record_evaluation)) for _ in range(3)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -219,10 +218,3 @@ def test_shipped_search_specs_validate():
     cannot rot."""
     for path in sorted((CONF_DIR / "search").glob("*.yaml")):
         check_spec(parse_spec(path))
-
-
-def test_worker_shares_split_the_remaining_trials():
-    """Remaining trials spread evenly; workers without a share are not started."""
-    assert worker_shares(5, 2) == [3, 2]
-    assert worker_shares(1, 3) == [1]
-    assert worker_shares(0, 2) == []

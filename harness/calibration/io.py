@@ -47,6 +47,19 @@ def _flatten(stats: CalibrationStats) -> tuple[dict[str, torch.Tensor], dict[str
     return {key: tensor.detach().cpu().contiguous() for key, tensor in tensors.items()}, metadata
 
 
+def stats_bytes(teacher: PreTrainedModel) -> int:
+    """About the bytes `save_stats` writes for `teacher` (built on the meta device is enough): float64 sums, per MoE
+    layer the [E, E] router gram and [E, hidden] probe outputs plus four [E] scores, and every RMSNorm's weight."""
+    from slim.harness.models.view import view
+
+    model_view = view(teacher)
+    hidden = teacher.config.hidden_size
+    experts = sum(layer.moe.num_experts * (layer.moe.num_experts + hidden + len(MOE_SUMS))
+                  for layer in model_view.moe_layers())
+    norms = sum(norm.weight.numel() for _, norm in model_view.all_norms())
+    return 8 * (experts + norms + 2 * len(model_view.layers))
+
+
 def save_stats(stats: CalibrationStats, path: str | Path) -> Path:
     """Write `stats` to `path` through a temp file and a rename: a killed run never leaves a partial file."""
     tensors, metadata = _flatten(stats)

@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from slim.harness.calibration.collect import calibrate, check_calibration_config
 from slim.harness.calibration.fingerprint import calibration_data, tokenizer_sha256
-from slim.harness.calibration.io import save_stats
+from slim.harness.calibration.io import save_stats, stats_bytes
 from slim.harness.calibration.layerwise import calibrate_layerwise, placed_on
 from slim.harness.calibration.reduce import all_reduce_stats, rank_share
 from slim.harness.calibration.stats import CalibrationStats
@@ -24,7 +24,7 @@ from slim.harness.data.tokenizer import load_tokenizer, needs_training
 from slim.harness.distributed import init_distributed, on_rank_zero
 from slim.harness.errors import UserError
 from slim.harness.models.experts_policy import apply_experts_policy
-from slim.harness.models.io import has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
+from slim.harness.models.io import empty_model, has_tokenizer, load_pretrained, read_model_config, tokenizer_vocab
 from slim.harness.outputs import check_output_file
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def calibrate_teacher(cfg: SlimConfig) -> CalibrationStats:
     check_calibration_config(cfg.calibration)
     check_vocab_size(cfg.data, teacher, cfg.compress.teacher)
     check_data(cfg.data)
-    check_output_file(cfg.calibration.output, "calibration.output")
+    check_output_file(cfg.calibration.output, "calibration.output", stats_bytes(empty_model(cfg.compress.teacher)))
     init_distributed(cuda=torch.device(cfg.calibration.device).type == "cuda")
     model, _ = load_pretrained(cfg.compress.teacher)
     apply_experts_policy(cfg.model_runtime.experts_implementation, model, device=cfg.calibration.device)

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 BATCH_DOCUMENTS = 256  # documents per tokenizer task
 BATCH_BYTES = 1 << 20  # or fewer when their text reaches this size
+TEXT_BYTES_PER_TOKEN = 3  # a low bound for BPE on natural text (English runs near 4), so estimates err high
+GZIP_TRAILER = 18  # the smallest .gz file: 10-byte header, 8-byte trailer
 TASKS_PER_PROCESS = 4  # tasks in flight per tokenizer process: enough to keep it busy, few enough to bound memory
 
 
@@ -116,6 +118,22 @@ def _tokenizer_for(cfg: DataConfig, source: Source) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _text_bytes(file: Path) -> int:
+    """The bytes of text in an input file: a .gz file's trailer records its uncompressed size (modulo 4 GiB)."""
+    size = file.stat().st_size
+    if not file.name.endswith(".gz") or size < GZIP_TRAILER:
+        return size
+    with open(file, "rb") as handle:
+        handle.seek(-4, 2)
+        return max(size, int.from_bytes(handle.read(4), "little"))
+
+
+def shard_bytes_estimate(cfg: DataConfig, source: Source, dtype: str) -> int:
+    """About the bytes of shards prepare-data writes: the input's text at TEXT_BYTES_PER_TOKEN per token."""
+    text = sum(_text_bytes(file) for file in source.files(cfg))
+    return text // TEXT_BYTES_PER_TOKEN * np.dtype(dtype).itemsize
+
+
 def _start_index(cfg: DataConfig, source: Source, identity: dict) -> dict:
     """The index already in `data.output` when it was prepared the same way, else a new one from a scan. Refuses
     an output of other data or another tokenizer, and one the harness did not write, before anything is written."""
@@ -129,7 +147,7 @@ def _start_index(cfg: DataConfig, source: Source, identity: dict) -> dict:
             raise UserError(f"data.output: {output} holds shards prepared from other data, with another tokenizer or "
                             f"other settings ({difference}); pick another data.output or delete it")
         return index
-    check_output_dir(output, "data.output")
+    check_output_dir(output, "data.output", shard_bytes_estimate(cfg, source, identity["dtype"]))
     documents, skipped = scan(cfg, source)
     return {"identity": identity, "shard_tokens": cfg.shard_tokens, "documents": documents,
             "skipped_documents": skipped, "complete": False, "shards": {split: [] for split in SPLITS}}

@@ -1,7 +1,8 @@
 """Run a search spec as one Optuna study: N worker processes share its storage (a journal file by default, an RDB
 URL on a cluster), each trial is `slim run` with a pruning callback, and the best trial is exported as a recipe.
 
-Only the parent enqueues. Workers pop queued trials; the journal file appends under a file lock and the first
+Only the parent enqueues. Workers claim trials under a lock until the budget is used (claims.py), popping queued
+trials first; the journal file appends under a file lock and the first
 RUNNING record wins, so one queued trial goes to one worker. SQLite cannot lock rows: two workers can pop the same
 trial and one then fails with "Cannot tell a COMPLETE trial" (Optuna issues #4002, #4621).
 """
@@ -32,6 +33,7 @@ from slim.harness.grid.expand import format_override
 from slim.harness.pipeline import run_recipe
 from slim.harness.plugins import load_plugins
 from slim.harness.provenance import stamped
+from slim.harness.search.claims import budget_used, claim, run_claimed
 from slim.harness.search.pruning import StepPruning
 from slim.harness.search.spec import PrunerSpec, SearchSpec, check_spec
 from slim.harness.verbosity import configure_output, redirect_output
@@ -94,17 +96,17 @@ def worker_seed(study: optuna.Study, seed: int) -> int:
     return seed + [name for name in study.user_attrs if name.startswith(WORKER_ATTR)].index(key)
 
 
-def run_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective = objective) -> None:
-    """Run `n_trials` trials of the study (popping queued ones first, never queueing any), sampling with the
-    seed the storage assigns this process (worker_seed); `index` only names the worker's log."""
+def run_worker(spec: SearchSpec, evaluate: Objective = objective) -> None:
+    """Claim and run trials of the study (queued ones first, never queueing any) until `n_trials` count toward its
+    budget (slim.harness.search.claims), sampling with the seed the storage assigns this process (worker_seed)."""
     configure_output()  # a spawned worker keeps the search command's --verbose choice
     load_plugins()  # the installed plug-ins, as in the search command's process
     storage = open_storage(spec)
     seed = worker_seed(optuna.load_study(study_name=spec.name, storage=storage), spec.seed)
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec.pruner),
                               sampler=optuna.samplers.TPESampler(seed=seed))
-    # a trial whose sampled config is refused or diverges (NaN loss) fails; the search goes on
-    study.optimize(lambda trial: evaluate(trial, spec), n_trials=n_trials, catch=(UserError,))
+    while (trial := claim(study, spec.n_trials, spec.output_dir)) is not None:
+        run_claimed(study, trial, lambda claimed: evaluate(claimed, spec))
 
 
 def check_storage(spec: SearchSpec, workers: int) -> None:
@@ -143,31 +145,26 @@ def create_study(spec: SearchSpec) -> optuna.Study:
     return study
 
 
-def worker_shares(remaining: int, workers: int) -> list[int]:
-    """`remaining` trials split as evenly as possible over at most `workers` workers."""
-    return [share for i in range(workers) if (share := remaining // workers + (i < remaining % workers))]
-
-
 def worker_log(spec: SearchSpec, index: int) -> Path:
     return Path(spec.output_dir) / WORKER_LOG.format(index=index)
 
 
-def _spawned_worker(spec: SearchSpec, index: int, n_trials: int, evaluate: Objective) -> None:
+def _spawned_worker(spec: SearchSpec, index: int, evaluate: Objective) -> None:
     """A spawned worker: its output in its log file (two workers' progress bars would interleave), then its trials."""
     redirect_output(worker_log(spec, index))
-    run_worker(spec, index, n_trials, evaluate)
+    run_worker(spec, evaluate)
 
 
-def run_workers(spec: SearchSpec, shares: list[int], evaluate: Objective = objective) -> None:
-    """One share in this process; several as spawned processes on the shared storage, each writing its output to
-    `<output_dir>/worker-<i>.log` (`evaluate` must then be a module-level function, so that they can import it)."""
-    if len(shares) == 1:
-        run_worker(spec, 0, shares[0], evaluate)
+def run_workers(spec: SearchSpec, workers: int, evaluate: Objective = objective) -> None:
+    """Claim trials in this process, or in `workers` spawned processes on the shared storage, each writing its output
+    to `<output_dir>/worker-<i>.log` (`evaluate` must then be a module-level function, so that they can import it)."""
+    if workers == 1:
+        run_worker(spec, evaluate)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_spawned_worker, args=(spec, index, share, evaluate),
-                                 name=f"search-worker-{index}") for index, share in enumerate(shares)]
-    print(f"search {spec.name!r}: {len(shares)} workers, output in {worker_log(spec, 0).with_name('worker-*.log')}",
+    processes = [context.Process(target=_spawned_worker, args=(spec, index, evaluate), name=f"search-worker-{index}")
+                 for index in range(workers)]
+    print(f"search {spec.name!r}: {workers} workers, output in {worker_log(spec, 0).with_name('worker-*.log')}",
           file=sys.stderr)
     for process in processes:
         process.start()
@@ -200,18 +197,18 @@ def summarize(spec: SearchSpec, study: optuna.Study, recipe: Path) -> dict[str, 
             "best": {"number": best.number, "value": best.value, "params": best.params}, "recipe": str(recipe)}
 
 
-def run_search(spec: SearchSpec, workers: int = 1) -> dict[str, Any]:
-    """Check the spec, run the study to `n_trials` finished trials over `workers` processes (a rerun continues
-    it), export the best recipe and write `<output_dir>/search_summary.json`."""
+def run_search(spec: SearchSpec, workers: int = 1, evaluate: Objective = objective) -> dict[str, Any]:
+    """Check the spec, run the study until `n_trials` trials count toward its budget, over `workers` processes and
+    any other process on the same output dir (a rerun continues it), export the best recipe and write
+    `<output_dir>/search_summary.json`."""
     if workers < 1:
         raise UserError(f"--workers: must be >= 1, got {workers}")
     check_spec(spec)
     check_storage(spec, workers)
     study = create_study(spec)
-    finished = sum(trial.state.is_finished() for trial in study.trials)
-    shares = worker_shares(max(spec.n_trials - finished, 0), workers)
-    if shares:
-        run_workers(spec, shares)
+    remaining = spec.n_trials - budget_used(study)
+    if remaining > 0:
+        run_workers(spec, min(workers, remaining), evaluate)
     recipe = export_best(spec, study)
     summary = summarize(spec, study, recipe)
     (Path(spec.output_dir) / SUMMARY_FILE).write_text(json.dumps(stamped(summary), indent=2))

@@ -9,6 +9,7 @@ adaptations' stages) and under FSDP (every rank takes the same decision).
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.distributed.tensor import DTensor
 
-from slim.harness.atomic import remove_path, swap_in
+from slim.harness.atomic import disk_full, remove_path, swap_in
 from slim.harness.errors import UserError
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -98,8 +99,16 @@ class GoodCheckpoint(Callback):
         trainer.strategy.barrier()
         try:
             trainer.save_checkpoint(tmp)
-        except BaseException:
+        except BaseException as error:
             self.last_good_step = previous
+            # every rank (tolerating the others): nothing partial stays on a full disk
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            full = disk_full(tmp, error)
+            if full is not None:
+                raise full from error
             raise
         trainer.strategy.barrier()
         if trainer.is_global_zero:
