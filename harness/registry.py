@@ -66,17 +66,28 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._entries)
 
+    def declared(self) -> list[str]:
+        """Every key, without importing anything: the group's declared entry names until its modules are loaded
+        (entry name and registered key are one; slim.harness.plugins), plus what code registered directly."""
+        if self._loaded:
+            return self.keys()
+        from slim.harness.plugins import entries
+
+        return sorted({entry.name for entry in entries(self.group)} | set(self._entries))
+
+    def check_declared(self, name: str, field: str) -> str:
+        """`validate` against the declared names only, importing nothing: the config check at load, which must
+        answer before torch is imported. A declared entry that cannot load is refused when it is first used."""
+        return _refuse_unknown(self.family, name, field, self.declared())
+
     def validate(self, name: str, field: str) -> str:
-        """Raise a one-line UserError naming `field` and the valid keys when `name` is unknown."""
+        """Raise a one-line UserError naming `field` and the valid keys when `name` is unknown, or declared but
+        unavailable (its module registered nothing: an optional dependency missing)."""
         keys = self.keys()
         if name in self._unavailable:
             raise UserError(f"{field}: {self.family} {name!r} is not available here: its plug-in "
                             f"{self._unavailable[name]} registered nothing (an optional dependency missing?)")
-        if name not in self._entries:
-            close = difflib.get_close_matches(name, keys, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{field}: unknown {self.family} {name!r}{hint}; valid: {', '.join(keys)}")
-        return name
+        return _refuse_unknown(self.family, name, field, keys)
 
     def get(self, name: str, field: str | None = None) -> T:
         self.validate(name, field or self.family)
@@ -93,6 +104,26 @@ class Registry(Generic[T]):
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             rows.append((key, doc[0] if doc else ""))
         return rows
+
+
+def _refuse_unknown(family: str, name: str, field: str, keys: list[str]) -> str:
+    """`name`, or a one-line UserError naming `field`, the closest key and the valid ones."""
+    if name not in keys:
+        close = difflib.get_close_matches(name, keys, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{field}: unknown {family} {name!r}{hint}; valid: {', '.join(keys)}")
+    return name
+
+
+def check_declared(group: str, name: str, field: str) -> str:
+    """Registry.check_declared for the registry of entry-point `group`, importing nothing: the registry itself once
+    its module is loaded (code may register into it directly), else the group's declared entry names."""
+    from slim.harness.plugins import GROUPS, entries
+
+    registry = _ALL_REGISTRIES.get(GROUPS[group])
+    if registry is not None:
+        return registry.check_declared(name, field)
+    return _refuse_unknown(GROUPS[group], name, field, sorted(entry.name for entry in entries(group)))
 
 
 def all_registries() -> dict[str, Registry]:

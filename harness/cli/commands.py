@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from slim.harness.config.load import load_config, to_yaml
 from slim.harness.config.schema import SlimConfig
+from slim.harness.plugins import load_plugins
 
 
 def _sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -17,10 +18,15 @@ def _sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return files, [item for item in args.overrides if item not in files]
 
 
-def _config(args: argparse.Namespace) -> SlimConfig:
-    """Recipe files applied first, then the `key=value` overrides."""
+def _config(args: argparse.Namespace, methods: bool = True) -> SlimConfig:
+    """Recipe files applied first, then the `key=value` overrides: checked (method names against the declared
+    entries, ranges, choices) before anything heavy is imported, so a typo is one line within a second or two. Then,
+    for a command that runs methods, every installed plug-in is imported, so a broken one is named before any work."""
     files, overrides = _sources(args)
-    return load_config(overrides, files=files)
+    cfg = load_config(overrides, files=files)
+    if methods:
+        load_plugins()
+    return cfg
 
 
 def _say(text: str) -> None:
@@ -33,9 +39,10 @@ def _say(text: str) -> None:
 
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain the teacher on the shipped corpus; writes <run_dir>/model as a Hugging Face directory."""
+    cfg = _config(args)
     from slim.harness.training.pretrain import pretrain as run_pretrain
 
-    summary = run_pretrain(_config(args))
+    summary = run_pretrain(cfg)
     _say(json.dumps(asdict(summary), indent=2))
     return 0
 
@@ -44,18 +51,19 @@ def prepare_data(args: argparse.Namespace) -> int:
     """Tokenize data.source (kjv, text, jsonl, parquet, hf_disk) at data.path with data.tokenizer into token shards
     under data.output (data.num_proc processes; a rerun writes only missing or damaged shards); later commands given
     the same overrides read them."""
+    cfg = _config(args, methods=False)  # the data source's registry loads its own modules
     from slim.harness.data.prepare import prepare_data as run_prepare_data
 
-    summary = run_prepare_data(_config(args))
+    summary = run_prepare_data(cfg)
     print(json.dumps(asdict(summary), indent=2))
     return 0
 
 
 def calibrate(args: argparse.Namespace) -> int:
     """One calibration pass over the teacher (compress.teacher); writes calibration.output (safetensors)."""
+    cfg = _config(args)
     from slim.harness.calibration.run import calibrate_teacher
 
-    cfg = _config(args)
     stats = calibrate_teacher(cfg)
     _say(f"wrote {cfg.calibration.output} (fingerprint {stats.fingerprint[:12]}, {len(stats.moe)} MoE layers)")
     return 0
@@ -64,12 +72,12 @@ def calibrate(args: argparse.Namespace) -> int:
 def compress(args: argparse.Namespace) -> int:
     """Compress the teacher by a recipe (`slim compress recipe.yaml`); writes a student HF dir, its report and the
     compression figures (PNG + PDF) beside it."""
+    cfg = _config(args)
     from slim.harness.compression.compress import compress as run_compress
     from slim.harness.compression.figures import write_figures
     from slim.harness.distributed import rank
     from slim.harness.models.params import format_count
 
-    cfg = _config(args)
     report = run_compress(cfg)
     if rank() == 0:  # after the student is written, so a plotting failure cannot cost it
         write_figures(report, cfg.compress.output)
@@ -81,9 +89,10 @@ def compress(args: argparse.Namespace) -> int:
 
 def distill(args: argparse.Namespace) -> int:
     """Distill the student (distill.student) from the frozen teacher (distill.teacher); writes distill.output."""
+    cfg = _config(args)
     from slim.harness.training.distill import distill as run_distill
 
-    summary = run_distill(_config(args))
+    summary = run_distill(cfg)
     _say(json.dumps(asdict(summary), indent=2))
     return 0
 
@@ -91,9 +100,10 @@ def distill(args: argparse.Namespace) -> int:
 def cache_teacher(args: argparse.Namespace) -> int:
     """Write the teacher's top-k log-probs over the train split to distill.teacher_cache (k =
     distill.teacher_cache_top_k; resumes a partial cache); `slim distill` then reads its kd targets from there."""
+    cfg = _config(args)
     from slim.harness.training.teacher_cache_writer import cache_teacher as run_cache_teacher
 
-    summary = run_cache_teacher(_config(args))
+    summary = run_cache_teacher(cfg)
     _say(json.dumps(asdict(summary), indent=2))
     return 0
 
@@ -101,19 +111,20 @@ def cache_teacher(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate eval.model (lm-eval tasks, perplexity, MTP acceptance, speed/memory vs eval.teacher); writes
     <run_dir>/eval_summary.json."""
+    cfg = _config(args)
     from slim.harness.evaluation.evaluate import evaluate as run_evaluate
 
-    summary = run_evaluate(_config(args))
+    summary = run_evaluate(cfg)
     _say(json.dumps(summary, indent=2))
     return 0
 
 
 def params(args: argparse.Namespace) -> int:
     """Build the configured model on the meta device and report total / active parameters."""
+    cfg = _config(args)
     from slim.harness.models.build import build_model, validate_model_config
     from slim.harness.models.params import count_parameters, format_count
 
-    cfg = _config(args)
     validate_model_config(cfg.model)
     count = count_parameters(build_model(cfg.model, device="meta"))
     print(f"total {format_count(count.total)}  active {format_count(count.active)}")
@@ -128,9 +139,9 @@ def plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of distilling the `compress` recipe's student from `model` on plan.nodes x plan.gpus GPUs of
     plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), and whether it fits
     (exit status 3 when it does not)."""
+    cfg = _config(args)
     from slim.harness.planning import format_plan, plan_run
 
-    cfg = _config(args)
     memory = plan_run(cfg)
     print(format_plan(memory, cfg.plan))
     return 0 if memory.fits else PLAN_DOES_NOT_FIT
@@ -138,7 +149,7 @@ def plan(args: argparse.Namespace) -> int:
 
 def show_config(args: argparse.Namespace) -> int:
     """Print the fully resolved config (defaults, presets, files and overrides applied)."""
-    print(to_yaml(_config(args)), end="")
+    print(to_yaml(_config(args, methods=False)), end="")
     return 0
 
 
@@ -159,9 +170,10 @@ def methods(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Calibrate, compress, distill and save in one command (`slim run recipe.yaml`; distill.init=scratch for
     the random-init baseline)."""
+    cfg = _config(args)
     from slim.harness.pipeline import run_recipe
 
-    summary = run_recipe(_config(args))
+    summary = run_recipe(cfg)
     _say(json.dumps(summary["distill"], indent=2))
     return 0
 
@@ -203,6 +215,7 @@ def _grid(args: argparse.Namespace, recorded: bool = False):
     from slim.harness.grid import prepare_grid
     from slim.harness.grid.invocation import recorded_args
 
+    load_plugins()  # every cell's methods: a broken plug-in is named before any cell runs
     files, overrides = _sources(args)
     if recorded and not files and not overrides and (last := recorded_args(args.spec, args.output_dir)):
         files, overrides = last
@@ -283,6 +296,7 @@ def search(args: argparse.Namespace) -> int:
     from slim.harness.search.spec import parse_spec
     from slim.harness.search.study import run_search
 
+    load_plugins()  # every trial's methods: a broken plug-in is named before any trial runs
     files, overrides = _sources(args)
     print(json.dumps(run_search(parse_spec(args.spec, files, overrides, args.n_trials), args.workers), indent=2))
     return 0

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from slim.harness.cli import commands
 from slim.harness.errors import INTERRUPTED_EXIT, REQUEUE_EXIT, Interrupted, Preempted, UserError
 from slim.harness.orphans import die_with_launcher
-from slim.harness.plugins import load_plugins
 from slim.harness.verbosity import configure_output
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -73,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_output(args.verbose)  # before the subcommand imports any library
     try:
-        if args.command not in TAKES_NO_CONFIG:
-            load_plugins()  # every installed plug-in, so a broken one is named before any work
         return SUBCOMMANDS[args.command](args)
     except UserError as err:
         print(f"slim {args.command}: error: {err}", file=sys.stderr)

@@ -13,7 +13,6 @@ same factor and at most two validations: the README's commands then run as writt
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from slim.harness.config.schema import CHOICES, RANGE, REGISTRY, SlimConfig, TrainConfig
 from slim.harness.config.sections import root_schema, validate_sections
 from slim.harness.errors import UserError
-from slim.harness.registry import Registry
+from slim.harness.registry import check_declared
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BASE_KEY = "base"  # a YAML file's parent recipe
@@ -71,11 +70,6 @@ def _merge(base: DictConfig, update: Any, schema: Any, source: str) -> DictConfi
         raise UserError(f"{source}: {str(err).splitlines()[0]}") from None
 
 
-def _registry(location: str) -> Registry:
-    module, _, attribute = location.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
 def check_choices(cfg: Any, prefix: str = "") -> None:
     """Every field whose schema metadata lists its allowed values (`CHOICES`) holds one of them, every field
     naming a registry entry (`REGISTRY`) names a registered one (with the did-you-mean line), and every number with
@@ -91,7 +85,7 @@ def check_choices(cfg: Any, prefix: str = "") -> None:
             if value not in allowed:
                 raise UserError(f"{prefix}{spec.name}: unknown {value!r}; valid: {', '.join(allowed)}")
         elif REGISTRY in spec.metadata:
-            _registry(spec.metadata[REGISTRY]).validate(value, f"{prefix}{spec.name}")
+            check_declared(spec.metadata[REGISTRY], value, f"{prefix}{spec.name}")
         elif RANGE in spec.metadata and not spec.metadata[RANGE].contains(value):
             raise UserError(f"{prefix}{spec.name}: must be {spec.metadata[RANGE].describe()}, got {value}")
 

@@ -72,9 +72,10 @@ def added_later(spec: Any, neutral: Any) -> Any:
                  metadata={**spec.metadata, NEUTRAL: neutral})
 
 
-def registry_key(default: str, registry: str) -> Any:
-    """A field naming an entry of `registry` ("module:attribute"), `default` when unset."""
-    return field(default=default, metadata={REGISTRY: registry})
+def registry_key(default: str, group: str) -> Any:
+    """A field naming an entry of the registry of entry-point `group` (slim.harness.plugins.GROUPS), `default` when
+    unset; checked at load against the declared names, importing nothing."""
+    return field(default=default, metadata={REGISTRY: group})
 
 
 def experts_implementation_choices() -> tuple[str, ...]:
@@ -88,7 +89,7 @@ def experts_implementation_choices() -> tuple[str, ...]:
 class ModelConfig:
     """Shape of a MoE causal LM; `family` picks the transformers architecture."""
 
-    family: str = registry_key("qwen3_next", "slim.harness.models.families:model_families")
+    family: str = registry_key("qwen3_next", "slim.model_families")
     vocab_size: int = 4096
     hidden_size: int = 128
     num_hidden_layers: int = 4
@@ -136,7 +137,7 @@ class DataConfig:
     tokenizer and the packed sequences (in memory for the shipped corpus, or memory-mapped shards written by
     `slim prepare-data` under `output`)."""
 
-    source: str = registry_key("kjv", "slim.harness.data.sources:sources")  # kjv, text, jsonl, parquet, hf_disk
+    source: str = registry_key("kjv", "slim.data_sources")  # kjv, text, jsonl, parquet, hf_disk
     path: str = "data/corpus/kjv.txt.gz"  # the source's file or directory
     # Any Hugging Face tokenizer directory (a teacher checkpoint works); the kjv source trains a BPE there when missing.
     tokenizer: str = "artifacts/tokenizer"
@@ -215,7 +216,7 @@ class DepthTarget:
     """Depth compression: drop `num_drop` decoder layers chosen by `selector`."""
 
     num_drop: int = at_least(0, 0)
-    selector: str = registry_key("last_n", "slim.harness.compression.depth_selectors:depth_selectors")
+    selector: str = registry_key("last_n", "slim.depth_selectors")
     # A cut that drops every full-attention layer of a hybrid (linear + full attention) model is refused unless
     # this is true: such a student keeps no attention at all, unlike the paper's (9 of 12 groups kept).
     allow_no_attention: bool = False
@@ -226,7 +227,7 @@ class WidthTarget:
     """Width compression: keep `hidden_size` hidden dims chosen by `selector` (0 = keep all)."""
 
     hidden_size: int = at_least(0, 0)
-    selector: str = registry_key("rmsnorm_mean_abs", "slim.harness.compression.width_selectors:width_selectors")
+    selector: str = registry_key("rmsnorm_mean_abs", "slim.width_selectors")
 
 
 @dataclass
@@ -236,9 +237,9 @@ class ExpertTarget:
     # target experts per MoE layer (uniform) or average per layer (global); 0 = keep all
     num_experts: int = at_least(0, 0)
     top_k: int = at_least(0, 0)  # student top-k; 0 = keep the teacher's
-    reducer: str = registry_key("prune", "slim.harness.compression.expert_reducers:reducers")
-    criterion: str = registry_key("reap", "slim.harness.compression.expert_criteria:criteria")
-    similarity: str = registry_key("router_logits", "slim.harness.compression.expert_similarities:similarities")
+    reducer: str = registry_key("prune", "slim.expert_reducers")
+    criterion: str = registry_key("reap", "slim.expert_criteria")
+    similarity: str = registry_key("router_logits", "slim.expert_similarities")
     budget: str = "uniform"  # "uniform" | "global"
     min_per_layer: int = at_least(1, 1)  # floor per layer under the global budget (raised to top_k automatically)
     exempt_first: int = at_least(0, 0)  # first N MoE layers keep all experts
@@ -256,7 +257,7 @@ class CompressConfig:
     width: WidthTarget = field(default_factory=WidthTarget)
     experts: ExpertTarget = field(default_factory=ExpertTarget)
     # `slim run` only: progressive plan key and the token share of its early stages.
-    plan: str = registry_key("one_shot", "slim.harness.progressive_plans:plans")
+    plan: str = registry_key("one_shot", "slim.progressive_plans")
     plan_first_share: float = between(0.1, 0, 1, low_inclusive=False)
 
 
@@ -268,18 +269,18 @@ class DistillConfig:
     student: str = "runs/student-slimqwen"  # student HF directory to start from (usually `slim compress` output)
     output: str = "runs/distilled"  # where the distilled student (HF dir + MTP weights + tokenizer) is written
     # loss mix key: lm, kd, kd+lm, kd+mtp_kd, kd+lm+mtp_lm, full
-    loss: str = registry_key("full", "slim.harness.training.loss_mixes:loss_mixes")
+    loss: str = registry_key("full", "slim.loss_mixes")
     # weight schedule key for λ, the KD-vs-LM weight
-    lambda_schedule: str = registry_key("linear", "slim.harness.training.weight_schedules:weight_schedules")
+    lambda_schedule: str = registry_key("linear", "slim.weight_schedules")
     lambda_start: float = between(1.0, 0, 1)  # λ at progress 0
     lambda_end: float = between(0.75, 0, 1)  # λ at progress 1
     # weight schedule key for β, the MTP-vs-backbone weight
-    beta_schedule: str = registry_key("cosine", "slim.harness.training.weight_schedules:weight_schedules")
+    beta_schedule: str = registry_key("cosine", "slim.weight_schedules")
     beta_start: float = at_least(0.3, 0)  # β at progress 0
     beta_end: float = at_least(0.1, 0)  # β at progress 1
     temperature: float = positive(1.0)  # softmax temperature of both KD distributions (no τ² factor)
     # KD implementation key (kernels/kd_loss): reference, chunked, triton
-    kd_kernel: str = registry_key("chunked", "slim.kernels.kd_loss:kd_implementations")
+    kd_kernel: str = registry_key("chunked", "slim.kd_kernels")
     router_kd_weight: float = at_least(0.0, 0)  # router-logit KD weight (harness/training/router_kd.py); 0 = off
     # Student initialization for `slim run`: "pruned" (compressed teacher) or "scratch" (same shape, random init,
     # SlimQwen Table 1 baseline).

@@ -6,24 +6,23 @@ every remaining expert joins its most similar base, and each
 base is merged with its group importance-weighted (eq 8). The paper leaves the base choice open:
 `base_choice="next_important"` (default) takes the next most important experts,
 `"most_similar_to_rest"` the candidates with the highest mean similarity to the other candidates
-(the most central ones, so merges stay close to their base). Both are options of this reducer, declared here as
-`compress.experts.base_choice` and `compress.experts.intact_ratio` and bound by name when the recipe picks it.
+(the most central ones, so merges stay close to their base). Both are options of this reducer, declared in
+partial_preserve_options.py (light, so a config is checked before torch loads) as `compress.experts.base_choice`
+and `compress.experts.intact_ratio` and bound by name when the recipe picks it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.plan import ExpertGroup, ExpertPlan
 from slim.harness.compression.ranking import ranked
-from slim.harness.config.sections import config_options
-from slim.harness.errors import UserError
 from slim.methods.reducers._grouping import assign_to_nearest, check_inputs, merged_group, require_similarity
+from slim.methods.reducers.partial_preserve_options import check_options
 
 
 def _next_important(importance: torch.Tensor, similarity: torch.Tensor, candidates: list[int], n: int) -> list[int]:
@@ -40,30 +39,10 @@ def _most_similar_to_rest(importance: torch.Tensor, similarity: torch.Tensor, ca
     return ranked(centrality, candidates)[:n]
 
 
-BASE_CHOICES: dict[str, Callable[[torch.Tensor, torch.Tensor, list[int], int], list[int]]] = {
+BASES: dict[str, Callable[[torch.Tensor, torch.Tensor, list[int], int], list[int]]] = {
     "next_important": _next_important,
     "most_similar_to_rest": _most_similar_to_rest,
 }
-
-
-def _check_options(base_choice: str, intact_ratio: float) -> None:
-    if base_choice not in BASE_CHOICES:
-        raise UserError(f"compress.experts.base_choice: unknown {base_choice!r}; valid: {', '.join(BASE_CHOICES)}")
-    if not 0 <= intact_ratio < 1:
-        raise UserError(f"compress.experts.intact_ratio: must be in [0, 1) (at least one merge base), "
-                        f"got {intact_ratio}")
-
-
-@config_options("compress.experts")
-@dataclass
-class PartialPreserveOptions:
-    """partial_preserve's recipe keys, checked when a config loads."""
-
-    base_choice: str = "next_important"  # how merge bases are chosen: next_important, most_similar_to_rest
-    intact_ratio: float = 0.5  # share of the kept experts left intact, in [0, 1) (paper: half)
-
-    def validate(self) -> None:
-        _check_options(self.base_choice, self.intact_ratio)
 
 
 @reducers.register("partial_preserve")
@@ -72,12 +51,12 @@ def partial_preserve(importance: torch.Tensor, similarity: torch.Tensor | None, 
     """Algorithm 1: keep floor(intact_ratio·num_keep) top experts intact, merge the rest into the other bases by
     cosine (intact_ratio in [0, 1), so there is always a base)."""
     check_inputs(importance, num_keep)
-    _check_options(base_choice, intact_ratio)
+    check_options(base_choice, intact_ratio)
     similarity = require_similarity(similarity, "partial_preserve", importance.numel())
     order = ranked(importance)
     num_intact = math.floor(intact_ratio * num_keep)
     intact, candidates = order[:num_intact], order[num_intact:]
-    bases = BASE_CHOICES[base_choice](importance, similarity, candidates, num_keep - num_intact)
+    bases = BASES[base_choice](importance, similarity, candidates, num_keep - num_intact)
     rest = sorted(set(candidates) - set(bases))
     assigned = assign_to_nearest(similarity, experts=rest, targets=bases)
     groups = {expert: ExpertGroup.single(expert) for expert in intact}

@@ -124,9 +124,9 @@ def read_lines(file: Path) -> Iterator[tuple[int, memoryview]]:
             end = len(line) - line.endswith(b"\n")
             while end and line[end - 1] == CARRIAGE_RETURN:
                 end -= 1
-            view = memoryview(line)[:end]
-            del line
-            yield number, view
+            held = [line]
+            del line  # while suspended at the yield this frame must not hold the line: only the consumer does
+            yield number, memoryview(held.pop())[:end]
 
 
 def read_whole(file: Path) -> bytes:
