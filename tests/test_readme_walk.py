@@ -1,9 +1,10 @@
-"""The README walk (issue 14): every command in README.md's ```bash fences runs as written, in order, in a fresh copy
-of the repository (its tracked and untracked, not ignored files), with SLIM_MAX_STEPS lowering every step count.
+"""The README walk (issue 14): every command in the ```bash fences of README.md and of the docs/ pages (PAGES, the
+README's documentation index in order) runs as written, in order, in a fresh copy of the repository (its tracked and
+untracked, not ignored files), with SLIM_MAX_STEPS lowering every step count.
 
 Skipped, and only these: fences marked ```bash cluster (a GPU cluster, a scheduler or checkpoints such as /ckpt that
-a laptop lacks) and `make` lines (`make test` runs this test). Each README section is one test; a section run alone
-first runs the sections before it, whose outputs it reads.
+a laptop lacks) and `make` lines (`make test` runs this test). Each section (a page's `## ` heading) is one test; a
+section run alone first runs the sections before it, whose outputs it reads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ pytestmark = pytest.mark.docs
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# README.md, then the manual in the order of README's documentation index (later pages read earlier pages' outputs)
+PAGES = ("README.md", "docs/configuration.md", "docs/data.md", "docs/models.md", "docs/compress.md", "docs/distill.md",
+         "docs/evaluate.md", "docs/grids-and-search.md", "docs/safety.md", "docs/scale.md", "docs/adaptations.md")
 CLUSTER = "cluster"  # the fence info word that marks commands the walk skips
 WALK_MAX_STEPS = "12"  # >= 11: the search spec's smallest plan share (0.05) must still give its first stage a step
 COMMAND_TIMEOUT_S = 900
@@ -56,22 +60,30 @@ def logical_lines(body: str) -> list[str]:
     return commands
 
 
-def readme_sections(text: str) -> list[Section]:
-    """The README's runnable commands grouped by section, in order: every ```bash fence except ```bash cluster ones,
-    without `make` lines."""
+def readme_sections(text: str, page: str = "") -> list[Section]:
+    """A page's runnable commands grouped by section (titled `page: heading` when `page` is given), in order: every
+    ```bash fence except ```bash cluster ones, without `make` lines."""
     headings = [(match.start(), match["title"].strip()) for match in HEADING.finditer(text)]
     sections: dict[str, list[str]] = {}
     for fence in FENCE.finditer(text):
         if CLUSTER in fence["info"].split():
             continue
         title = next((title for start, title in reversed(headings) if start < fence.start()), "(top)")
+        title = f"{page}: {title}" if page else title
         commands = [line for line in logical_lines(fence["body"]) if not line.startswith("make ")]
         if commands:
             sections.setdefault(title, []).extend(commands)
     return [Section(title, tuple(commands)) for title, commands in sections.items()]
 
 
-SECTIONS = readme_sections(README.read_text())
+SECTIONS = [section for page in PAGES for section in readme_sections((REPO / page).read_text(), page)]
+
+
+def test_the_walk_covers_every_page_the_readme_indexes():
+    """Every docs/*.md page is walked, in the order README.md's documentation index lists them."""
+    indexed = re.findall(r"\]\((docs/[\w-]+\.md)\)", README.read_text())
+    assert list(PAGES[1:]) == list(dict.fromkeys(indexed)) and set(PAGES[1:]) == {
+        path.relative_to(REPO).as_posix() for path in (REPO / "docs").glob("*.md")}
 
 
 def test_readme_commands_are_extracted_in_order_and_cluster_fences_are_skipped():

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
+from slim.harness.cli.announce import announce_file, announce_model
 from slim.harness.config.load import load_config, to_yaml
 from slim.harness.config.schema import SlimConfig
 from slim.harness.plugins import load_plugins
@@ -44,6 +46,7 @@ def pretrain(args: argparse.Namespace) -> int:
 
     summary = run_pretrain(cfg)
     _say(json.dumps(asdict(summary), indent=2))
+    announce_model("teacher", summary.model_dir)
     return 0
 
 
@@ -84,16 +87,20 @@ def compress(args: argparse.Namespace) -> int:
     before, after = report["params"]["teacher"], report["params"]["student"]
     _say(f"teacher {format_count(before['total'])} total / {format_count(before['active'])} active -> "
          f"student {format_count(after['total'])} total / {format_count(after['active'])} active")
+    announce_model("student", cfg.compress.output)
     return 0
 
 
 def distill(args: argparse.Namespace) -> int:
     """Distill the student (distill.student) from the frozen teacher (distill.teacher); writes distill.output."""
     cfg = _config(args)
+    from slim.harness.training.distill import SUMMARY_NAME
     from slim.harness.training.distill import distill as run_distill
 
     summary = run_distill(cfg)
     _say(json.dumps(asdict(summary), indent=2))
+    announce_model("distilled student", summary.output_dir)
+    announce_file("summary", Path(cfg.run_dir) / f"{SUMMARY_NAME}.json")
     return 0
 
 
@@ -105,6 +112,7 @@ def cache_teacher(args: argparse.Namespace) -> int:
 
     summary = run_cache_teacher(cfg)
     _say(json.dumps(asdict(summary), indent=2))
+    announce_file("teacher cache", cfg.distill.teacher_cache)
     return 0
 
 
@@ -112,10 +120,12 @@ def evaluate(args: argparse.Namespace) -> int:
     """Evaluate eval.model (lm-eval tasks, perplexity, MTP acceptance, speed/memory vs eval.teacher); writes
     <run_dir>/eval_summary.json."""
     cfg = _config(args)
+    from slim.harness.evaluation.evaluate import SUMMARY_NAME
     from slim.harness.evaluation.evaluate import evaluate as run_evaluate
 
     summary = run_evaluate(cfg)
     _say(json.dumps(summary, indent=2))
+    announce_file("summary", Path(cfg.run_dir) / SUMMARY_NAME)
     return 0
 
 
@@ -175,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_recipe(cfg)
     _say(json.dumps(summary["distill"], indent=2))
+    announce_model("distilled student", summary["distill"]["output_dir"])
     return 0
 
 
@@ -286,7 +297,8 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="search spec YAML, e.g. conf/search/tiny.yaml")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on the study's storage")
     parser.add_argument("--n-trials", type=int, default=None, metavar="N",
-                        help="finished trials the study runs to (default: the spec's n_trials)")
+                        help="trials the study runs, all processes on its output dir together (default: the "
+                             "spec's n_trials)")
 
 
 def search(args: argparse.Namespace) -> int:

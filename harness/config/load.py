@@ -13,6 +13,7 @@ same factor and at most two validations: the README's commands then run as writt
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ BASE_KEY = "base"  # a YAML file's parent recipe
 # Keys that were renamed: old dotted key -> new one, so an old config fails naming the key to use instead.
 RENAMED_KEYS = {"data.corpus_path": "data.path", "data.tokenizer_dir": "data.tokenizer"}
 MAX_STEPS_ENV = "SLIM_MAX_STEPS"
+_ANNOUNCED_CAPS: set[str] = set()
+
+logger = logging.getLogger(__name__)
 
 
 def preset_names(group: str) -> list[str]:
@@ -129,9 +133,15 @@ def cap_steps(train: TrainConfig) -> None:
     cap = int(raw)
     if train.max_steps <= cap:
         return
+    before = (train.max_steps, train.warmup_steps, train.val_every)
     train.warmup_steps = min(train.warmup_steps * cap // train.max_steps, cap - 1)
     train.val_every = max(1, min(train.val_every, cap // 2))
     train.max_steps = cap
+    change = (f"{MAX_STEPS_ENV}={cap} capped train.max_steps {before[0]} -> {cap} (warmup_steps {before[1]} -> "
+              f"{train.warmup_steps}, val_every {before[2]} -> {train.val_every})")
+    if change not in _ANNOUNCED_CAPS:  # once per process: a grid loads one config per cell
+        _ANNOUNCED_CAPS.add(change)
+        logger.warning(change)
 
 
 def _parse_override(item: str) -> tuple[str, str]:
