@@ -15,6 +15,7 @@ KILL_MARKER = "kill-armed"
 BLOCK_MARKER = "block"  # while this file is in the grid folder, `test_block` cells wait
 PIDS_DIR = "pids"  # `test_block` cells write <grid>/pids/<cell key> = their pid
 BLOCK_BOUND_S = 600.0  # a blocked cell gives up after this, so a failing test leaves no process behind for long
+CURVE_POINTS = "curve-points"  # while this file is in the grid folder, `test_echo` cells log that many echo/loss points
 
 
 def write_spec(tmp_path: Path, body: str, name: str = "spec.yaml", kind: str = "test_echo") -> Path:
@@ -41,8 +42,16 @@ def _grid_dir(cfg: SlimConfig) -> Path:
 @register_kind("test_echo", metrics=("value",), curves=("echo/loss",))
 def echo_cell(cfg: SlimConfig) -> CellOutput:
     """Cheap cell: value = 10 lr + seed; lr 0.5 fails; lr 0.2 is 'killed' once when the grid folder is armed.
-    It declares the curve `echo/loss` but logs none, like a run too short to reach its first validation."""
+    It declares the curve `echo/loss` and logs none, like a run too short to reach its first validation, unless the
+    grid folder holds CURVE_POINTS."""
     grid_dir = _grid_dir(cfg)
+    artifacts = {"run_dir": cfg.run_dir}
+    if (grid_dir / CURVE_POINTS).exists():
+        points = int((grid_dir / CURVE_POINTS).read_text())
+        metrics = Path(cfg.run_dir) / "metrics" / "version_0" / "metrics.csv"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text("step,echo/loss\n" + "".join(f"{step},{1.0 / step}\n" for step in range(1, points + 1)))
+        artifacts["metrics"] = str(metrics.parent.parent)
     print(f"echo cell lr={cfg.train.lr}")
     with open(grid_dir / "calls.log", "a") as log:
         log.write(f"{cfg.train.lr} {cfg.train.seed}\n")
@@ -51,7 +60,7 @@ def echo_cell(cfg: SlimConfig) -> CellOutput:
     if cfg.train.lr == 0.2 and (grid_dir / KILL_MARKER).exists():
         (grid_dir / KILL_MARKER).unlink()
         raise SimulatedKill
-    return CellOutput(metrics={"value": 10 * cfg.train.lr + cfg.train.seed}, artifacts={"run_dir": cfg.run_dir})
+    return CellOutput(metrics={"value": 10 * cfg.train.lr + cfg.train.seed}, artifacts=artifacts)
 
 
 @register_kind("test_block", metrics=("value",))

@@ -22,7 +22,7 @@ from slim.harness.config.schema import TrainConfig
 from slim.harness.errors import UserError
 from slim.harness.grid import ResultsStore, prepare_grid, run_grid
 from slim.harness.grid.lock import grid_lock
-from tests.grid_echo import BLOCK_MARKER, PIDS_DIR, calls, write_spec
+from tests.grid_echo import BLOCK_MARKER, CURVE_POINTS, PIDS_DIR, calls, write_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -213,6 +213,24 @@ def test_curve_metric_of_a_real_kind_is_checked_against_what_training_logs(tmp_p
                     f"{report}, curve: {{metric: val/los}}}}\n")
     with pytest.raises(UserError, match=r"report.curve.metric: 'val/los' is not logged .* \(did you mean 'val/loss'"):
         prepare_grid(spec)
+
+
+@pytest.mark.parametrize("points", [1, 3])
+def test_report_says_when_curve_lines_are_too_short_to_draw(points, tmp_path, capsys):
+    """Lines of one point are drawn as markers and named in one warning line; lines of three draw silently."""
+    spec = write_spec(tmp_path, LR_AXIS + REPORT + ", curve: {metric: echo/loss}}\n")
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / CURVE_POINTS).write_text(str(points))
+    assert main(["grid", str(spec)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(spec)]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert (tmp_path / "grid" / "report" / "toy_curves.png").is_file()
+    if points == 1:
+        assert warnings == [f"slim report: warning: {spec}: report.curve: 3 line(s) have fewer than two 'echo/loss' "
+                            f"points (runs too short to log more?), drawn as markers: 0.1, 0.2, 0.3"]
+    else:
+        assert warnings == []
 
 
 def test_report_says_when_no_cell_logged_the_curve(tmp_path, capsys):

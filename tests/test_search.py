@@ -29,6 +29,7 @@ from slim.harness.search.study import (
     run_search,
     run_workers,
 )
+from slim.harness.verbosity import VERBOSE_ENV
 from tests.fixtures.compress_teacher import TRIAL
 from tests.search_echo import RACE_WORKERS, record_evaluation
 
@@ -75,6 +76,8 @@ def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(te
 
     recipe = load_config(files=[str(tmp_path / "search" / RECIPE_FILE)])
     assert recipe.train.lr == GOOD_LR and recipe.train.max_steps == 4
+    # the schema's default model block is not the teacher searched on: the recipe leaves it out
+    assert "\nmodel:" not in (tmp_path / "search" / RECIPE_FILE).read_text()
     assert recipe.run_dir == str((tmp_path / "search" / "best").resolve())
     summary = json.loads((tmp_path / "search" / "search_summary.json").read_text())
     assert summary["trials"]["pruned"] == len(pruned) and summary["best"]["params"] == {"train.lr": GOOD_LR}
@@ -218,3 +221,16 @@ def test_shipped_search_specs_validate():
     cannot rot."""
     for path in sorted((CONF_DIR / "search").glob("*.yaml")):
         check_spec(parse_spec(path))
+
+
+def test_quiet_mode_keeps_optunas_info_lines_out(tmp_path, monkeypatch):
+    """Optuna resets its level to INFO when first imported; opening a study in quiet mode sets it back to WARNING
+    (study created / trial finished lines only under --verbose)."""
+    monkeypatch.setenv(VERBOSE_ENV, "0")
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    create_study(race_spec(tmp_path))
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    create_study(race_spec(tmp_path))
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO

@@ -285,7 +285,7 @@ def report(args: argparse.Namespace) -> int:
         paths = write_grid_report(prepared, args.out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
-    if args.format == "latex" and (note := no_curve_note(prepared.spec, paths)):
+    if args.format == "latex" and (note := no_curve_note(prepared, paths)):
         print(f"slim report: warning: {note}", file=sys.stderr)
     if students := write_cell_figures(prepared.rows()):
         print(f"compression figures: {len(students)} students (beside their compression_report.json)")

@@ -106,13 +106,24 @@ def check_report(spec: GridSpec) -> None:
         report_specs(spec)
 
 
-def no_curve_note(spec: GridSpec, paths: dict[str, Path]) -> str | None:
-    """One line when the spec asks for a curve but no finished cell logged its metric (so no figure was written)."""
-    _, curve = report_specs(spec)
-    if curve is None or "png" in paths:
+def no_curve_note(grid: Grid, paths: dict[str, Path]) -> str | None:
+    """One line when the spec asks for a curve that came out empty or thin: no finished cell logged its metric (so
+    no figure was written), or some lines hold fewer than two points (a run too short to log more: drawn as a
+    marker)."""
+    from slim.reports.curves import build_lines
+
+    table, curve = report_specs(grid.spec)
+    if curve is None:
         return None
-    return (f"{spec.path}: report.curve: no finished cell logged {curve.metric!r} (a run too short to log it?); "
-            f"no curve figure written")
+    if "png" not in paths:
+        return (f"{grid.spec.path}: report.curve: no finished cell logged {curve.metric!r} (a run too short to log "
+                f"it?); no curve figure written")
+    lines = build_lines(cell_results(grid.rows(), curve.metric), table, curve)
+    thin = [line.label for line in lines if len(line.steps) < 2]
+    if not thin:
+        return None
+    return (f"{grid.spec.path}: report.curve: {len(thin)} line(s) have fewer than two {curve.metric!r} points (runs "
+            f"too short to log more?), drawn as markers: {', '.join(thin)}")
 
 
 def grid_results(grid: Grid, out_dir: Path, field: str) -> tuple[list, TableSpec, CurveSpec | None]:

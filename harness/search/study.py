@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import SQLAlchemyError
 
 from slim.harness.atomic import write_text_atomic
-from slim.harness.config.load import load_config, to_yaml
-from slim.harness.config.schema import SlimConfig
+from slim.harness.config.load import load_config
+from slim.harness.config.schema import ModelConfig, SlimConfig
 from slim.harness.errors import UserError
 from slim.harness.grid.expand import format_override
 from slim.harness.pipeline import run_recipe
@@ -36,7 +37,7 @@ from slim.harness.provenance import stamped
 from slim.harness.search.claims import budget_used, claim, run_claimed
 from slim.harness.search.pruning import StepPruning
 from slim.harness.search.spec import PrunerSpec, SearchSpec, check_spec
-from slim.harness.verbosity import configure_output, redirect_output
+from slim.harness.verbosity import configure_output, redirect_output, verbose_requested
 
 RECIPE_FILE = "best_recipe.yaml"
 WORKER_LOG = "worker-{index}.log"  # a spawned worker's stdout and stderr, in the output dir
@@ -100,6 +101,7 @@ def run_worker(spec: SearchSpec, evaluate: Objective = objective) -> None:
     """Claim and run trials of the study (queued ones first, never queueing any) until `n_trials` count toward its
     budget (slim.harness.search.claims), sampling with the seed the storage assigns this process (worker_seed)."""
     configure_output()  # a spawned worker keeps the search command's --verbose choice
+    follow_quiet_mode()
     load_plugins()  # the installed plug-ins, as in the search command's process
     storage = open_storage(spec)
     seed = worker_seed(optuna.load_study(study_name=spec.name, storage=storage), spec.seed)
@@ -133,8 +135,16 @@ def enqueue_missing(study: optuna.Study, spec: SearchSpec) -> None:
             study.enqueue_trial(params, user_attrs={ENQUEUED: key})
 
 
+def follow_quiet_mode() -> None:
+    """Optuna's INFO lines (study created, each trial finished) only under --verbose: Optuna sets its own level when
+    it is first imported, after the CLI chose quiet output."""
+    if not verbose_requested():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def create_study(spec: SearchSpec) -> optuna.Study:
     """Create the study (or reopen it on a rerun) and queue the spec's `enqueue` trials it does not hold yet."""
+    follow_quiet_mode()
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=spec.name, storage=open_storage(spec), load_if_exists=True,
                                 direction=spec.direction)
@@ -185,7 +195,10 @@ def export_best(spec: SearchSpec, study: optuna.Study) -> Path:
     cfg = trial_config(spec, best.params, Path(spec.output_dir).resolve() / "best", "best")
     header = (f"# best of search {spec.name!r} ({spec.path}): trial {best.number}, {spec.metric} = {best.value:.6g}\n"
               f"# params: {json.dumps(best.params)}\n")
-    return write_text_atomic(Path(spec.output_dir) / RECIPE_FILE, header + to_yaml(cfg))
+    recipe = OmegaConf.to_container(OmegaConf.structured(cfg))
+    if cfg.model == ModelConfig():  # the schema's default model, not the teacher searched on: it would mislead
+        del recipe["model"]
+    return write_text_atomic(Path(spec.output_dir) / RECIPE_FILE, header + OmegaConf.to_yaml(recipe))
 
 
 def summarize(spec: SearchSpec, study: optuna.Study, recipe: Path) -> dict[str, Any]:

@@ -78,13 +78,19 @@ def teacher_skeleton(path: str | Path) -> FrozenTeacher:
     return _frozen(*empty_with_mtp(path, with_mtp=has_mtp_weights(path)))
 
 
+_ANNOUNCED_FRESH_MTP: set[str] = set()
+
+
 def _fresh_mtp(path: str | Path, model: PreTrainedModel) -> bool:
     """Whether the student's MTP module starts from a fresh init (MTP depths in config.json, no weights saved);
     says so when it does."""
     fresh = bool(mtp_depth(model)) and not has_mtp_weights(path)
-    if fresh:
-        note(f"{path}: no MTP weights; the student's {mtp_depth(model)}-depth MTP module starts "
-                       "from a fresh init")
+    if fresh and str(path) not in _ANNOUNCED_FRESH_MTP:  # once per student and process (a plan reloads it)
+        _ANNOUNCED_FRESH_MTP.add(str(path))
+        note(f"{path}: no MTP weights (its config has {mtp_depth(model)} MTP depth(s), but the checkpoint it was cut "
+             "from carried none, as the shipped tiny teacher, pretrained without MTP, does); the MTP module starts "
+             "from a fresh init and trains with the MTP terms of distill.loss. Start from a teacher with released "
+             "MTP weights to keep them, or pick a loss mix without MTP terms to freeze it.")
     return fresh
 
 
