@@ -73,7 +73,8 @@ def plot_lines(lines: list[Line], curve: CurveSpec) -> Figure:
     scale = curve.tokens_per_step or 1
     for line in lines:
         x = [step * scale for step in line.steps]
-        (drawn,) = axes.plot(x, line.mean, label=line.label, linewidth=1.5)
+        # a line of one point (a run too short to log more) would draw nothing: it gets a marker
+        (drawn,) = axes.plot(x, line.mean, label=line.label, linewidth=1.5, marker="o" if len(x) < 2 else None)
         axes.fill_between(x, line.low, line.high, color=drawn.get_color(), alpha=0.2, linewidth=0)
     axes.set_xlabel("training tokens" if curve.tokens_per_step else "training steps")
     axes.set_ylabel(curve.metric)
