@@ -4,9 +4,10 @@
 
 One Qwen3-Next sparse MoE block (router, routed experts, shared expert) per expert count, the same weights and
 the same 4096-token batch for every implementation, in one process; the implementations take turns in every
-repeat so load from other processes hits them alike. Each implementation's output and input gradient are checked
-against eager before it is timed. `batched_mm` gathers one weight matrix per routed slot, so it is skipped where
-that copy would not fit (`--max-gather-gib`). Goal (issue 15): best / eager <= 0.33 at E = 64 on CUDA.
+round and each ratio is paired per round (bench/bench_method.py), so load from other processes hits them alike.
+Each implementation's output and input gradient are checked against eager before it is timed. `batched_mm` gathers
+one weight matrix per routed slot, so it is skipped where that copy would not fit (`--max-gather-gib`). A ratio whose
+rounds spread over `--max-spread` of its median is refused. Goal (issue 15): best / eager <= 0.33 at E = 64 on CUDA.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from bench_method import MIN_ROUNDS, environment, interleaved, load_average, paired_ratio, refuse_noisy
 from transformers import Qwen3NextConfig
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
@@ -37,7 +38,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, help="default: 2048 on CUDA (Qwen3-Next), 256 on CPU")
     parser.add_argument("--intermediate", type=int, help="expert width; default: 512 on CUDA (Qwen3-Next), 128 on CPU")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=MIN_ROUNDS, help="timed rounds after one warm-up round")
+    parser.add_argument("--max-spread", type=float, default=0.5,
+                        help="refuse a result whose best ratio's rounds spread more than this share of its median")
     parser.add_argument("--max-gather-gib", type=float, default=8.0)
     parser.add_argument("--out", default="bench/results/moe_block.json")
     return parser.parse_args()
@@ -97,20 +100,15 @@ def bench_experts(args: argparse.Namespace, num_experts: int) -> dict:
             continue
         errors[name] = {"output": relative_error(out, reference[0]), "input_grad": relative_error(grad, reference[1])}
     timed = [name for name in implementations if name not in skipped]
-    times: dict[str, list[float]] = {name: [] for name in timed}
-    for _ in range(args.repeats):
-        for name in timed:
-            synchronize(args.device)
-            start = time.perf_counter()
-            step(block, name, inputs)
-            synchronize(args.device)
-            times[name].append(time.perf_counter() - start)
-    seconds = {name: statistics.median(values) for name, values in times.items()}
-    best = min(seconds, key=seconds.get)
-    return {"num_experts": num_experts, "seconds": seconds,
-            "ratio_vs_eager": {name: seconds[name] / seconds["eager"] for name in seconds},
-            "best": best, "best_ratio": seconds[best] / seconds["eager"], "relative_error_vs_eager": errors,
-            "skipped": skipped}
+    timings = interleaved({name: partial(step, block, name, inputs) for name in timed}, rounds=args.repeats,
+                          synchronize=partial(synchronize, args.device))
+    ratios = {name: paired_ratio(timings, name, "eager") for name in timed}
+    best = min(timed, key=lambda name: ratios[name].median)
+    refuse_noisy(f"E={num_experts} {best}/eager", ratios[best], args.max_spread)
+    return {"num_experts": num_experts, "seconds": {name: timings[name].summary() for name in timed},
+            "ratio_vs_eager": {name: ratios[name].summary() for name in timed}, "best": best,
+            "best_ratio": ratios[best].median, "best_ratio_spread": ratios[best].relative_spread,
+            "relative_error_vs_eager": errors, "skipped": skipped}
 
 
 def main() -> None:
@@ -119,17 +117,22 @@ def main() -> None:
     args.hidden = args.hidden or (2048 if cuda else 256)
     args.intermediate = args.intermediate or (512 if cuda else 128)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    load_before = load_average()
     points = []
     for num_experts in args.experts:
         point = bench_experts(args, num_experts)
         points.append(point)
         print(json.dumps({key: point[key] for key in ("num_experts", "ratio_vs_eager", "skipped")}))
+
     device_name = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
     result = {
         "benchmark": "moe_block", "date": datetime.date.today().isoformat(), "device": device_name,
         "torch": torch.__version__, "dtype": args.dtype, "hidden_size": args.hidden,
         "moe_intermediate_size": args.intermediate, "top_k": args.top_k, "tokens": args.tokens,
-        "repeats": args.repeats, "what": "forward + backward of one Qwen3-Next sparse MoE block, median seconds",
+        "rounds": args.repeats,
+        "method": "bench/bench_method.py: implementations interleaved per round after a warm-up round; ratios paired "
+        "per round, median and min-max", **environment(torch.get_num_threads(), load_before),
+        "what": "forward + backward of one Qwen3-Next sparse MoE block, seconds and ratio to eager",
         "goal": f"best/eager <= {GOAL_RATIO_E64_CUDA} at E=64 on CUDA", "points": points,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
