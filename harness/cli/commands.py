@@ -194,8 +194,10 @@ def adapt(args: argparse.Namespace) -> int:
     it turns the model into another kind of MoE and trains it there; prints the adapted model and its metrics."""
     from slim.harness.adaptations import adaptations
 
+    adaptations.check_declared(args.adaptation, "NAME")  # a typo answers before anything is imported
+    cfg = _config(args)
     adaptation = adaptations.get(args.adaptation)
-    summary = adaptation.run(_config(args))
+    summary = adaptation.run(cfg)
     _say(json.dumps({key: summary[key] for key in ("output_dir", *adaptation.metrics) if key in summary}, indent=2))
     return 0
 
