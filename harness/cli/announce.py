@@ -19,8 +19,12 @@ def load_lines(model_dir: str | Path) -> list[str]:
 
 
 def announce_model(what: str, model_dir: str | Path) -> None:
-    """`<what>: <dir>` and its load lines, on stderr (stdout stays the command's result)."""
-    note("\n".join([f"{what}: {model_dir}", *(f"  {line}" for line in load_lines(model_dir))]))
+    """`<what>: <dir>` and its load lines, on stderr (stdout stays the command's result), by rank 0 alone: it wrote
+    the directory, and another rank may finish before the files are there."""
+    from slim.harness.distributed import rank
+
+    if rank() == 0:
+        note("\n".join([f"{what}: {model_dir}", *(f"  {line}" for line in load_lines(model_dir))]))
 
 
 def announce_file(what: str, path: str | Path) -> None:
