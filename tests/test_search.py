@@ -76,7 +76,7 @@ def test_two_workers_share_one_journal_study_prune_and_export_the_best_recipe(te
 
     recipe = load_config(files=[str(tmp_path / "search" / RECIPE_FILE)])
     assert recipe.train.lr == GOOD_LR and recipe.train.max_steps == 4
-    # the schema's default model block is not the teacher searched on: the recipe leaves it out
+    # a model block is not the teacher the trials cut (compress.teacher): the recipe leaves it out
     assert "\nmodel:" not in (tmp_path / "search" / RECIPE_FILE).read_text()
     assert recipe.run_dir == str((tmp_path / "search" / "best").resolve())
     summary = json.loads((tmp_path / "search" / "search_summary.json").read_text())

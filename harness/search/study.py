@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from slim.harness.atomic import write_text_atomic
 from slim.harness.config.load import load_config
-from slim.harness.config.schema import ModelConfig, SlimConfig
+from slim.harness.config.schema import SlimConfig
 from slim.harness.errors import UserError
 from slim.harness.grid.expand import format_override
 from slim.harness.pipeline import run_recipe
@@ -196,8 +196,9 @@ def export_best(spec: SearchSpec, study: optuna.Study) -> Path:
     header = (f"# best of search {spec.name!r} ({spec.path}): trial {best.number}, {spec.metric} = {best.value:.6g}\n"
               f"# params: {json.dumps(best.params)}\n")
     recipe = OmegaConf.to_container(OmegaConf.structured(cfg))
-    if cfg.model == ModelConfig():  # the schema's default model, not the teacher searched on: it would mislead
-        del recipe["model"]
+    # trials cut compress.teacher, whose config.json is the model: a `model:` block (the schema's, or a preset's for
+    # pretraining) is not the teacher searched on and would mislead a reader of the recipe
+    del recipe["model"]
     return write_text_atomic(Path(spec.output_dir) / RECIPE_FILE, header + OmegaConf.to_yaml(recipe))
 
 
