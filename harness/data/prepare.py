@@ -6,7 +6,8 @@ its document range, so a rerun knows which documents every recorded shard holds 
 every recorded shard (size and sha256), re-tokenizes only the documents of a missing or damaged one, and continues
 after the last recorded shard. Each shard is written to a temp file as its tokens arrive, hashed on the way, and
 renamed into place when it closes; the index is rewritten atomically after every shard. Memory stays bounded by the
-batches in flight (a few per process), whatever the corpus size.
+batches in flight (a few per process), whatever the corpus size, and a document longer than a piece reaches the
+tokenizer processes in checked pieces (harness/data/pieces.py), whatever its size.
 
 Before anything is written, a scan reads every document once (no tokenizing): a bad document, an empty source or an
 empty split is refused in one line, and the per-split counts it finds size the progress bar.
