@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import subprocess
 import sys
+import threading
 
 import optuna
 import pytest
@@ -63,21 +64,23 @@ def test_a_trial_left_running_is_replaced_when_its_lease_ends(tmp_path, monkeypa
 
 
 def test_a_running_trial_renews_its_lease(tmp_path, monkeypatch):
-    """While the objective runs, its lease is pushed forward (the objective waits, a minute at most, to see it)."""
-    monkeypatch.setattr(claims, "RENEW_SECONDS", 0.05)
+    """While the objective runs, its lease is pushed forward: the objective waits on an event the renewal sets (ten
+    minutes at most), so nothing here depends on how fast the machine is."""
+    monkeypatch.setattr(claims, "RENEW_SECONDS", 0.0)
     study = optuna.create_study()
     trial = claim(study, 1, tmp_path)
     first = study.trials[0].user_attrs[LEASE_ATTR]
+    renewed = threading.Event()
+    set_user_attr = trial.set_user_attr
 
-    def wait_for_renewal(running: optuna.Trial) -> float:
-        for _ in range(1200):
-            if study.trials[0].user_attrs[LEASE_ATTR] > first:
-                return 1.0
-            claims.time.sleep(0.05)
-        return 0.0
+    def recording(key: str, value: object) -> None:
+        set_user_attr(key, value)
+        if key == LEASE_ATTR:
+            renewed.set()
 
-    run_claimed(study, trial, wait_for_renewal)
-    assert study.trials[0].value == 1.0
+    trial.set_user_attr = recording
+    run_claimed(study, trial, lambda running: float(renewed.wait(timeout=600)))
+    assert study.trials[0].value == 1.0 and study.trials[0].user_attrs[LEASE_ATTR] >= first
 
 
 @pytest.mark.slow
