@@ -32,6 +32,7 @@ def test_every_relative_link_resolves(page: Path):
 
 
 def test_the_criterion_example_is_the_plugin_and_its_test_verbatim():
-    code, test = FENCE.findall(README)
+    load, code, test = FENCE.findall(README)
+    assert "trust_remote_code=True" in load  # the student-loading lines come first
     assert code == (ROOT / "tests" / "plugin_example" / "slim_sharp_example" / "__init__.py").read_text()
     assert test in (ROOT / "tests" / "test_third_party_plugin.py").read_text()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -71,17 +73,22 @@ else:
 LOAD_AND_GENERATE = """
 import json
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, dynamic_module_utils
+
+PROMPT_TIMEOUT = dynamic_module_utils.TIME_OUT_REMOTE_CODE
 
 jobs, ids_file, prompt, out_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 ids = torch.load(ids_file)
 results = {}
 for name, directory in jobs.items():
+    # Without the flag transformers would ask the terminal on stdin; with its answer timeout at 0 it refuses at once.
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
     try:
         AutoModelForCausalLM.from_pretrained(directory)
         refused = None
     except Exception as error:
         refused = f"{type(error).__name__}: {error}"
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = PROMPT_TIMEOUT
     model, info = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, output_loading_info=True)
     for tensor in model.parameters():  # out of the safetensors memory map: the CPU kernels the harness's copy sees
         tensor.data = tensor.data.clone()
@@ -108,14 +115,26 @@ for name, directory in jobs.items():
 """
 
 
+# What transformers asks a terminal before it runs a directory's own code; nothing a user runs may ask it.
+CUSTOM_CODE_PROMPT = "Do you wish to run the custom code?"
+
+
 def run_clean(script: str, args: list[str], cwd: Path) -> None:
-    """Run `script` in a child that cannot import the harness, with a bare environment, in `cwd`."""
+    """Run `script` in a child that cannot import the harness, with a bare environment, in `cwd`, and a terminal on
+    its stdin as a user's would be: a prompt for custom code there would wait (transformers gives up after 15 s), so
+    the child's output is checked for one."""
     (cwd / "child.py").write_text(CLEAN_PRELUDE + script)
     env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "HF_HOME": str(cwd / "hf"),
            "HF_MODULES_CACHE": str(cwd / "modules"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, "-I", "-S", "child.py", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, stdin=subprocess.DEVNULL, timeout=900)
+    terminal, terminal_side = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-I", "-S", "child.py", *args], cwd=cwd, env=env,
+                                capture_output=True, text=True, stdin=terminal_side, timeout=900)
+    finally:
+        os.close(terminal_side)
+        os.close(terminal)
+    assert CUSTOM_CODE_PROMPT not in result.stdout + result.stderr, result.stdout[-2000:]
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -233,6 +252,22 @@ def test_portable_models_are_refused_without_trust_remote_code(plain):
     results, _ = plain
     for name in PORTABLE:
         assert "trust_remote_code" in results[name]["refused_without_trust"], (name, results[name])
+
+
+TOKENIZER_WITHOUT_FLAG = """
+from transformers import AutoTokenizer, dynamic_module_utils
+
+dynamic_module_utils.TIME_OUT_REMOTE_CODE = 1  # the prompt is printed, then given up on after 1 s
+AutoTokenizer.from_pretrained(sys.argv[1])
+"""
+
+
+def test_a_custom_code_prompt_on_the_terminal_fails_the_clean_child(models, tmp_path):
+    """The check that no line above asks the terminal can fail: the tokenizer line without `trust_remote_code` on a
+    portable student asks (transformers reads config.json, and its auto_map, before the tokenizer files), which is
+    why the README and `slim compress` print the tokenizer line with the flag."""
+    with pytest.raises(AssertionError, match=re.escape(CUSTOM_CODE_PROMPT)):
+        run_clean(TOKENIZER_WITHOUT_FLAG, [str(models["global_budget"][0])], tmp_path)
 
 
 def test_plain_transformers_builds_every_model_with_all_its_weights(models, plain):
