@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
+from slim.harness.compression.modeling_slim import expert_count
 from slim.harness.compression.recipe import student_top_k
 from slim.harness.config.schema import CompressConfig, SlimConfig
 from slim.harness.errors import UserError
@@ -36,7 +37,7 @@ class StagePlan:
 
 
 def model_shape(config: PretrainedConfig) -> Shape:
-    return Shape(config.num_hidden_layers, config.hidden_size, config.num_experts, config.num_experts_per_tok)
+    return Shape(config.num_hidden_layers, config.hidden_size, expert_count(config), config.num_experts_per_tok)
 
 
 def final_shape(recipe: CompressConfig, teacher: PretrainedConfig) -> Shape:

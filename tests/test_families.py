@@ -1,5 +1,6 @@
-"""Every family compresses (issue 14): OLMoE and Mixtral students from every reducer and depth selector, with width
-cuts where the family's heads allow them (refused in one line otherwise), reload in plain transformers.
+"""Every family compresses (issues 14, 26): OLMoE, Mixtral, DeepSeek-V3 and GLM-4.5 students from every reducer and
+depth selector, with width cuts where the family's heads allow them (refused in one line otherwise), reload in plain
+transformers.
 Qwen3-Next and Qwen3-MoE: tests/test_compress.py and tests/test_portable.py."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from slim.harness.errors import UserError
 from slim.harness.models.io import load_pretrained
 from tests.tiny_families import Teacher, make_teacher
 
-FAMILIES = ("olmoe", "mixtral")
+FAMILIES = ("olmoe", "mixtral", "deepseek_v3", "glm4_moe")
+WIDTH_CUTS = ("mixtral", "deepseek_v3", "glm4_moe")  # OLMoE sizes its q/k norms by the width
 # Each reducer once with each depth selector.
 CUTS = [("prune", "last_n"), ("merge", "act_sim"), ("partial_preserve", "block_influence")]
 IDS = torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -37,9 +39,9 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize(("reducer", "selector"), CUTS)
 def test_every_reducer_and_depth_cut_gives_a_student_plain_transformers_loads(teachers, tmp_path, family, reducer,
                                                                               selector):
-    """4 -> 3 layers, 8 -> 4 experts and, for Mixtral, width 64 -> 48: plain AutoModelForCausalLM loads the student
-    with the harness's logits."""
-    width = ["compress.width.hidden_size=48"] if family == "mixtral" else []
+    """4 -> 3 layers, 8 -> 4 experts and, where the family allows it, width 64 -> 48: plain AutoModelForCausalLM
+    loads the student with the harness's logits."""
+    width = ["compress.width.hidden_size=48"] if family in WIDTH_CUTS else []
     output = tmp_path / "student"
     compress(teachers[family].recipe(output, "compress.depth.num_drop=1", f"compress.depth.selector={selector}",
                                      "compress.experts.num_experts=4", f"compress.experts.reducer={reducer}", *width))
@@ -50,7 +52,7 @@ def test_every_reducer_and_depth_cut_gives_a_student_plain_transformers_loads(te
     plain = AutoModelForCausalLM.from_pretrained(output).eval()
     for tensor in plain.parameters():  # out of the safetensors memory map, as load_pretrained does
         tensor.data = tensor.data.clone()
-    assert type(plain) is type(student) and plain.config.num_experts == 4
+    assert type(plain) is type(student) and plain.config.num_local_experts == 4
     assert torch.equal(_logits(plain), _logits(student.eval()))
 
 

@@ -19,11 +19,17 @@ SHAPE = ["model.num_hidden_layers=4", "model.hidden_size=64", "model.num_experts
          "model.moe_intermediate_size=32", "model.mtp_num_layers=0"]
 # Fields a family without a shared expert or partial RoPE must leave neutral.
 PLAIN_MOE = ["model.shared_expert_intermediate_size=0", "model.partial_rotary_factor=1.0"]
+GROUPED = ["model.shared_expert_intermediate_size=32", "model.n_group=2", "model.topk_group=1",
+           "model.routed_scaling_factor=2.5", "model.first_k_dense_replace=1"]
 FAMILY_SHAPE = {
     "qwen3_next": ["model.shared_expert_intermediate_size=64"],
     "qwen3_moe": PLAIN_MOE,
     "olmoe": [*PLAIN_MOE, "model.head_dim=16"],  # OLMoE: head_dim = hidden_size / num_attention_heads
     "mixtral": PLAIN_MOE,
+    # Group-limited routing: 8 experts in 2 groups, the best group only; layer 0 dense; one shared expert.
+    "deepseek_v3": [*GROUPED, "model.partial_rotary_factor=1.0", "model.kv_lora_rank=32", "model.q_lora_rank=24",
+                    "model.qk_rope_head_dim=16", "model.v_head_dim=32"],
+    "glm4_moe": [*GROUPED, "model.partial_rotary_factor=0.5"],
 }
 CALIBRATION = ["calibration.num_samples=16", "calibration.batch_size=8", "calibration.probe_tokens=128"]
 

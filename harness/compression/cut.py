@@ -14,6 +14,7 @@ from slim.harness.calibration.stats import CalibrationStats
 from slim.harness.compression.depth import check_keeps_attention
 from slim.harness.compression.depth_selectors import depth_selectors
 from slim.harness.compression.lineage import LINEAGE_KEY, Lineage, compose
+from slim.harness.compression.modeling_slim import expert_count
 from slim.harness.compression.mtp import reduce_mtp_experts
 from slim.harness.compression.recipe import student_top_k
 from slim.harness.compression.selection import plan_experts, selector_scores
@@ -53,7 +54,7 @@ def cut(recipe: CompressConfig, teacher_cfg: PretrainedConfig, model: PreTrained
     if recipe.width.hidden_size:
         shrink_hidden(model, kept_dims, extra=mtp_hidden_params(mtp) if mtp is not None else ())
     if mtp is not None:
-        reduce_mtp_experts(mtp, recipe, model.config.num_experts, top_k)
+        reduce_mtp_experts(mtp, recipe, expert_count(model.config), top_k)
         sync_width_attributes(mtp, len(kept_dims))
     report = {
         "teacher": recipe.teacher,

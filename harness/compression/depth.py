@@ -11,6 +11,7 @@ from slim.harness.compression._kept import check_kept
 from slim.harness.compression.experts import record_expert_counts
 from slim.harness.config.schema import DepthTarget
 from slim.harness.errors import UserError
+from slim.harness.models.families import model_families
 from slim.harness.models.view import view
 
 
@@ -42,6 +43,9 @@ def drop_layers(model: PreTrainedModel, kept_layers: Sequence[int]) -> None:
         # A kept layer's new index may change its place in the `decoder_sparse_step` pattern: list dense layers.
         config.mlp_only_layers = dense
         config.decoder_sparse_step = 1
+    family = model_families.get(model_view.family, "model.config.model_type")
+    if family.renumber_layers is not None:
+        family.renumber_layers(config, kept, dense)
     record_expert_counts(model)
 
 

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 import torch
 from transformers import PreTrainedModel
 
+from slim.harness.compression.modeling_slim import set_expert_count
 from slim.harness.compression.plan import ExpertPlan, apply_plan
 from slim.harness.errors import UserError
+from slim.harness.models.families import model_families
 from slim.harness.models.view import MoEView, view
 
 
@@ -31,18 +33,33 @@ def _moe_layers(model: PreTrainedModel, layers: Mapping[int, object]) -> dict[in
 
 def _check_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], counts: Mapping[int, int],
                  top_k: int | None) -> None:
-    """The student's top-k must fit the MoE layer that keeps the fewest experts."""
-    fewest = min(counts.get(index, moe.num_experts) for index, moe in moes.items())
+    """The student's top-k must fit the MoE layer that keeps the fewest experts, and the family's routing must
+    take the counts."""
+    kept = [counts.get(index, moe.num_experts) for index, moe in moes.items()]
     k = model.config.num_experts_per_tok if top_k is None else top_k
-    if not 1 <= k <= fewest:
-        raise UserError(f"compress.experts.top_k: {k} is not allowed; allowed: 1..{fewest} "
+    if not 1 <= k <= min(kept):
+        raise UserError(f"compress.experts.top_k: {k} is not allowed; allowed: 1..{min(kept)} "
                         "(the fewest experts any MoE layer keeps)")
+    family = model_families.get(model.config.model_type, "model.config.model_type")
+    if family.check_experts is not None:
+        family.check_experts(model.config, kept, k)
 
 
-def set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> None:
-    """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I] and the modules' expert counts."""
+def set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
+                selection_bias: torch.Tensor | None = None) -> None:
+    """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I], the selection bias [E'] where the
+    router has one, and the modules' expert counts."""
     moe.router.data, moe.gate_up_proj.data, moe.down_proj.data = router, gate_up_proj, down_proj
+    if moe.selection_bias is not None:
+        moe.selection_bias.data = selection_bias
     moe.module.gate.num_experts = moe.module.experts.num_experts = router.shape[0]
+
+
+def apply_to_moe(moe: MoEView, plan: ExpertPlan) -> None:
+    """Give `moe` the experts of `plan`; the selection bias follows the router rows it kept."""
+    bias = moe.selection_bias
+    set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj),
+                None if bias is None else bias[plan.kept_ids()])
 
 
 def _set_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], top_k: int | None) -> None:
@@ -62,7 +79,7 @@ def record_expert_counts(model: PreTrainedModel) -> None:
     if not moe_counts:
         return
     config = model.config
-    config.num_experts = max(moe_counts)
+    set_expert_count(config, max(moe_counts))
     if len(moe_counts) > 1:
         config.num_experts_per_layer = counts
     elif hasattr(config, "num_experts_per_layer"):
@@ -77,8 +94,7 @@ def reduce_experts(model: PreTrainedModel, plans: Mapping[int, ExpertPlan], top_
     moes = _moe_layers(model, plans)
     _check_top_k(model, moes, {index: plan.num_kept for index, plan in plans.items()}, top_k)
     for index, plan in plans.items():
-        moe = moes[index]
-        set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj))
+        apply_to_moe(moes[index], plan)
     _set_top_k(model, moes, top_k)
     record_expert_counts(model)
 
@@ -90,6 +106,7 @@ def resize_experts(model: PreTrainedModel, counts: Mapping[int, int], top_k: int
     _check_top_k(model, moes, counts, top_k)
     for index, count in counts.items():
         moe = moes[index]
-        set_experts(moe, *(t.new_empty(count, *t.shape[1:]) for t in (moe.router, moe.gate_up_proj, moe.down_proj)))
+        tensors = (moe.router, moe.gate_up_proj, moe.down_proj, moe.selection_bias)
+        set_experts(moe, *(t if t is None else t.new_empty(count, *t.shape[1:]) for t in tensors))
     _set_top_k(model, moes, top_k)
     record_expert_counts(model)

@@ -39,6 +39,23 @@ def moe_blocks(model: PreTrainedModel) -> list[tuple[int, nn.Module]]:
             if hasattr(layer.mlp, "gate") and hasattr(layer.mlp, "experts")]
 
 
+# The names transformers configs give the routed-expert count; each config answers to some of them (its attribute_map
+# maps the others: DeepSeek-V3's num_local_experts is n_routed_experts, Qwen3-MoE's num_experts is num_local_experts).
+EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def set_expert_count(config: PretrainedConfig, count: int) -> None:
+    """Set the routed-expert count of `config` under every name it answers to, so its family's classes read it."""
+    for key in EXPERT_COUNT_KEYS:
+        if hasattr(config, key):
+            setattr(config, key, count)
+
+
+def expert_count(config: PretrainedConfig) -> int:
+    """The routed-expert count of `config`, under the first name it answers to."""
+    return next(getattr(config, key) for key in EXPERT_COUNT_KEYS if hasattr(config, key))
+
+
 def install_expert_counts(model: PreTrainedModel) -> None:
     """Rebuild every MoE block whose layer keeps another number of experts than `config.num_experts`."""
     counts = getattr(model.config, EXPERTS_PER_LAYER, None)
@@ -50,7 +67,7 @@ def install_expert_counts(model: PreTrainedModel) -> None:
     for index, block in moe_blocks(model):
         if counts[index] and counts[index] != block.experts.num_experts:
             layer_config = copy.copy(model.config)
-            layer_config.num_experts = counts[index]
+            set_expert_count(layer_config, counts[index])
             model.model.layers[index].mlp = type(block)(layer_config)
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from slim.harness.compression.expert_criteria import criteria
 from slim.harness.compression.expert_similarities import similarities
-from slim.harness.compression.experts import set_experts
-from slim.harness.compression.plan import apply_plan
+from slim.harness.compression.experts import apply_to_moe
 from slim.harness.compression.recipe import configured
 from slim.harness.config.schema import CompressConfig
 from slim.harness.models.mtp import MTPModule
@@ -27,6 +26,6 @@ def reduce_mtp_experts(mtp: MTPModule, recipe: CompressConfig, num_experts: int,
             importance = criteria.get("weight_norm")(None, moe)
             similarity = similarities.get("router_weights")(None, moe)
             plan = reducer(importance, similarity, num_experts)
-            set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj))
+            apply_to_moe(moe, plan)
         moe.module.gate.top_k = top_k
     mtp.config.num_experts, mtp.config.num_experts_per_tok = num_experts, top_k

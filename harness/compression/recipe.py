@@ -15,10 +15,12 @@ from slim.harness.compression.depth_selectors import depth_selectors
 from slim.harness.compression.expert_criteria import criteria
 from slim.harness.compression.expert_reducers import reducers
 from slim.harness.compression.expert_similarities import similarities
+from slim.harness.compression.modeling_slim import expert_count
 from slim.harness.compression.width import hidden_dims
 from slim.harness.compression.width_selectors import width_selectors
 from slim.harness.config.schema import CompressConfig
 from slim.harness.errors import UserError
+from slim.harness.models.families import model_families
 
 BUDGETS = ("uniform", "global")
 
@@ -64,7 +66,7 @@ def student_top_k(recipe: CompressConfig, teacher: PretrainedConfig) -> int:
 
 def validate_targets(recipe: CompressConfig, teacher: PretrainedConfig) -> None:
     """Targets must be strictly smaller than the teacher (0 = keep) and mutually consistent."""
-    layers, hidden, experts = teacher.num_hidden_layers, teacher.hidden_size, teacher.num_experts
+    layers, hidden, experts = teacher.num_hidden_layers, teacher.hidden_size, expert_count(teacher)
     if not 0 <= recipe.depth.num_drop < layers:
         raise UserError(f"compress.depth.num_drop: {recipe.depth.num_drop} out of range; allowed 0..{layers - 1} "
                         f"(teacher has {layers} layers)")
@@ -84,6 +86,9 @@ def validate_targets(recipe: CompressConfig, teacher: PretrainedConfig) -> None:
     top_k, kept = student_top_k(recipe, teacher), target or experts
     if not 1 <= top_k <= kept:
         raise UserError(f"compress.experts.top_k: {top_k} must be in 1..{kept} (experts kept per layer)")
+    family = model_families.get(teacher.model_type, "model.config.model_type")
+    if family.check_experts is not None and recipe.experts.budget == "uniform":
+        family.check_experts(teacher, [kept], top_k)  # a global budget's counts are checked once chosen
     kept_layers = layers - recipe.depth.num_drop
     if recipe.experts.exempt_first + recipe.experts.exempt_last > kept_layers:
         raise UserError(f"compress.experts.exempt_first/exempt_last: {recipe.experts.exempt_first}+"

@@ -17,11 +17,17 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from slim.harness.models.families import model_families
 
+Routing = Callable[["MoEView", torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class MoEView:
     """One sparse MoE block: router [E, d], packed experts gate_up_proj [E, 2I, d] (gate rows, then up
-    rows) and down_proj [E, d, I], and an optional sigmoid-gated shared expert that every token uses."""
+    rows) and down_proj [E, d, I], and an optional (sigmoid-gated) shared expert that every token uses.
+
+    A family whose router is not softmax top-k gives its `routing` (x [T, d] -> logits, weights, ids as the model
+    routes); a per-expert `selection_bias` [E] (DeepSeek-V3's e_score_correction_bias) follows the router rows
+    through every cut."""
 
     module: nn.Module
     router: nn.Parameter
@@ -32,6 +38,8 @@ class MoEView:
     norm_topk_prob: bool
     shared_expert: nn.Module | None = None
     shared_expert_gate: nn.Linear | None = None
+    selection_bias: torch.Tensor | None = None
+    routing: Routing | None = None
 
     @property
     def num_experts(self) -> int:
@@ -42,8 +50,10 @@ class MoEView:
         return self.down_proj.shape[-1]
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [T, d] -> (router_logits [T, E], topk_weights [T, k], topk_ids [T, k]) as the family routes:
-        softmax over all E in fp32, top-k, renormalized over the k when `norm_topk_prob`."""
+        """x [T, d] -> (router_logits [T, E], topk_weights [T, k], topk_ids [T, k]) as the family routes: its
+        `routing`, else softmax over all E in fp32, top-k, renormalized over the k when `norm_topk_prob`."""
+        if self.routing is not None:
+            return self.routing(self, x)
         logits = F.linear(x, self.router)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         weights, ids = torch.topk(probs, self.top_k, dim=-1)
@@ -120,10 +130,11 @@ class ModelView:
         return [norm for layer in self.layers for norm in layer.norms()] + [("model.norm", self.final_norm)]
 
 
-def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None) -> MoEView:
+def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None,
+             routing: Routing | None = None) -> MoEView:
     """View of a transformers 5 sparse block (`gate`: TopKRouter, `experts`: packed); the names are the
-    same in qwen3_next, qwen3_moe, olmoe and mixtral. A router without `norm_topk_prob` (Mixtral's) always
-    renormalizes its top-k weights."""
+    same in every family. A router without `norm_topk_prob` (Mixtral's) always renormalizes its top-k weights;
+    one with an `e_score_correction_bias` gives the view its selection bias."""
     return MoEView(
         module=block,
         router=block.gate.weight,
@@ -134,6 +145,8 @@ def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_ga
         norm_topk_prob=getattr(block.gate, "norm_topk_prob", True),
         shared_expert=shared_expert,
         shared_expert_gate=shared_gate,
+        selection_bias=getattr(block.gate, "e_score_correction_bias", None),
+        routing=routing,
     )
 
 

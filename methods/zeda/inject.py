@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from slim.harness.compression.modeling_slim import expert_count
 from slim.harness.errors import UserError
 from slim.methods.zeda.modeling_zeda import install_zero_experts, zero_expert_routers
 from slim.methods.zeda.options import ZedaConfig
@@ -21,7 +22,7 @@ from slim.methods.zeda.options import ZedaConfig
 def moe_expert_counts(config: PretrainedConfig) -> list[int]:
     """Real experts of each MoE layer, from config.json alone (per-layer counts when a global budget set them)."""
     per_layer = getattr(config, "num_experts_per_layer", None)
-    return sorted({count for count in per_layer if count}) if per_layer else [config.num_experts]
+    return sorted({count for count in per_layer if count}) if per_layer else [expert_count(config)]
 
 
 def check_injection(cfg: ZedaConfig, config: PretrainedConfig) -> None:

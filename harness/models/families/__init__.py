@@ -7,7 +7,7 @@ here and nothing else (mixtral.py is a small example); the README table lists ea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,12 @@ class ModelFamily:
     # transformers' own cache cannot (idempotent) and names the cache path it takes. None: transformers'
     # cache serves every model of the family.
     prepare_decoding: Callable[[PreTrainedModel], str] | None = None
+    # Refuses, in one line naming the rule, expert counts its routing cannot take: (config, experts each MoE layer
+    # keeps, the student's top-k). None: any count from top-k up.
+    check_experts: Callable[[PretrainedConfig, Sequence[int], int], None] | None = None
+    # Updates the config fields that count layers its own way after a depth cut: (config, kept old indices, new
+    # indices of the kept dense layers). None: the generic fields (layer_types, mlp_only_layers) say it all.
+    renumber_layers: Callable[[PretrainedConfig, Sequence[int], Sequence[int]], None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists

@@ -1,0 +1,59 @@
+"""DeepSeek-V3 (and Kimi K2 / Moonlight, which use it): multi-head latent attention, group-limited sigmoid routing with
+a selection-only correction bias (grouped_routing.py), shared experts, dense first layers.
+
+Width cuts slice the hidden dim of every projection that reads or writes it, the latent ranks and heads stay.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import DeepseekV3Config, PreTrainedModel
+from transformers.models.deepseek_v3 import modeling_deepseek_v3 as modeling
+
+from slim.harness.config.schema import ModelConfig
+from slim.harness.models.families import BACKBONE_HIDDEN_DIMS, ModelFamily, common_hf_kwargs, model_families, require
+from slim.harness.models.families import grouped_routing as grouped
+from slim.harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
+
+NORM_TYPES = (modeling.DeepseekV3RMSNorm,)
+ATTENTION = ("q_proj", "k_proj", "v_proj")
+# The backbone's hidden dims without the q/k/v projections MLA lacks, plus its latent projections and the shared
+# experts (the latent norms are rank-sized).
+HIDDEN_DIMS = {
+    **{name: dim for name, dim in BACKBONE_HIDDEN_DIMS.items() if name.split(".")[-2] not in ATTENTION},
+    "model.layers.*.self_attn.q_a_proj.weight": 1,
+    "model.layers.*.self_attn.kv_a_proj_with_mqa.weight": 1,
+    "model.layers.*.mlp.shared_experts.gate_proj.weight": 1,
+    "model.layers.*.mlp.shared_experts.up_proj.weight": 1,
+    "model.layers.*.mlp.shared_experts.down_proj.weight": 0,
+}
+
+
+def check(cfg: ModelConfig) -> None:
+    grouped.check(cfg)
+    require(cfg, "partial_rotary_factor", lambda factor: factor == 1.0,
+            "1.0 (deepseek_v3 sizes its rotated part by model.qk_rope_head_dim)")
+
+
+def hf_config(cfg: ModelConfig) -> DeepseekV3Config:
+    kwargs = common_hf_kwargs(cfg)
+    for key in ("num_experts", "head_dim"):
+        del kwargs[key]
+    return DeepseekV3Config(**kwargs, **grouped.hf_kwargs(cfg), kv_lora_rank=cfg.kv_lora_rank,
+                            q_lora_rank=cfg.q_lora_rank or None, qk_rope_head_dim=cfg.qk_rope_head_dim,
+                            qk_nope_head_dim=cfg.head_dim - cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim)
+
+
+def _layer_view(index: int, layer: nn.Module) -> LayerView:
+    mlp = layer.mlp
+    moe = moe_view(mlp, mlp.shared_experts, routing=grouped.route) if isinstance(mlp, modeling.DeepseekV3MoE) else None
+    return attention_layer_view(index, layer, moe, NORM_TYPES)
+
+
+def view(model: PreTrainedModel) -> ModelView:
+    return decoder_view(model, _layer_view)
+
+
+model_families.register("deepseek_v3")(ModelFamily(
+    __doc__, hf_config, view, check, HIDDEN_DIMS, check_experts=grouped.check_groups,
+    renumber_layers=grouped.renumber_dense_prefix))
