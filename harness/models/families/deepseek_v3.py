@@ -6,14 +6,12 @@ Width cuts slice the hidden dim of every projection that reads or writes it, the
 
 from __future__ import annotations
 
-from torch import nn
-from transformers import DeepseekV3Config, PreTrainedModel
+from transformers import DeepseekV3Config
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as modeling
 
 from slim.harness.config.schema import ModelConfig
-from slim.harness.models.families import BACKBONE_HIDDEN_DIMS, ModelFamily, common_hf_kwargs, model_families, require
+from slim.harness.models.families import BACKBONE_HIDDEN_DIMS, common_hf_kwargs, model_families, require
 from slim.harness.models.families import grouped_routing as grouped
-from slim.harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 NORM_TYPES = (modeling.DeepseekV3RMSNorm,)
 ATTENTION = ("q_proj", "k_proj", "v_proj")
@@ -44,16 +42,5 @@ def hf_config(cfg: ModelConfig) -> DeepseekV3Config:
                             qk_nope_head_dim=cfg.head_dim - cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim)
 
 
-def _layer_view(index: int, layer: nn.Module) -> LayerView:
-    mlp = layer.mlp
-    moe = moe_view(mlp, mlp.shared_experts, routing=grouped.route) if isinstance(mlp, modeling.DeepseekV3MoE) else None
-    return attention_layer_view(index, layer, moe, NORM_TYPES)
-
-
-def view(model: PreTrainedModel) -> ModelView:
-    return decoder_view(model, _layer_view)
-
-
-model_families.register("deepseek_v3")(ModelFamily(
-    __doc__, hf_config, view, check, HIDDEN_DIMS, check_experts=grouped.check_groups,
-    renumber_layers=grouped.renumber_dense_prefix))
+model_families.register("deepseek_v3")(
+    grouped.grouped_family(__doc__, hf_config, check, HIDDEN_DIMS, modeling.DeepseekV3MoE, NORM_TYPES))

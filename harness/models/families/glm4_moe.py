@@ -4,14 +4,12 @@ layers. Released GLM-4.5 routes with one group; the groups are kept general as i
 
 from __future__ import annotations
 
-from torch import nn
-from transformers import Glm4MoeConfig, PreTrainedModel
+from transformers import Glm4MoeConfig
 from transformers.models.glm4_moe import modeling_glm4_moe as modeling
 
 from slim.harness.config.schema import ModelConfig
-from slim.harness.models.families import BACKBONE_HIDDEN_DIMS, ModelFamily, common_hf_kwargs, model_families
+from slim.harness.models.families import BACKBONE_HIDDEN_DIMS, common_hf_kwargs, model_families
 from slim.harness.models.families import grouped_routing as grouped
-from slim.harness.models.view import LayerView, ModelView, attention_layer_view, decoder_view, moe_view
 
 NORM_TYPES = (modeling.Glm4MoeRMSNorm,)
 HIDDEN_DIMS = {
@@ -29,16 +27,5 @@ def hf_config(cfg: ModelConfig) -> Glm4MoeConfig:
     return Glm4MoeConfig(**kwargs, **grouped.hf_kwargs(cfg), attention_bias=True, use_qk_norm=True)
 
 
-def _layer_view(index: int, layer: nn.Module) -> LayerView:
-    mlp = layer.mlp
-    moe = moe_view(mlp, mlp.shared_experts, routing=grouped.route) if isinstance(mlp, modeling.Glm4MoeMoE) else None
-    return attention_layer_view(index, layer, moe, NORM_TYPES)
-
-
-def view(model: PreTrainedModel) -> ModelView:
-    return decoder_view(model, _layer_view)
-
-
-model_families.register("glm4_moe")(ModelFamily(
-    __doc__, hf_config, view, grouped.check, HIDDEN_DIMS, check_experts=grouped.check_groups,
-    renumber_layers=grouped.renumber_dense_prefix))
+model_families.register("glm4_moe")(
+    grouped.grouped_family(__doc__, hf_config, grouped.check, HIDDEN_DIMS, modeling.Glm4MoeMoE, NORM_TYPES))

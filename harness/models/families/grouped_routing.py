@@ -15,16 +15,18 @@ them out: so E' must split into n_group groups of at least two (the group score 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PretrainedConfig
 
 from slim.harness.config.schema import ModelConfig
 from slim.harness.errors import UserError
-from slim.harness.models.families import require
-from slim.harness.models.view import MoEView
+from slim.harness.models.families import ModelFamily, require
+from slim.harness.models.view import LayerView, MoEView, attention_layer_view, decoder_view, moe_view
 
 
 def route(moe: MoEView, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,3 +77,18 @@ def hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
             "topk_group": cfg.topk_group, "routed_scaling_factor": cfg.routed_scaling_factor,
             "first_k_dense_replace": cfg.first_k_dense_replace, "moe_intermediate_size": cfg.moe_intermediate_size,
             "intermediate_size": cfg.moe_intermediate_size * (cfg.num_experts_per_tok + shared)}
+
+
+def grouped_family(doc: str, hf_config: Callable[[ModelConfig], PretrainedConfig],
+                   check_config: Callable[[ModelConfig], None], hidden_dims: Mapping[str, int],
+                   moe_type: type[nn.Module], norm_types: tuple[type[nn.Module], ...]) -> ModelFamily:
+    """The ModelFamily of a grouped-routing architecture whose MoE blocks (`moe_type`: `gate`, `experts`,
+    `shared_experts`) follow dense layers in the plain attention decoder."""
+
+    def layer_view(index: int, layer: nn.Module) -> LayerView:
+        mlp = layer.mlp
+        moe = moe_view(mlp, mlp.shared_experts, routing=route) if isinstance(mlp, moe_type) else None
+        return attention_layer_view(index, layer, moe, norm_types)
+
+    return ModelFamily(doc, hf_config, functools.partial(decoder_view, layer_view=layer_view), check_config,
+                       hidden_dims, check_experts=check_groups, renumber_layers=renumber_dense_prefix)
