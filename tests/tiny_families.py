@@ -23,6 +23,7 @@ GROUPED = ["model.shared_expert_intermediate_size=32", "model.n_group=2", "model
            "model.routed_scaling_factor=2.5", "model.first_k_dense_replace=1"]
 FAMILY_SHAPE = {
     "qwen3_next": ["model.shared_expert_intermediate_size=64"],
+    "qwen3_5_moe_text": ["model.shared_expert_intermediate_size=64", "model.full_attention_interval=2"],
     "qwen3_moe": PLAIN_MOE,
     "olmoe": [*PLAIN_MOE, "model.head_dim=16"],  # OLMoE: head_dim = hidden_size / num_attention_heads
     "mixtral": PLAIN_MOE,

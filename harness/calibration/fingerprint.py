@@ -17,9 +17,12 @@ from transformers import PreTrainedModel
 from slim.harness.config.schema import CalibrationConfig, DataConfig
 from slim.harness.data.packing import corpus_sha256
 from slim.harness.data.tokenizer import tokenizer_sha256  # noqa: F401 - re-exported: stats and caches stamp it
+from slim.harness.models.nested import NESTED_SOURCE
 
 # Config fields that change on save/reload or with the runtime, not with the model itself.
-VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")
+# (The directory a nested checkpoint's language model was read from is where it lies, not what it is.)
+VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures",
+                          NESTED_SOURCE)
 
 
 def config_json(model: PreTrainedModel) -> str:

@@ -19,7 +19,7 @@ from transformers import (
 
 from slim.harness.atomic import give_plain_modes, swap_in
 from slim.harness.errors import UserError
-from slim.harness.models import portable
+from slim.harness.models import nested, portable
 from slim.harness.models.families import model_families, prepare_decoding
 from slim.harness.models.linear_attention_path import install_device_dispatch
 from slim.harness.outputs import check_output_dir, mark
@@ -49,6 +49,7 @@ def save_pretrained(
     try:
         model.save_pretrained(tmp_dir)
         portable.write_portable(model.config, tmp_dir)
+        nested.write_nested(model.config, tmp_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp_dir)
         if extras is not None:
@@ -65,12 +66,29 @@ def save_pretrained(
     return out_dir
 
 
+def _language_model_type(data: dict) -> str:
+    """The family a config.json's dict is read as: its model type (a portable one's stock family), or the type of
+    the language model it nests when it is no family itself (slim.harness.models.nested)."""
+    family = portable.family_of(str(data.get("model_type")))
+    nested_type = nested.text_model_type(data)
+    return nested_type if nested_type is not None and family not in model_families.keys() else family
+
+
+def read_config(path: str | Path) -> PretrainedConfig:
+    """The config the harness builds the model of directory `path` from: a nested checkpoint's language model's, else
+    the stock config of its family (slim.harness.models.portable.read_config)."""
+    data = json.loads((Path(path) / "config.json").read_text())
+    if _language_model_type(data) != portable.family_of(str(data.get("model_type"))):
+        return nested.read_text_config(path)
+    return portable.read_config(path)
+
+
 def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
     """The config.json of model directory `path` only (no weights): enough to validate a recipe before
     any work; one-line UserError naming `field` when there is no model directory."""
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
-    return portable.read_config(path)
+    return read_config(path)
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -109,10 +127,10 @@ def check_checkpoint(path: str | Path, field: str = "") -> None:
     if not config_file.is_file():
         raise UserError(f"{label} {path}: no config.json, not a Hugging Face model directory")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        family = _language_model_type(json.loads(config_file.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise UserError(f"{label} {config_file}: not a JSON object ({error})") from error
-    model_families.validate(portable.family_of(str(model_type)), f"{label} {config_file} model_type")
+    model_families.validate(family, f"{label} {config_file} model_type")
     _check_weights(path, label)
 
 
@@ -130,7 +148,7 @@ def _own_cpu_memory(model: PreTrainedModel) -> None:
 def _model_class(path: Path) -> tuple[type[PreTrainedModel], PretrainedConfig]:
     """The causal-LM class that builds the model of directory `path` (slim.harness.models.portable.model_class) and
     the stock config it is built from."""
-    config = portable.read_config(path)
+    config = read_config(path)
     return portable.model_class(config), config
 
 

@@ -43,7 +43,8 @@ def block_config(config: PretrainedConfig) -> PretrainedConfig:
     """A copy of the backbone config describing one full-attention MoE decoder layer (index 0)."""
     block = copy.deepcopy(config)
     block.num_hidden_layers = 1
-    for field, value in (("layer_types", ["full_attention"]), ("mlp_only_layers", []), ("decoder_sparse_step", 1)):
+    for field, value in (("layer_types", ["full_attention"]), ("mlp_only_layers", []), ("decoder_sparse_step", 1),
+                         ("first_k_dense_replace", 0)):
         if hasattr(block, field):
             setattr(block, field, value)
     return block

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel, Qwen3NextConfig
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel, Qwen3NextConfig
 from transformers.models.qwen3_next import modeling_qwen3_next as modeling
 
 from slim.harness.config.schema import ModelConfig
@@ -70,10 +70,11 @@ def check(cfg: ModelConfig) -> None:
     require(cfg, "shared_expert_intermediate_size", is_positive_int, "a positive integer (qwen3_next always has one)")
 
 
-def hf_config(cfg: ModelConfig) -> Qwen3NextConfig:
+def hf_config(cfg: ModelConfig, config_class: type[PretrainedConfig] = Qwen3NextConfig) -> PretrainedConfig:
+    """The hybrid config of `cfg` as `config_class` (Qwen3.5-MoE's text config takes the same keys)."""
     kwargs = common_hf_kwargs(cfg)
     kwargs["rope_parameters"]["partial_rotary_factor"] = cfg.partial_rotary_factor
-    return Qwen3NextConfig(
+    return config_class(
         **kwargs,
         layer_types=layer_types(cfg.num_hidden_layers, cfg.full_attention_interval),
         linear_num_key_heads=cfg.linear_num_key_heads,
@@ -86,9 +87,12 @@ def hf_config(cfg: ModelConfig) -> Qwen3NextConfig:
     )
 
 
-def _layer_view(index: int, layer: nn.Module) -> LayerView:
+def hybrid_layer_view(index: int, layer: nn.Module, moe_type: type[nn.Module] = modeling.Qwen3NextSparseMoeBlock,
+                      norm_types: tuple[type[nn.Module], ...] = NORM_TYPES) -> LayerView:
+    """LayerView of a hybrid decoder layer (`linear_attn` or `self_attn` by `block_type`, a `moe_type` block with a
+    gated shared expert), as Qwen3-Next and Qwen3.5-MoE lay it out."""
     mlp = layer.mlp
-    is_moe = isinstance(mlp, modeling.Qwen3NextSparseMoeBlock)
+    is_moe = isinstance(mlp, moe_type)
     return LayerView(
         index=index,
         name=f"model.layers.{index}",
@@ -98,12 +102,12 @@ def _layer_view(index: int, layer: nn.Module) -> LayerView:
         input_norm=layer.input_layernorm,
         post_attention_norm=layer.post_attention_layernorm,
         moe=moe_view(mlp, mlp.shared_expert, mlp.shared_expert_gate) if is_moe else None,
-        norm_types=NORM_TYPES,
+        norm_types=norm_types,
     )
 
 
 def view(model: PreTrainedModel) -> ModelView:
-    return decoder_view(model, _layer_view)
+    return decoder_view(model, hybrid_layer_view)
 
 
 LINEAR_STATE_CACHE = "harness-linear-state"
