@@ -18,8 +18,9 @@ from slim.harness.errors import UserError
 from slim.harness.models.io import load_pretrained
 from tests.tiny_families import Teacher, make_teacher
 
-FAMILIES = ("olmoe", "mixtral", "deepseek_v3", "glm4_moe", "qwen3_5_moe_text")
-WIDTH_CUTS = ("mixtral", "deepseek_v3", "glm4_moe", "qwen3_5_moe_text")  # OLMoE sizes its q/k norms by the width
+FAMILIES = ("olmoe", "mixtral", "deepseek_v3", "glm4_moe", "qwen3_5_moe_text", "gpt_oss")
+# OLMoE sizes its q/k norms by the width; every other family takes a width cut.
+WIDTH_CUTS = ("mixtral", "deepseek_v3", "glm4_moe", "qwen3_5_moe_text", "gpt_oss")
 # Each reducer once with each depth selector.
 CUTS = [("prune", "last_n"), ("merge", "act_sim"), ("partial_preserve", "block_influence")]
 IDS = torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(0))

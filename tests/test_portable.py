@@ -44,6 +44,20 @@ STUDENTS = {
                         "compress.experts.reducer=partial_preserve"]),
     "mixtral": ("mixtral", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
                             "compress.experts.num_experts=4", "compress.experts.reducer=prune"]),
+    # Issue 26's families; an exempt first MoE layer keeps all 8 experts, so those students are portable.
+    "qwen3_5_moe_text": ("qwen3_5_moe_text", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
+                                              "compress.experts.num_experts=4",
+                                              "compress.experts.reducer=partial_preserve"]),
+    "deepseek_v3": ("deepseek_v3", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
+                                    "compress.experts.num_experts=4", "compress.experts.reducer=merge"]),
+    "deepseek_v3_exempt": ("deepseek_v3", ["compress.experts.num_experts=4", "compress.experts.exempt_first=1",
+                                           "compress.experts.reducer=prune"]),
+    "glm4_moe": ("glm4_moe", ["compress.depth.num_drop=1", "compress.experts.num_experts=4",
+                              "compress.experts.reducer=prune"]),
+    "gpt_oss": ("gpt_oss", ["compress.depth.num_drop=1", "compress.width.hidden_size=48",
+                            "compress.experts.num_experts=4", "compress.experts.reducer=merge"]),
+    "gpt_oss_exempt": ("gpt_oss", ["compress.experts.num_experts=4", "compress.experts.exempt_first=1",
+                                   "compress.experts.reducer=partial_preserve"]),
 }
 # The demo's pruned student: the shipped tiny teacher under the tiny recipe (what `make demo`'s Pruned cells train).
 DEMO_RECIPE = "conf/recipes/tiny-slimqwen.yaml"
@@ -51,7 +65,8 @@ DEMO_RECIPE = "conf/recipes/tiny-slimqwen.yaml"
 # and a Mixtral student (a router without norm_topk_prob).
 ZEDA_MODELS = {"zeda": ("teacher", "qwen3_next"), "zeda_global_budget": ("student", "global_budget"),
                "zeda_mixtral": ("student", "mixtral")}
-PORTABLE = {"global_budget": "Slim", "zeda": "Zeda", "zeda_global_budget": "Zeda", "zeda_mixtral": "Zeda"}
+PORTABLE = {"global_budget": "Slim", "zeda": "Zeda", "zeda_global_budget": "Zeda", "zeda_mixtral": "Zeda",
+            "deepseek_v3_exempt": "Slim", "gpt_oss_exempt": "Slim"}
 IDS = torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(0))
 PROMPT = "in the beginning god created the heaven"
 

@@ -31,6 +31,7 @@ FAMILY_SHAPE = {
     "deepseek_v3": [*GROUPED, "model.partial_rotary_factor=1.0", "model.kv_lora_rank=32", "model.q_lora_rank=24",
                     "model.qk_rope_head_dim=16", "model.v_head_dim=32"],
     "glm4_moe": [*GROUPED, "model.partial_rotary_factor=0.5"],
+    "gpt_oss": PLAIN_MOE,
 }
 CALIBRATION = ["calibration.num_samples=16", "calibration.batch_size=8", "calibration.probe_tokens=128"]
 

@@ -23,8 +23,12 @@ def all_expert_output_sums(moe: MoEView, x: torch.Tensor) -> torch.Tensor:
     """sum_t E_i(x_t) for every expert i [E, d] (float64): `MoEView.expert_forward` batched over experts,
     a few experts per batched matmul so the [experts, tokens, 2I] intermediate stays under ~2^26 values.
 
-    The down projection is linear, so it runs once on the summed SwiGLU activations instead of per token.
+    The down projection is linear, so it runs once on the summed SwiGLU activations instead of per token. A
+    family's own experts (`MoEView.expert_fn`) run one expert at a time.
     """
+    if moe.expert_fn is not None:
+        return torch.stack([moe.expert_forward(expert, x).sum(dim=0, dtype=torch.float64)
+                            for expert in range(moe.num_experts)])
     per_expert = x.shape[0] * max(moe.gate_up_proj.shape[1], moe.down_proj.shape[1])
     step = max(1, PROBE_CHUNK_VALUES // per_expert)
     sums = []
@@ -50,23 +54,23 @@ class MoEStatsForward:
         self.probe_budget = probe_tokens
         self.num_tokens = 0
         self.probe_tokens = 0
-        # logits are linear in x, so sum_x l l^T = W (sum_x x x^T) W^T: the smaller of the two Gram matrices is summed
-        self.gram_of_inputs = hidden_size < num_experts
-        gram_size = min(hidden_size, num_experts)
+        # logits without a bias are linear in x, so sum_x l l^T = W (sum_x x x^T) W^T: the smaller of the two Gram
+        # matrices is summed (a router with a logit bias sums the logits' own)
+        self.gram_of_inputs = hidden_size < num_experts and moe.router_bias is None
+        gram_size = hidden_size if self.gram_of_inputs else num_experts
         per_expert = (num_experts,)
         self.sums = RunningSums({
             "freq": per_expert, "soft": per_expert, "reap": per_expert, "ean": per_expert,
             "gram": (gram_size, gram_size), "probe_output_sum": (num_experts, hidden_size),
         })
 
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [T, d]
         logits, weights, ids = self.moe.route(x)  # [T, E], [T, k], [T, k]
         expert_ids, order = ids.reshape(-1).sort(stable=True)  # [T*k]: assignment a = token * k + slot, by expert
         tokens = order // ids.shape[1]
         counts = torch.bincount(expert_ids, minlength=self.moe.num_experts)  # [E]
-        outputs = self.expert_outputs(self.moe.gate_up_proj, self.moe.down_proj, self.moe.act_fn, x[tokens],
-                                      counts)  # [T*k, d], sorted by expert
+        outputs = self.moe.sorted_expert_outputs(x[tokens], counts, self.expert_outputs)  # [T*k, d], by expert
         sorted_weights = weights.reshape(-1)[order]
         routed = torch.zeros_like(x).index_add_(0, tokens, (outputs * sorted_weights[:, None]).to(x.dtype))
         self._accumulate(logits, ids, order, expert_ids, counts, sorted_weights, outputs.float().norm(dim=-1))
@@ -74,7 +78,8 @@ class MoEStatsForward:
         self.sums.add("gram", gram_rows.T @ gram_rows)
         self._probe(x)
         self.num_tokens += x.shape[0]
-        return (routed + self.moe.shared_forward(x)).reshape(hidden_states.shape)
+        output = (routed + self.moe.shared_forward(x)).reshape(hidden_states.shape)
+        return (output, weights) if self.moe.returns_weights else output
 
     def _accumulate(self, logits: torch.Tensor, ids: torch.Tensor, order: torch.Tensor, expert_ids: torch.Tensor,
                     counts: torch.Tensor, sorted_weights: torch.Tensor, output_norms: torch.Tensor) -> None:

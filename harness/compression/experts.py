@@ -10,13 +10,13 @@ through `.data`, so Parameter objects (and views, ties) survive; only sizes chan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
 from slim.harness.compression.modeling_slim import set_expert_count
-from slim.harness.compression.plan import ExpertPlan, apply_plan
+from slim.harness.compression.plan import ExpertPlan, apply_plan, combine_experts
 from slim.harness.errors import UserError
 from slim.harness.models.families import model_families
 from slim.harness.models.view import MoEView, view
@@ -46,27 +46,36 @@ def _check_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], counts: Ma
 
 
 def set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
-                selection_bias: torch.Tensor | None = None) -> None:
-    """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I], the selection bias [E'] where the
-    router has one, and the modules' expert counts."""
+                router_vectors: Sequence[torch.Tensor] = (), expert_biases: Sequence[torch.Tensor] = ()) -> None:
+    """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I], the block's router biases [E'] and
+    expert biases [E', ...] (in `router_vectors` / `expert_biases` order), and the modules' expert counts."""
     moe.router.data, moe.gate_up_proj.data, moe.down_proj.data = router, gate_up_proj, down_proj
-    if moe.selection_bias is not None:
-        moe.selection_bias.data = selection_bias
-    moe.module.gate.num_experts = moe.module.experts.num_experts = router.shape[0]
+    for tensor, new in zip(router_vectors_of(moe), router_vectors, strict=True):
+        tensor.data = new
+    for tensor, new in zip(moe.expert_biases, expert_biases, strict=True):
+        tensor.data = new
+    moe.router_module.num_experts = moe.module.experts.num_experts = router.shape[0]
+
+
+def router_vectors_of(moe: MoEView) -> list[torch.Tensor]:
+    """The per-expert router biases [E] of `moe` that follow the router rows (logit bias, then selection bias)."""
+    return [bias for bias in (moe.router_bias, moe.selection_bias) if bias is not None]
 
 
 def apply_to_moe(moe: MoEView, plan: ExpertPlan) -> None:
-    """Give `moe` the experts of `plan`; the selection bias follows the router rows it kept."""
-    bias = moe.selection_bias
+    """Give `moe` the experts of `plan`: router rows and router biases of the kept ids, expert weights and biases
+    combined by the plan's groups."""
+    kept = plan.kept_ids()
     set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj),
-                None if bias is None else bias[plan.kept_ids()])
+                [bias[kept] for bias in router_vectors_of(moe)],
+                [combine_experts(bias, plan) for bias in moe.expert_biases])
 
 
 def _set_top_k(model: PreTrainedModel, moes: Mapping[int, MoEView], top_k: int | None) -> None:
     if top_k is None:
         return
     for moe in moes.values():
-        moe.module.gate.top_k = top_k
+        moe.router_module.top_k = top_k
     model.config.num_experts_per_tok = top_k
     if hasattr(model, "num_experts_per_tok"):  # the CausalLM copies it for transformers' aux loss
         model.num_experts_per_tok = top_k
@@ -106,7 +115,11 @@ def resize_experts(model: PreTrainedModel, counts: Mapping[int, int], top_k: int
     _check_top_k(model, moes, counts, top_k)
     for index, count in counts.items():
         moe = moes[index]
-        tensors = (moe.router, moe.gate_up_proj, moe.down_proj, moe.selection_bias)
-        set_experts(moe, *(t if t is None else t.new_empty(count, *t.shape[1:]) for t in tensors))
+
+        def empty(tensor: torch.Tensor, count: int = count) -> torch.Tensor:
+            return tensor.new_empty(count, *tensor.shape[1:])
+
+        set_experts(moe, *map(empty, (moe.router, moe.gate_up_proj, moe.down_proj)),
+                    list(map(empty, router_vectors_of(moe))), list(map(empty, moe.expert_biases)))
     _set_top_k(model, moes, top_k)
     record_expert_counts(model)

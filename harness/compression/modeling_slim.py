@@ -34,9 +34,10 @@ Install = Callable[[PreTrainedModel], None]
 
 
 def moe_blocks(model: PreTrainedModel) -> list[tuple[int, nn.Module]]:
-    """(decoder layer index, sparse MoE block) of every layer whose MLP has a router `gate` and packed `experts`."""
+    """(decoder layer index, sparse MoE block) of every layer whose MLP has a router (`gate`, gpt-oss's `router`) and
+    packed `experts`."""
     return [(index, layer.mlp) for index, layer in enumerate(model.model.layers)
-            if hasattr(layer.mlp, "gate") and hasattr(layer.mlp, "experts")]
+            if (hasattr(layer.mlp, "gate") or hasattr(layer.mlp, "router")) and hasattr(layer.mlp, "experts")]
 
 
 # The names transformers configs give the routed-expert count; each config answers to some of them (its attribute_map

@@ -27,5 +27,5 @@ def reduce_mtp_experts(mtp: MTPModule, recipe: CompressConfig, num_experts: int,
             similarity = similarities.get("router_weights")(None, moe)
             plan = reducer(importance, similarity, num_experts)
             apply_to_moe(moe, plan)
-        moe.module.gate.top_k = top_k
+        moe.router_module.top_k = top_k
     mtp.config.num_experts, mtp.config.num_experts_per_tok = num_experts, top_k

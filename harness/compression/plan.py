@@ -87,6 +87,12 @@ def _combine(per_expert: torch.Tensor, group: ExpertGroup) -> torch.Tensor:
 
 
 @torch.no_grad()
+def combine_experts(per_expert: torch.Tensor, plan: ExpertPlan) -> torch.Tensor:
+    """per_expert [E, ...] (weights or biases) -> [E', ...], one combination per group in plan order."""
+    return torch.stack([_combine(per_expert, group) for group in plan.groups])
+
+
+@torch.no_grad()
 def apply_plan(
     plan: ExpertPlan, router: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,6 +103,4 @@ def apply_plan(
     sizes = {router.shape[0], gate_up_proj.shape[0], down_proj.shape[0]}
     _require(sizes == {plan.num_experts}, f"tensors hold {sizes} experts, plan expects {plan.num_experts}")
     new_router = router[plan.kept_ids()]  # advanced indexing copies
-    new_gate_up = torch.stack([_combine(gate_up_proj, group) for group in plan.groups])
-    new_down = torch.stack([_combine(down_proj, group) for group in plan.groups])
-    return new_router, new_gate_up, new_down
+    return new_router, combine_experts(gate_up_proj, plan), combine_experts(down_proj, plan)

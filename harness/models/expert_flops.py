@@ -55,7 +55,7 @@ def count_expert_flops(model: PreTrainedModel) -> Iterator[ExpertFlopsCounts]:
     def hook(index: int, num_experts: int) -> Callable[..., None]:
         return lambda _module, _args, output: counts.add(index, output[2], num_experts)
 
-    handles = [layer.moe.module.gate.register_forward_hook(hook(layer.index, layer.moe.num_experts))
+    handles = [layer.moe.router_module.register_forward_hook(hook(layer.index, layer.moe.num_experts))
                for layer in layers]
     try:
         yield counts

@@ -18,18 +18,23 @@ from transformers import PretrainedConfig, PreTrainedModel
 from slim.harness.models.families import model_families
 
 Routing = Callable[["MoEView", torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+ExpertFn = Callable[["MoEView", int, torch.Tensor], torch.Tensor]
+ExpertOutputsKernel = Callable[..., torch.Tensor]  # slim.kernels.grouped_experts.ExpertOutputs
 
 
 @dataclass
 class MoEView:
-    """One sparse MoE block: router [E, d], packed experts gate_up_proj [E, 2I, d] (gate rows, then up
-    rows) and down_proj [E, d, I], and an optional (sigmoid-gated) shared expert that every token uses.
+    """One sparse MoE block: its router module and weight [E, d], packed experts gate_up_proj [E, 2I, d] (gate rows,
+    then up rows) and down_proj [E, d, I], and an optional (sigmoid-gated) shared expert that every token uses.
 
-    A family whose router is not softmax top-k gives its `routing` (x [T, d] -> logits, weights, ids as the model
-    routes); a per-expert `selection_bias` [E] (DeepSeek-V3's e_score_correction_bias) follows the router rows
-    through every cut."""
+    A family whose block differs says how: `routing` (x [T, d] -> logits, weights, ids as the model routes),
+    `expert_fn` (one expert's unweighted output, for experts that are not bias-free SwiGLU in the layout above),
+    `expert_biases` (per-expert tensors [E, ...] a merge combines with the weights), `router_bias` [E] (added to the
+    logits, gpt-oss's) and `selection_bias` [E] (added for the choice only, DeepSeek-V3's e_score_correction_bias);
+    both router biases follow the router rows through every cut."""
 
     module: nn.Module
+    router_module: nn.Module
     router: nn.Parameter
     gate_up_proj: nn.Parameter
     down_proj: nn.Parameter
@@ -39,7 +44,11 @@ class MoEView:
     shared_expert: nn.Module | None = None
     shared_expert_gate: nn.Linear | None = None
     selection_bias: torch.Tensor | None = None
+    router_bias: torch.Tensor | None = None
+    expert_biases: tuple[nn.Parameter, ...] = ()
     routing: Routing | None = None
+    expert_fn: ExpertFn | None = None
+    returns_weights: bool = False  # the block returns (output, top-k weights), as gpt-oss's does
 
     @property
     def num_experts(self) -> int:
@@ -47,7 +56,7 @@ class MoEView:
 
     @property
     def intermediate_size(self) -> int:
-        return self.down_proj.shape[-1]
+        return self.gate_up_proj[0].numel() // (2 * self.router.shape[1])
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [T, d] -> (router_logits [T, E], topk_weights [T, k], topk_ids [T, k]) as the family routes: its
@@ -62,9 +71,20 @@ class MoEView:
         return logits, weights.to(logits.dtype), ids
 
     def expert_forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:
-        """Unweighted output [T, d] of routed expert `expert` on x [T, d] (SwiGLU)."""
+        """Unweighted output [T, d] of routed expert `expert` on x [T, d]: the family's `expert_fn`, else SwiGLU."""
+        if self.expert_fn is not None:
+            return self.expert_fn(self, expert, x)
         gate, up = F.linear(x, self.gate_up_proj[expert]).chunk(2, dim=-1)
         return F.linear(self.act_fn(gate) * up, self.down_proj[expert])
+
+    def sorted_expert_outputs(self, x_sorted: torch.Tensor, counts: torch.Tensor,
+                              kernel: ExpertOutputsKernel) -> torch.Tensor:
+        """Unweighted outputs [n, d] of tokens x_sorted [n, d] sorted by expert, counts [E] of each: `kernel`
+        (slim.kernels.grouped_experts) on SwiGLU experts, else the family's `expert_fn` expert by expert."""
+        if self.expert_fn is None:
+            return kernel(self.gate_up_proj, self.down_proj, self.act_fn, x_sorted, counts)
+        chunks = x_sorted.split(counts.tolist())
+        return torch.cat([self.expert_forward(expert, chunk) for expert, chunk in enumerate(chunks)])
 
     def shared_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Gated shared-expert output [T, d]; zeros for families without one."""
@@ -137,6 +157,7 @@ def moe_view(block: nn.Module, shared_expert: nn.Module | None = None, shared_ga
     one with an `e_score_correction_bias` gives the view its selection bias."""
     return MoEView(
         module=block,
+        router_module=block.gate,
         router=block.gate.weight,
         gate_up_proj=block.experts.gate_up_proj,
         down_proj=block.experts.down_proj,

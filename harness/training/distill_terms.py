@@ -101,7 +101,7 @@ def collect_router_logits(model: PreTrainedModel) -> Iterator[list[torch.Tensor]
     """
     collected: list[torch.Tensor] = []
     handles = [
-        layer.moe.module.gate.register_forward_hook(lambda _module, _args, output: collected.append(output[0]))
+        layer.moe.router_module.register_forward_hook(lambda _module, _args, output: collected.append(output[0]))
         for layer in view(model).moe_layers()
     ]
     try:

@@ -15,6 +15,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from slim.harness.compression.modeling_slim import expert_count
 from slim.harness.errors import UserError
+from slim.harness.models.families import model_families, softmax_router_families
+from slim.harness.models.portable import family_of
 from slim.methods.zeda.modeling_zeda import install_zero_experts, zero_expert_routers
 from slim.methods.zeda.options import ZedaConfig
 
@@ -26,8 +28,13 @@ def moe_expert_counts(config: PretrainedConfig) -> list[int]:
 
 
 def check_injection(cfg: ZedaConfig, config: PretrainedConfig) -> None:
-    """Refuse, in one line naming the field, a zero-expert count below 1 or a group size that does not divide
-    every MoE layer's expert count."""
+    """Refuse, in one line naming the field, a family whose router is not a plain softmax top-k (the zero experts
+    extend that softmax), a zero-expert count below 1 or a group size that does not divide every MoE layer's
+    expert count."""
+    family = family_of(config.model_type)
+    if not model_families.get(family, "zeda.teacher model_type").softmax_router:
+        raise UserError(f"zeda.teacher: family {family!r} does not route by a plain softmax top-k, which ZEDA's zero "
+                        f"experts extend; allowed families: {', '.join(softmax_router_families())}")
     if cfg.num_zero_experts < 1:
         raise UserError(f"zeda.num_zero_experts: must be >= 1, got {cfg.num_zero_experts}")
     counts = moe_expert_counts(config)

@@ -29,7 +29,7 @@ def freeze_all_but_routers(student: PreTrainedModel, mtp: MTPModule | None) -> N
         if module is not None:
             module.requires_grad_(False)
     for layer in view(student).moe_layers():
-        layer.moe.module.gate.requires_grad_(True)
+        layer.moe.router_module.requires_grad_(True)
 
 
 def flops_metrics(prefix: str, counts: ExpertFlopsCounts) -> dict[str, float]:

@@ -43,12 +43,20 @@ class ModelFamily:
     # Updates the config fields that count layers its own way after a depth cut: (config, kept old indices, new
     # indices of the kept dense layers). None: the generic fields (layer_types, mlp_only_layers) say it all.
     renumber_layers: Callable[[PretrainedConfig, Sequence[int], Sequence[int]], None] | None = None
+    # Whether its router is a softmax over all experts, then top-k (a router weight and nothing else): what
+    # adaptations that extend the router (ZEDA's zero experts) build on.
+    softmax_router: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.doc)  # what `slim methods` lists
 
 
 model_families: Registry[ModelFamily] = Registry.of_group("slim.model_families")
+
+
+def softmax_router_families() -> list[str]:
+    """The registered families whose router is a plain softmax top-k (ModelFamily.softmax_router)."""
+    return sorted(name for name, family in model_families.items() if family.softmax_router)
 
 TRANSFORMERS_CACHE = "transformers"
 

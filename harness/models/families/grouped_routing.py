@@ -31,7 +31,7 @@ from slim.harness.models.view import LayerView, MoEView, attention_layer_view, d
 
 def route(moe: MoEView, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [T, d] -> (router logits [T, E], weights [T, k], ids [T, k]) from the block's own router."""
-    return moe.module.gate(x)
+    return moe.router_module(x)
 
 
 def check_groups(config: PretrainedConfig, kept: Sequence[int], top_k: int) -> None:
@@ -91,4 +91,5 @@ def grouped_family(doc: str, hf_config: Callable[[ModelConfig], PretrainedConfig
         return attention_layer_view(index, layer, moe, norm_types)
 
     return ModelFamily(doc, hf_config, functools.partial(decoder_view, layer_view=layer_view), check_config,
-                       hidden_dims, check_experts=check_groups, renumber_layers=renumber_dense_prefix)
+                       hidden_dims, check_experts=check_groups, renumber_layers=renumber_dense_prefix,
+                       softmax_router=False)
