@@ -28,8 +28,10 @@ FAMILY_SHAPE = {
     "olmoe": [*PLAIN_MOE, "model.head_dim=16"],  # OLMoE: head_dim = hidden_size / num_attention_heads
     "mixtral": PLAIN_MOE,
     # Group-limited routing: 8 experts in 2 groups, the best group only; layer 0 dense; one shared expert.
+    # MLA sizes in whole 32-blocks where FP8 scales them (tests/test_quantized_release.py).
     "deepseek_v3": [*GROUPED, "model.partial_rotary_factor=1.0", "model.kv_lora_rank=32", "model.q_lora_rank=24",
-                    "model.qk_rope_head_dim=16", "model.v_head_dim=32"],
+                    "model.head_dim=64", "model.qk_rope_head_dim=32", "model.v_head_dim=32",
+                    "model.num_key_value_heads=4"],
     "glm4_moe": [*GROUPED, "model.partial_rotary_factor=0.5"],
     "gpt_oss": PLAIN_MOE,
 }

@@ -22,6 +22,7 @@ from slim.harness.errors import UserError
 from slim.harness.models import nested, portable
 from slim.harness.models.families import model_families, prepare_decoding
 from slim.harness.models.linear_attention_path import install_device_dispatch
+from slim.harness.models.quantized import check_quantization, dequantizing_kwargs
 from slim.harness.outputs import check_output_dir, mark
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -88,6 +89,7 @@ def read_model_config(path: str | Path, field: str) -> PretrainedConfig:
     any work; one-line UserError naming `field` when there is no model directory."""
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{field}: no Hugging Face model directory at {path} (config.json missing)")
+    check_quantization(json.loads((Path(path) / "config.json").read_text()), f"{field}: checkpoint {path}")
     return read_config(path)
 
 
@@ -127,10 +129,12 @@ def check_checkpoint(path: str | Path, field: str = "") -> None:
     if not config_file.is_file():
         raise UserError(f"{label} {path}: no config.json, not a Hugging Face model directory")
     try:
-        family = _language_model_type(json.loads(config_file.read_text()))
+        data = json.loads(config_file.read_text())
+        family = _language_model_type(data)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise UserError(f"{label} {config_file}: not a JSON object ({error})") from error
     model_families.validate(family, f"{label} {config_file} model_type")
+    check_quantization(data, f"{label} {path}")
     _check_weights(path, label)
 
 
@@ -171,13 +175,16 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[PreTrainedMo
     """Load a model directory written by `save_pretrained` (or any supported HF checkpoint) onto `device`,
     with its tokenizer when the directory has one, ready to decode with a cache (`prepare_decoding`: a
     depth-pruned Qwen3-Next without attention layers too). Missing or mismatched weights are an error, never
-    silently re-initialized."""
+    silently re-initialized. A quantized release (FP8, MXFP4) is dequantized to bf16 as it loads
+    (slim.harness.models.quantized)."""
     path = Path(path)
     check_checkpoint(path)
     install_device_dispatch()
     try:
         model_class, config = _model_class(path)
-        model, info = model_class.from_pretrained(path, config=config, device_map=device, output_loading_info=True)
+        dequantize = dequantizing_kwargs(json.loads((path / "config.json").read_text()))
+        model, info = model_class.from_pretrained(path, config=config, device_map=device, output_loading_info=True,
+                                                  **dequantize)
     except (OSError, ValueError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"checkpoint {path}: cannot load ({first_line})") from error

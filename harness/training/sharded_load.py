@@ -10,6 +10,7 @@ files). So a rank other than 0 peaks at its shards plus one full tensor. Buffers
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +27,7 @@ from slim.harness.models.checkpoint_state import read_state_dict
 from slim.harness.models.io import empty_model
 from slim.harness.models.mtp import MTPModule, build_mtp, construct_mtp, mtp_depth
 from slim.harness.models.mtp_io import has_mtp_weights, read_mtp_state
+from slim.harness.models.quantized import check_not_quantized
 
 T = TypeVar("T")
 InitWeights = Callable[[nn.Module], None]  # a family's `_init_weights`, applied module by module
@@ -76,7 +78,9 @@ def fill_from_rank0(module: nn.Module, read_state: Callable[[], dict[str, torch.
 
 def empty_with_mtp(directory: str | Path, with_mtp: bool) -> tuple[PreTrainedModel, MTPModule | None]:
     """`directory`'s model built on the meta device (slim.harness.models.io.empty_model) and, when `with_mtp` and its
-    config has MTP depths, an MTP module for it on the meta device in the model's dtype."""
+    config has MTP depths, an MTP module for it on the meta device in the model's dtype. A quantized release is
+    refused: the sharded read takes the stored tensors as they are."""
+    check_not_quantized(json.loads((Path(directory) / "config.json").read_text()), f"checkpoint {directory}")
     model = empty_model(directory)
     if not (with_mtp and mtp_depth(model)):
         return model, None

@@ -31,6 +31,8 @@ def check(cfg: ModelConfig) -> None:
     grouped.check(cfg)
     require(cfg, "partial_rotary_factor", lambda factor: factor == 1.0,
             "1.0 (deepseek_v3 sizes its rotated part by model.qk_rope_head_dim)")
+    require(cfg, "num_key_value_heads", lambda heads: heads == cfg.num_attention_heads,
+            f"{cfg.num_attention_heads} (model.num_attention_heads: latent attention expands keys and values per head)")
 
 
 def hf_config(cfg: ModelConfig) -> DeepseekV3Config:
