@@ -184,3 +184,17 @@ def test_plan_is_within_a_quarter_of_a_measured_tiny_step(teacher_dir, student_d
     measured, planned = weights + step.peak, plan_run(cfg).total
     print(f"tiny step: planned {planned / 2**20:.2f} MiB, measured {measured / 2**20:.2f} MiB")
     assert abs(planned - measured) <= 0.25 * measured
+
+
+def test_the_qwen3_5_recipe_cuts_in_the_papers_proportions_and_fits_one_node(capsys):
+    """Qwen3.5-35B-A3B under the paper's recipe (issue 26): 40 -> 30 layers, hidden 1536, 128 experts top-6, about 11B
+    total parameters, on one node of 8 x 80 GiB."""
+    cfg = load_config(["model=qwen3.5-35b-a3b", "plan.nodes=1", "plan.gpus=8", "plan.gpu_memory_gib=80"],
+                      files=["conf/recipes/qwen3.5-35b-a3b-slim.yaml"])
+    recipe = cfg.compress
+    student = student_shape(cfg.model, recipe.depth.num_drop, recipe.width.hidden_size, recipe.experts.num_experts,
+                            recipe.experts.top_k).model
+    assert (student.family, student.num_hidden_layers, student.hidden_size) == ("qwen3_5_moe_text", 30, 1536)
+    assert (student.num_experts, student.num_experts_per_tok) == (128, 6)
+    assert 10e9 < model_shape(student).params.total < 12e9
+    assert plan_run(cfg).fits
