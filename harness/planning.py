@@ -249,8 +249,8 @@ def _fixes(cfg: SlimConfig, teacher: ModelShape, student: ModelShape) -> tuple[s
     return tuple(fixes)
 
 
-def format_plan(plan: MemoryPlan, cfg: PlanConfig) -> str:
-    """The plan as a table of GiB per GPU, with the verdict."""
+def format_plan(plan: MemoryPlan, cfg: PlanConfig, notes: tuple[str, ...] = ()) -> str:
+    """The plan as a table of GiB per GPU, then `notes` (one line each), then the verdict, last."""
     lines = [f"{cfg.nodes} node(s) x {cfg.gpus} GPUs of {cfg.gpu_memory_gib:g} GiB (W = {plan.world_size}); "
              f"micro-batch {plan.micro_batch} sequence(s) x {plan.accumulation} accumulation steps per GPU"]
     lines += [f"  {name:<20} {value / GIB:8.2f} GiB" for name, value in plan.parts.items()]
@@ -262,6 +262,7 @@ def format_plan(plan: MemoryPlan, cfg: PlanConfig) -> str:
     lines += [f"  host memory, {stage}: {value / GIB:.2f} GiB" for stage, value in plan.host.items()]
     if not plan.fits:
         lines.append("  each of these alone fits: " + ("; ".join(plan.fixes) if plan.fixes else "none found"))
+    lines += [f"  {note}" for note in notes]
     lines.append("fits" if plan.fits else f"does not fit: the distillation step is "
                  f"{(plan.total - plan.usable) / GIB:.2f} GiB over per GPU")
     return "\n".join(lines)

@@ -147,13 +147,14 @@ PLAN_DOES_NOT_FIT = 3  # `slim plan`'s exit status when the run does not fit (a 
 
 def plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of distilling the `compress` recipe's student from `model` on plan.nodes x plan.gpus GPUs of
-    plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), and whether it fits
-    (exit status 3 when it does not)."""
+    plan.gpu_memory_gib GiB (parameters, gradients, optimizer, frozen teacher, activations), whether it fits
+    (exit status 3 when it does not), and the time the token budget takes at a measured real-width step's rate."""
     cfg = _config(args)
     from slim.harness.planning import format_plan, plan_run
+    from slim.harness.time_to_train import time_to_train_line
 
     memory = plan_run(cfg)
-    print(format_plan(memory, cfg.plan))
+    print(format_plan(memory, cfg.plan, notes=(time_to_train_line(cfg),)))
     return 0 if memory.fits else PLAN_DOES_NOT_FIT
 
 

@@ -60,7 +60,8 @@ class FrozenTeacher:
                 self.mtp.to(device)
 
 
-def _frozen(model: PreTrainedModel, mtp: MTPModule | None) -> FrozenTeacher:
+def frozen_teacher(model: PreTrainedModel, mtp: MTPModule | None) -> FrozenTeacher:
+    """`model` and `mtp` as a FrozenTeacher: eval mode, no gradients."""
     for module in (model, mtp):
         if module is not None:
             module.eval().requires_grad_(False)
@@ -70,12 +71,12 @@ def _frozen(model: PreTrainedModel, mtp: MTPModule | None) -> FrozenTeacher:
 def load_teacher(path: str | Path) -> FrozenTeacher:
     """The teacher in eval mode without gradients, with its MTP module when the directory holds MTP weights."""
     model, _ = load_pretrained(path)
-    return _frozen(model, find_mtp(model, path))
+    return frozen_teacher(model, find_mtp(model, path))
 
 
 def teacher_skeleton(path: str | Path) -> FrozenTeacher:
     """`load_teacher`'s modules built on the meta device, weights unread: FSDP shards them, then fills them."""
-    return _frozen(*empty_with_mtp(path, with_mtp=has_mtp_weights(path)))
+    return frozen_teacher(*empty_with_mtp(path, with_mtp=has_mtp_weights(path)))
 
 
 _ANNOUNCED_FRESH_MTP: set[str] = set()
