@@ -11,10 +11,10 @@ term's logits as slim.harness.training.loss_terms does (the pre-fusion step); "f
 N = 4d tokens, so the [V, d] weight-gradient floor does not hide the saving; on CUDA d = 2048, N = 4096.
 Targets: memory <= 0.2x,
 time <= 1.0x.
-Every (vocab, implementation) pair runs in a fresh child process (this file with --worker), one after the
-other in the same bench run, on identical seeded inputs: the first call is the warm-up and the memory
-measurement, then `--repeats` calls give the median time. MEMORY_METHOD says how peak memory is taken.
-Targets: memory <= 0.2x and time <= 1.2x the reference.
+Peak memory: every (vocab, implementation) pair's first call in a fresh child process (this file with --worker),
+MEMORY_METHOD says how. Time: one more child per vocab runs all implementations on identical seeded inputs,
+interleaved round by round after a warm-up round (bench/bench_method.py), ratios paired per round; a ratio whose
+rounds spread over NOISE_BOUND of its median is refused. Targets: memory <= 0.2x and time <= 1.2x the reference.
 """
 
 from __future__ import annotations
@@ -23,17 +23,26 @@ import argparse
 import datetime
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slim.harness.provenance import stamped
+from bench_method import (  # noqa: E402
+    MIN_ROUNDS,
+    Spread,
+    environment,
+    interleaved,
+    load_average,
+    paired_ratio,
+    refuse_noisy,
+)
+
+from slim.harness.provenance import stamped  # noqa: E402
 from slim.harness.training.distill_terms import HiddenStates, head_terms  # noqa: E402
 from slim.harness.training.loss_terms import kd_loss_from_logits, lm_loss, mtp_kd_loss, mtp_lm_loss  # noqa: E402
 from slim.kernels.kd_loss import kd_implementations  # noqa: E402
@@ -58,6 +67,7 @@ MEMORY_TARGET = 0.2
 TIME_TARGET = 1.2
 STEP_HIDDEN = 256
 STEP_TIME_TARGET = 1.0
+NOISE_BOUND = 0.5  # a time ratio's rounds may spread at most this share of its median
 STEP_LAMBDA, STEP_BETA = 0.5, 0.2  # a mid-schedule point of eq 12: every term has a nonzero weight
 
 
@@ -68,10 +78,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--tokens", type=int, help="N for every vocab size (default: 4096 on cuda, smaller on cpu)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=MIN_ROUNDS, help="timed rounds after one warm-up round")
+    parser.add_argument("--vocab-sizes", type=int, nargs="+", default=list(VOCAB_SIZES))
     parser.add_argument("--chunk-size", type=int, help="chunk rows for the chunked kernels (default: their own)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--names", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -130,15 +142,14 @@ def peak_bytes_since_start(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def worker(args: argparse.Namespace, dtype: torch.dtype, num_tokens: int) -> dict[str, float | list[float]]:
-    """Child process: one warm-up call measuring peak memory, then `repeats` timed calls."""
-    inputs = make_inputs(num_tokens, args.vocab, dtype, args.device, hidden_size(args))
+def make_loss(args: argparse.Namespace, name: str, inputs: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One forward + backward of implementation `name` on `inputs`, gradients cleared after."""
     if args.case == "step":
         def loss() -> torch.Tensor:
-            return naive_step(inputs) if args.worker == "naive" else fused_step(inputs, args.worker.split("-")[-1])
+            return naive_step(inputs) if name == "naive" else fused_step(inputs, name.split("-")[-1])
     else:
-        loss_fn = kd_loss_reference if args.worker == "reference" else kd_implementations.get(args.worker)
-        options = {} if args.worker == "reference" or args.chunk_size is None else {"chunk_size": args.chunk_size}
+        loss_fn = kd_loss_reference if name == "reference" else kd_implementations.get(name)
+        options = {} if name == "reference" or args.chunk_size is None else {"chunk_size": args.chunk_size}
         kd_inputs = {key: inputs[key] for key in ("student_hidden", "teacher_hidden", "student_head_weight",
                                                   "teacher_head_weight")}
 
@@ -151,40 +162,57 @@ def worker(args: argparse.Namespace, dtype: torch.dtype, num_tokens: int) -> dic
         if args.device == "cuda":
             torch.cuda.synchronize()
 
+    return call
+
+
+def memory_worker(args: argparse.Namespace, dtype: torch.dtype, num_tokens: int) -> dict[str, int]:
+    """Child process of one implementation: the peak memory of its first call (MEMORY_METHOD)."""
+    inputs = make_inputs(num_tokens, args.vocab, dtype, args.device, hidden_size(args))
+    call = make_loss(args, args.worker, inputs)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated() if args.device == "cuda" else peak_bytes_since_start("cpu")
     call()
-    peak = peak_bytes_since_start(args.device) - baseline
-    seconds = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return {"peak_bytes": peak, "seconds": seconds, "median_s": statistics.median(seconds)}
+    return {"peak_bytes": peak_bytes_since_start(args.device) - baseline}
 
 
-def run_child(args: argparse.Namespace, name: str, vocab_size: int, num_tokens: int) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--vocab", str(vocab_size), "--tokens", str(num_tokens),
-               "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats), "--case", args.case]
+def time_worker(args: argparse.Namespace, dtype: torch.dtype, num_tokens: int) -> dict[str, dict]:
+    """Child process of every implementation on the same inputs, interleaved (bench/bench_method.py)."""
+    inputs = make_inputs(num_tokens, args.vocab, dtype, args.device, hidden_size(args))
+    timings = interleaved({name: make_loss(args, name, inputs) for name in args.names.split(",")},
+                          rounds=args.repeats)
+    names = args.names.split(",")
+    return {name: spread.summary() for name, spread in timings.items()} | {
+        "ratio_values": {name: paired_ratio(timings, name, names[0]).values for name in names[1:]}}
+
+
+def run_child(args: argparse.Namespace, worker: str, vocab_size: int, num_tokens: int, names: list[str]) -> dict:
+    command = [sys.executable, __file__, "--worker", worker, "--vocab", str(vocab_size), "--tokens", str(num_tokens),
+               "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats), "--case", args.case,
+               "--names", ",".join(names)]
     if args.chunk_size is not None:
         command += ["--chunk-size", str(args.chunk_size)]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
 def compare(args: argparse.Namespace, vocab_size: int, num_tokens: int) -> dict:
-    """Reference and every other runnable implementation on one shape, with ratios and verdicts."""
+    """Reference and every other runnable implementation on one shape: peak memory from a fresh process each,
+    time interleaved in one process, ratios to the reference per round."""
     triton = args.device == "cuda" and "triton" in kd_implementations.keys()
     names = (["naive", "fused-chunked"] + (["fused-triton"] if triton else []) if args.case == "step"
              else ["reference", "chunked"] + (["triton"] if triton else []))
-    results = {name: run_child(args, name, vocab_size, num_tokens) for name in names}
-    naive = results[names[0]]
+    results = {name: run_child(args, name, vocab_size, num_tokens, names) for name in names}
+    times = run_child(args, "time", vocab_size, num_tokens, names)
+    for name in names:
+        results[name]["seconds"] = times[name]
     for name in names[1:]:
         result = results[name]
-        result["memory_ratio"] = result["peak_bytes"] / naive["peak_bytes"]
-        result["time_ratio"] = result["median_s"] / naive["median_s"]
+        result["memory_ratio"] = result["peak_bytes"] / results[names[0]]["peak_bytes"]
+        ratio = Spread(tuple(times["ratio_values"][name]))
+        refuse_noisy(f"V={vocab_size} {name} time", ratio, NOISE_BOUND)
+        result["time_ratio"] = ratio.summary()
         result["memory_pass"] = result["memory_ratio"] <= MEMORY_TARGET
-        result["time_pass"] = result["time_ratio"] <= time_target(args)
+        result["time_pass"] = result["time_ratio"]["median"] <= time_target(args)
     hidden = hidden_size(args)
     return {"vocab_size": vocab_size, "tokens": num_tokens, "hidden": hidden,
             "weight_grad_accumulator_bytes": vocab_size * hidden * 4, "results": results}
@@ -215,10 +243,12 @@ def main() -> None:
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     args.out = args.out or f"bench/results/kd_loss{'_step' if args.case == 'step' else ''}.json"
     if args.worker:
+        worker = time_worker if args.worker == "time" else memory_worker
         print(json.dumps(worker(args, getattr(torch, args.dtype), args.tokens)))
         return
+    load_before = load_average()
     shapes = []
-    for vocab_size in VOCAB_SIZES:
+    for vocab_size in args.vocab_sizes:
         num_tokens, why = tokens_for(args, vocab_size)
         shapes.append(compare(args, vocab_size, num_tokens) | {"tokens_reason": why})
     report = {
@@ -231,6 +261,9 @@ def main() -> None:
         "memory_method": MEMORY_METHOD,
         "shapes": shapes,
         "torch": torch.__version__,
+        "method": "bench/bench_method.py: the implementations interleaved in one process after a warm-up round, "
+                  "time ratios paired per round (median, min-max); peak memory from a fresh process each",
+        **environment(torch.get_num_threads(), load_before),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(args.out)
@@ -239,10 +272,10 @@ def main() -> None:
     print(f"{'V':>7} {'N':>5} {'impl':>13} {'time s':>8} {'peak MiB':>9} {'time x':>7} {'mem x':>6}  verdict")
     for shape in shapes:
         for name, result in shape["results"].items():
-            ratios = (f"{result['time_ratio']:7.2f} {result['memory_ratio']:6.3f}  "
+            ratios = (f"{result['time_ratio']['median']:7.2f} {result['memory_ratio']:6.3f}  "
                       f"{'ok' if result['time_pass'] and result['memory_pass'] else 'MISSES TARGET'}"
                       if "time_ratio" in result else f"{'1':>7} {'1':>6}  baseline")
-            print(f"{shape['vocab_size']:>7} {shape['tokens']:>5} {name:>13} {result['median_s']:8.3f} "
+            print(f"{shape['vocab_size']:>7} {shape['tokens']:>5} {name:>13} {result['seconds']['median']:8.3f} "
                   f"{result['peak_bytes'] / 2**20:9.0f} {ratios}")
     print(f"-> {out}")
 
