@@ -43,6 +43,7 @@ from slim.harness.compression.shapes import student_shape  # noqa: E402
 from slim.harness.config.load import load_config  # noqa: E402
 from slim.harness.config.schema import ModelConfig  # noqa: E402
 from slim.harness.models.build import build_model  # noqa: E402
+from slim.harness.models.linear_attention_path import linear_attention_backend  # noqa: E402
 from slim.harness.models.mtp import build_mtp  # noqa: E402
 from slim.harness.models.view import moe_view, view  # noqa: E402
 from slim.harness.provenance import stamped  # noqa: E402
@@ -155,8 +156,13 @@ def main() -> None:
     mfu = Spread(tuple(step_flop / matmul_flop / ratio for ratio in paired_ratio(timings, "step", "matmul").values))
     refuse_noisy("model FLOPs utilisation", mfu, NOISE_BOUND)
     flop_rate = Spread(tuple(step_flop / seconds for seconds in timings["step"].values))
+    backend = linear_attention_backend(args.device)
+    if cuda and backend != "fla":
+        raise SystemExit("distill_scale: Gated DeltaNet would run on the torch path, not flash-linear-attention; a "
+                         "GPU result is only written when fla runs: install the gpu extra (Triton >= 3.7.1)")
     report = {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": precision,
+        "gated_deltanet": backend,
         "teacher": f"{TEACHER_PRESET}, {args.layers} layers + 1 MTP depth", "recipe": RECIPE,
         "student": f"{RECIPE} student, {args.layers} layers + 1 MTP depth", "loss": "full",
         "tie_experts": args.tie_experts, "batch": args.batch, "seq_len": args.seq_len,

@@ -7,6 +7,8 @@
 2. `slim run` of the tiny recipe (calibrate -> compress -> distill) on CUDA, once at 32-true and once with
    bf16-mixed + the Triton KD kernel + activation checkpointing: tokens/s, peak GPU memory, final train loss and
    validation perplexity of each, and their gap.
+It records which implementation ran Gated DeltaNet; when that was not flash-linear-attention the result is written
+as `<out>_without_fla.json` and the script exits 1, so a torch-path run never stands as the fast path's result.
 Not a CI test: run it through the device tool when a GPU is lent (`bench/gpu_smoke.sh`).
 """
 
@@ -33,6 +35,7 @@ from slim.harness.pipeline import run_recipe
 from slim.harness.provenance import stamped
 
 TINY_RECIPE = ["conf/recipes/tiny-slimqwen.yaml", "ablations/tiny.yaml"]
+WITHOUT_FLA = "_without_fla"  # the suffix of a result whose Gated DeltaNet took the torch path
 FAST_PATH = ["train.precision=bf16-mixed", "distill.kd_kernel=triton", "train.activation_checkpointing=true"]
 
 
@@ -119,9 +122,15 @@ def main() -> None:
         "throughput_ratio": fast["tokens_per_second"] / fp32["tokens_per_second"],
         "peak_memory_ratio": fast["peak_memory_gib"] / fp32["peak_memory_gib"],
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(stamped(result), indent=2) + "\n")
+    out = Path(args.out)
+    if result["linear_attention_in_runs"] != "fla":  # never a torch-path number under the fast path's name
+        out = out.with_name(f"{out.stem}{WITHOUT_FLA}{out.suffix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(stamped(result), indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if out.name != Path(args.out).name:
+        raise SystemExit(f"gpu_smoke: Gated DeltaNet ran on the torch path, not flash-linear-attention; the result "
+                         f"went to {out}, not {args.out}: install the gpu extra (Triton >= 3.7.1) and rerun")
 
 
 if __name__ == "__main__":

@@ -9,4 +9,6 @@ source "$(dirname "$0")/gpu_env.sh"
 status=0
 python3 bench/gpu_smoke.py --out "$out/gpu_smoke.json" 2>&1 | tee "$out/gpu_smoke.log" || status=1
 python3 bench/moe_block.py --device cuda --out "$out/moe_block_cuda.json" 2>&1 | tee "$out/moe_block.log" || status=1
+python3 bench/distill_scale.py --device cuda --out "$out/distill_scale_cuda.json" 2>&1 | tee "$out/distill_scale.log" \
+    || status=1
 exit $status
