@@ -50,16 +50,11 @@ def set_experts(moe: MoEView, router: torch.Tensor, gate_up_proj: torch.Tensor, 
     """Install router [E', d], gate_up_proj [E', 2I, d], down_proj [E', d, I], the block's router biases [E'] and
     expert biases [E', ...] (in `router_vectors` / `expert_biases` order), and the modules' expert counts."""
     moe.router.data, moe.gate_up_proj.data, moe.down_proj.data = router, gate_up_proj, down_proj
-    for tensor, new in zip(router_vectors_of(moe), router_vectors, strict=True):
+    for tensor, new in zip(moe.router_vectors, router_vectors, strict=True):
         tensor.data = new
     for tensor, new in zip(moe.expert_biases, expert_biases, strict=True):
         tensor.data = new
     moe.router_module.num_experts = moe.module.experts.num_experts = router.shape[0]
-
-
-def router_vectors_of(moe: MoEView) -> list[torch.Tensor]:
-    """The per-expert router biases [E] of `moe` that follow the router rows (logit bias, then selection bias)."""
-    return [bias for bias in (moe.router_bias, moe.selection_bias) if bias is not None]
 
 
 def apply_to_moe(moe: MoEView, plan: ExpertPlan) -> None:
@@ -67,7 +62,7 @@ def apply_to_moe(moe: MoEView, plan: ExpertPlan) -> None:
     combined by the plan's groups."""
     kept = plan.kept_ids()
     set_experts(moe, *apply_plan(plan, moe.router, moe.gate_up_proj, moe.down_proj),
-                [bias[kept] for bias in router_vectors_of(moe)],
+                [bias[kept] for bias in moe.router_vectors],
                 [combine_experts(bias, plan) for bias in moe.expert_biases])
 
 
@@ -120,6 +115,6 @@ def resize_experts(model: PreTrainedModel, counts: Mapping[int, int], top_k: int
             return tensor.new_empty(count, *tensor.shape[1:])
 
         set_experts(moe, *map(empty, (moe.router, moe.gate_up_proj, moe.down_proj)),
-                    list(map(empty, router_vectors_of(moe))), list(map(empty, moe.expert_biases)))
+                    list(map(empty, moe.router_vectors)), list(map(empty, moe.expert_biases)))
     _set_top_k(model, moes, top_k)
     record_expert_counts(model)

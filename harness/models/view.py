@@ -16,10 +16,10 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from slim.harness.models.families import model_families
+from slim.kernels.grouped_experts import ExpertOutputs
 
 Routing = Callable[["MoEView", torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 ExpertFn = Callable[["MoEView", int, torch.Tensor], torch.Tensor]
-ExpertOutputsKernel = Callable[..., torch.Tensor]  # slim.kernels.grouped_experts.ExpertOutputs
 
 
 @dataclass
@@ -55,6 +55,11 @@ class MoEView:
         return self.router.shape[0]
 
     @property
+    def router_vectors(self) -> list[torch.Tensor]:
+        """The per-expert router biases [E] that follow the router rows (logit bias, then selection bias)."""
+        return [bias for bias in (self.router_bias, self.selection_bias) if bias is not None]
+
+    @property
     def intermediate_size(self) -> int:
         return self.gate_up_proj[0].numel() // (2 * self.router.shape[1])
 
@@ -78,7 +83,7 @@ class MoEView:
         return F.linear(self.act_fn(gate) * up, self.down_proj[expert])
 
     def sorted_expert_outputs(self, x_sorted: torch.Tensor, counts: torch.Tensor,
-                              kernel: ExpertOutputsKernel) -> torch.Tensor:
+                              kernel: ExpertOutputs) -> torch.Tensor:
         """Unweighted outputs [n, d] of tokens x_sorted [n, d] sorted by expert, counts [E] of each: `kernel`
         (slim.kernels.grouped_experts) on SwiGLU experts, else the family's `expert_fn` expert by expert."""
         if self.expert_fn is None:
