@@ -67,19 +67,25 @@ def save_pretrained(
     return out_dir
 
 
+def _nests_language_model(data: dict) -> bool:
+    """Whether a config.json's dict is no family itself but nests the language model of one
+    (slim.harness.models.nested)."""
+    own = portable.family_of(str(data.get("model_type")))
+    return nested.text_model_type(data) is not None and own not in model_families.keys()
+
+
 def _language_model_type(data: dict) -> str:
-    """The family a config.json's dict is read as: its model type (a portable one's stock family), or the type of
-    the language model it nests when it is no family itself (slim.harness.models.nested)."""
-    family = portable.family_of(str(data.get("model_type")))
-    nested_type = nested.text_model_type(data)
-    return nested_type if nested_type is not None and family not in model_families.keys() else family
+    """The family a config.json's dict is read as: the nested language model's, or its own model type (a portable
+    one's stock family)."""
+    if _nests_language_model(data):
+        return nested.text_model_type(data)
+    return portable.family_of(str(data.get("model_type")))
 
 
 def read_config(path: str | Path) -> PretrainedConfig:
     """The config the harness builds the model of directory `path` from: a nested checkpoint's language model's, else
     the stock config of its family (slim.harness.models.portable.read_config)."""
-    data = json.loads((Path(path) / "config.json").read_text())
-    if _language_model_type(data) != portable.family_of(str(data.get("model_type"))):
+    if _nests_language_model(json.loads((Path(path) / "config.json").read_text())):
         return nested.read_text_config(path)
     return portable.read_config(path)
 
