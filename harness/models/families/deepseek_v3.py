@@ -14,11 +14,10 @@ from slim.harness.models.families import BACKBONE_HIDDEN_DIMS, common_hf_kwargs,
 from slim.harness.models.families import grouped_routing as grouped
 
 NORM_TYPES = (modeling.DeepseekV3RMSNorm,)
-ATTENTION = ("q_proj", "k_proj", "v_proj")
-# The backbone's hidden dims without the q/k/v projections MLA lacks, plus its latent projections and the shared
-# experts (the latent norms are rank-sized).
+# The backbone's hidden dims (MLA has q_proj only without a query latent, and no k/v projections), plus the latent
+# down-projections and the shared experts (the latent norms and up-projections are rank-sized).
 HIDDEN_DIMS = {
-    **{name: dim for name, dim in BACKBONE_HIDDEN_DIMS.items() if name.split(".")[-2] not in ATTENTION},
+    **BACKBONE_HIDDEN_DIMS,
     "model.layers.*.self_attn.q_a_proj.weight": 1,
     "model.layers.*.self_attn.kv_a_proj_with_mqa.weight": 1,
     "model.layers.*.mlp.shared_experts.gate_proj.weight": 1,
