@@ -44,7 +44,7 @@ class ModelFamily:
     # indices of the kept dense layers). None: the generic fields (layer_types, mlp_only_layers) say it all.
     renumber_layers: Callable[[PretrainedConfig, Sequence[int], Sequence[int]], None] | None = None
     # Whether its router is a softmax over all experts, then top-k (a router weight and nothing else): what
-    # adaptations that extend the router (ZEDA's zero experts) build on.
+    # adaptations that extend the router (zero experts) build on.
     softmax_router: bool = True
 
     def __post_init__(self) -> None:

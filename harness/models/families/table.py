@@ -10,7 +10,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from slim.harness.models.families import model_families
 from slim.harness.plugins import load_plugins
 
-HEADER = ("| `model.family` | transformers class | depth | width | experts | ZEDA | what it is |\n"
+HEADER = ("| `model.family` | transformers class | depth | width | experts | softmax router | what it is |\n"
           "|---|---|---|---|---|---|---|")
 
 
@@ -21,9 +21,9 @@ def family_table() -> str:
     for name, family in sorted(model_families.items()):
         model_class = MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[name]].__name__
         width = "yes" if family.hidden_dims is not None else "no (refused in one line)"
-        zeda = "yes" if family.softmax_router else "no (its router is not a plain softmax top-k)"
+        softmax = "yes" if family.softmax_router else "no (zero-expert adaptations refuse it)"
         summary = " ".join(family.doc.strip().split("\n\n")[0].split())  # the docstring's first paragraph
-        rows.append(f"| `{name}` | `{model_class}` | yes | {width} | yes | {zeda} | {summary} |")
+        rows.append(f"| `{name}` | `{model_class}` | yes | {width} | yes | {softmax} | {summary} |")
     return "\n".join([HEADER, *rows])
 
 
