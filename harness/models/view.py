@@ -22,6 +22,12 @@ Routing = Callable[["MoEView", torch.Tensor], tuple[torch.Tensor, torch.Tensor, 
 ExpertFn = Callable[["MoEView", int, torch.Tensor], torch.Tensor]
 
 
+def own_router(moe: "MoEView", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Routing through the block's own router module, for families whose router is not softmax top-k: the
+    statistics then see exactly the choice the model makes."""
+    return moe.router_module(x)
+
+
 @dataclass
 class MoEView:
     """One sparse MoE block: its router module and weight [E, d], packed experts gate_up_proj [E, 2I, d] (gate rows,

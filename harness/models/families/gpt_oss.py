@@ -24,7 +24,7 @@ from slim.harness.models.families import (
     require,
     require_plain_moe,
 )
-from slim.harness.models.view import LayerView, ModelView, MoEView, attention_layer_view, decoder_view
+from slim.harness.models.view import LayerView, ModelView, MoEView, attention_layer_view, decoder_view, own_router
 
 # The backbone's attention and norm dims; the MoE tensors have their own names and layout.
 HIDDEN_DIMS = {
@@ -61,16 +61,12 @@ def expert_forward(moe: MoEView, expert: int, x: torch.Tensor) -> torch.Tensor:
     return experts._apply_gate(gate_up) @ experts.down_proj[expert] + experts.down_proj_bias[expert]
 
 
-def route(moe: MoEView, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return moe.router_module(x)
-
-
 def moe_view(block: nn.Module) -> MoEView:
     router, experts = block.router, block.experts
     return MoEView(module=block, router_module=router, router=router.weight, gate_up_proj=experts.gate_up_proj,
                    down_proj=experts.down_proj, act_fn=torch.sigmoid, top_k=router.top_k, norm_topk_prob=True,
                    router_bias=router.bias, expert_biases=(experts.gate_up_proj_bias, experts.down_proj_bias),
-                   routing=route, expert_fn=expert_forward, returns_weights=True)
+                   routing=own_router, expert_fn=expert_forward, returns_weights=True)
 
 
 def _layer_view(index: int, layer: nn.Module) -> LayerView:

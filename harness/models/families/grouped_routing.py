@@ -19,19 +19,13 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import PretrainedConfig
 
 from slim.harness.config.schema import ModelConfig
 from slim.harness.errors import UserError
 from slim.harness.models.families import ModelFamily, require
-from slim.harness.models.view import LayerView, MoEView, attention_layer_view, decoder_view, moe_view
-
-
-def route(moe: MoEView, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [T, d] -> (router logits [T, E], weights [T, k], ids [T, k]) from the block's own router."""
-    return moe.router_module(x)
+from slim.harness.models.view import LayerView, attention_layer_view, decoder_view, moe_view, own_router
 
 
 def check_groups(config: PretrainedConfig, kept: Sequence[int], top_k: int) -> None:
@@ -87,7 +81,7 @@ def grouped_family(doc: str, hf_config: Callable[[ModelConfig], PretrainedConfig
 
     def layer_view(index: int, layer: nn.Module) -> LayerView:
         mlp = layer.mlp
-        moe = moe_view(mlp, mlp.shared_experts, routing=route) if isinstance(mlp, moe_type) else None
+        moe = moe_view(mlp, mlp.shared_experts, routing=own_router) if isinstance(mlp, moe_type) else None
         return attention_layer_view(index, layer, moe, norm_types)
 
     return ModelFamily(doc, hf_config, functools.partial(decoder_view, layer_view=layer_view), check_config,
