@@ -3,10 +3,11 @@
     python bench/check.py --quick
 
 For every CPU benchmark with a ratio (calibration / forward, grouped_mm / eager MoE block, fused / naive eq-12 head
-step) this reruns the smallest point its committed `bench/results/*.json` holds, with the same method
-(bench/bench_method.py), into a scratch file, and prints per row the committed median with its spread (min-max over
-its rounds), the rerun's median and whether that lies within the committed spread. Exit status 1 when a row does not
-(rerun on an idle machine before reading anything into it: the bench README marks the rows known to be noisy).
+step, tiny distillation step with the fused / full-logits head) this reruns the smallest point its committed
+`bench/results/*.json` holds, with the same method (bench/bench_method.py), into a scratch file, and prints per row
+the committed median with its spread (min-max over its rounds), the rerun's median and whether that lies within the
+committed spread. Exit status 1 when a row does not (rerun on an idle machine before reading anything into it: the
+bench README marks the rows known to be noisy).
 """
 
 from __future__ import annotations
@@ -52,11 +53,17 @@ def kd_step_rows(result: dict) -> Rows:
             for name, values in shape["results"].items() if "time_ratio" in values}
 
 
+def distill_step_rows(result: dict) -> Rows:
+    baseline = result["cases"][0]["kd_kernel"]
+    return {f"{case['kd_kernel']} / {baseline} tokens/s": case["speedup_vs_first"] for case in result["cases"][1:]}
+
+
 CHECKS = (
     Check("calibration.json", "bench/calibration.py", ("--experts", "16", "--threads", "1"), calibration_rows),
     Check("moe_block.json", "bench/moe_block.py", ("--experts", "64", "--device", "cpu"), moe_block_rows),
     Check("kd_loss_step.json", "bench/kd_loss.py", ("--case", "step", "--device", "cpu", "--vocab-sizes", "32000"),
           kd_step_rows),
+    Check("distill_step.json", "bench/distill_step.py", ("--kd-kernels", "reference", "chunked"), distill_step_rows),
 )
 
 

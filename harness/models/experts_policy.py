@@ -5,7 +5,8 @@ transformers' MoE experts modules (qwen3_next, qwen3_moe, olmoe, mixtral) dispat
 experts), "batched_mm" or a CUDA kernel it registers. "auto" resolves to grouped_mm where torch runs the grouped
 GEMM natively on the device for every expert weight dtype (CPU: torch >= 2.9, float32 / bfloat16 / float16; CUDA:
 compute capability >= 8.0, the check transformers makes before calling it), else eager. grouped_mm runs a MoE block's
-forward + backward in 0.28x (CPU) / 0.072x (H200) of eager's time at E = 64 (bench/results/moe_block*.json).
+forward + backward in 0.66x (CPU) / 0.072x (H200) of eager's time at E = 64, 0.17x / 0.046x at E = 128
+(bench/results/moe_block*.json).
 
 The choice is written on the config of every experts module, so a model and its MTP module (whose decoder blocks
 hold a copy of the model's config, slim.harness.models.mtp.block_config) always run the same implementation.
