@@ -90,6 +90,8 @@ def main() -> None:
     cases = [(tree, kernel) for tree in args.trees for kernel in args.kd_kernels]
     if len(cases) < 2:
         raise SystemExit("--trees x --kd-kernels must give at least two cases to compare")
+    if args.rounds < MIN_ROUNDS:
+        raise SystemExit(f"--rounds must be >= {MIN_ROUNDS}, got {args.rounds}")
     runs: dict[tuple[str, str], list[dict]] = {case: [] for case in cases}
     shims = Path(tempfile.mkdtemp(prefix="distill-step-"))
     paths = {tree: python_path(Path(tree), shims / str(index)) for index, tree in enumerate(args.trees)}
