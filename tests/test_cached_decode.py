@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from slim.harness.cli.main import main
 from slim.harness.compression.depth import drop_layers
 from slim.harness.config.schema import ModelConfig
-from slim.harness.evaluation.efficiency import measure_efficiency
+from slim.harness.evaluation.efficiency import time_models
 from slim.harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from slim.harness.models.build import build_model
 from slim.harness.models.families import TRANSFORMERS_CACHE, prepare_decoding
@@ -87,7 +87,8 @@ def test_drafting_and_timing_run_on_linear_only_student() -> None:
     model = tiny_model(3)
     prompt = prompts(6)
     assert len(acceptance_rates(model, mtp_drafter(model, build_mtp(model).eval(), 2), prompt, 6, 2)) == 2
-    assert measure_efficiency(model, prompt, new_tokens=3, repeats=1, warmup=0).decode_tokens_per_s > 0
+    timings = time_models({"model": model}, prompt, new_tokens=3, repeats=1, warmup=0)["model"]
+    assert timings.efficiency(prompt, new_tokens=3).decode_tokens_per_s > 0
 
 
 @pytest.fixture(scope="module")

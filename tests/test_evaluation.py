@@ -16,7 +16,7 @@ from slim.harness.compression.scratch import reinitialize_
 from slim.harness.config.schema import DataConfig, ModelConfig
 from slim.harness.data.corpus import read_chapters, split_corpus
 from slim.harness.errors import UserError
-from slim.harness.evaluation.efficiency import CPU_MEMORY, measure_efficiency
+from slim.harness.evaluation.efficiency import CPU_MEMORY, Timings, efficiency_ratios, time_models
 from slim.harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from slim.harness.evaluation.local_tasks import BUILDERS, TASKS_DIR, write_local_tasks
 from slim.harness.evaluation.mtp_acceptance import Drafter, acceptance_rates, greedy_continuation, mtp_drafter
@@ -164,10 +164,53 @@ def test_drafter_copying_the_main_head_is_always_accepted() -> None:
 def test_efficiency_counts_weights_on_cpu() -> None:
     """Throughputs are positive and CPU peak memory includes at least the weights."""
     model = tiny_model(0)
-    result = measure_efficiency(model, torch.zeros(1, 8, dtype=torch.long), new_tokens=4, repeats=1, warmup=0)
+    prompts = torch.zeros(1, 8, dtype=torch.long)
+    result = time_models({"model": model}, prompts, new_tokens=4, repeats=1, warmup=0)["model"].efficiency(prompts, 4)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert result.prefill_tokens_per_s > 0 and result.decode_tokens_per_s > 0
     assert result.peak_memory_bytes >= weights and result.memory_method == CPU_MEMORY
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in model that logs its prefills and generates."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+        self.weight = torch.nn.Parameter(torch.zeros(4))
+
+    def forward(self, input_ids: torch.Tensor) -> None:
+        self.log.append((self.name, "prefill"))
+
+    def generate(self, prompts: torch.Tensor, **kwargs: object) -> None:
+        self.log.append((self.name, "generate"))
+
+
+def test_student_and_teacher_are_timed_round_by_round() -> None:
+    """Each model's untimed runs (memory) first, alone; then every round times both prefills, then both
+    generates, so load from other processes hits the two alike; training mode is restored."""
+    log: list[tuple[str, str]] = []
+    models = {"model": Recorder("model", log), "teacher": Recorder("teacher", log).eval()}
+    timings = time_models(models, torch.zeros(1, 4, dtype=torch.long), new_tokens=3, repeats=2, warmup=1)
+    one_round = [("model", "prefill"), ("teacher", "prefill"), ("model", "generate"), ("teacher", "generate")]
+    assert log == [("model", "prefill"), ("model", "generate"), ("teacher", "prefill"), ("teacher", "generate"),
+                   *one_round, *one_round]
+    assert all(len(timing.prefill_s) == len(timing.generate_s) == 2 for timing in timings.values())
+    assert models["model"].training and not models["teacher"].training
+
+
+def test_speedups_are_paired_per_round_and_memory_is_a_plain_ratio() -> None:
+    """Hand-computed: per round, teacher time over student time (decode = generate - prefill); the median is the
+    reported speedup, min-max its spread; throughputs are means over rounds."""
+    student = Timings(100, prefill_s=(1.0, 2.0, 1.0), generate_s=(3.0, 4.0, 2.0))  # decode 2, 2, 1
+    teacher = Timings(400, prefill_s=(2.0, 2.0, 3.0), generate_s=(6.0, 5.0, 7.0))  # decode 4, 3, 4
+    ratios, spread = efficiency_ratios(student, teacher)
+    assert ratios == {"prefill_speedup": 2.0, "decode_speedup": 2.0, "memory_ratio": 0.25}
+    assert spread == {"prefill_speedup": {"median": 2.0, "min": 1.0, "max": 3.0, "rounds": 3},
+                      "decode_speedup": {"median": 2.0, "min": 1.5, "max": 4.0, "rounds": 3}}
+    efficiency = student.efficiency(torch.zeros(2, 5, dtype=torch.long), new_tokens=3)
+    assert efficiency.prefill_tokens_per_s == pytest.approx(10 / (4 / 3))
+    assert efficiency.decode_tokens_per_s == pytest.approx(2 * 2 / (3 - 4 / 3))
 
 
 def test_slim_eval_writes_summary(tmp_path: Path) -> None:
@@ -185,6 +228,9 @@ def test_slim_eval_writes_summary(tmp_path: Path) -> None:
     assert len(summary["expert_flops_saved"]["per_layer"]) == 8  # the tiny teacher's 8 MoE layers
     assert summary["mtp_acceptance"]["acc"] is None and "no MTP weights" in summary["mtp_acceptance"]["note"]
     assert set(summary["efficiency"]["student_vs_teacher"]) == {"prefill_speedup", "decode_speedup", "memory_ratio"}
+    spread = summary["efficiency"]["student_vs_teacher_spread"]
+    assert set(spread) == {"prefill_speedup", "decode_speedup"} and all(s["rounds"] == 1 for s in spread.values())
+    assert spread["decode_speedup"]["median"] == summary["efficiency"]["student_vs_teacher"]["decode_speedup"]
     assert summary["decode_cache"] == summary["efficiency"]["teacher_decode_cache"] == "transformers"
 
 

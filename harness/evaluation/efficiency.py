@@ -1,17 +1,23 @@
-"""Prefill / decode throughput and peak memory of a causal LM (SlimQwen Table 11 analog).
+"""Prefill / decode throughput and peak memory of causal LMs (SlimQwen Table 11 analog).
 
 Prefill: one forward over a [B, P] prompt batch that fills the cache (attention keys and values, Gated
 DeltaNet conv and recurrent states; slim.harness.models.families.prepare_decoding gives every model one). Decode:
 `generate` of G tokens (greedy, exactly G); its first token comes from the prefill, so decode throughput is
 B·(G-1) tokens over (generate time - prefill time). Each is the mean of `repeats` timed runs after `warmup`
-untimed ones. Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed runs (weights
-included); on CPU the model's parameter and buffer bytes plus the peak rise of the process RSS above its
-level before the runs, sampled every millisecond by a thread (torch's CPU allocator is invisible to
-tracemalloc, so RSS is the measure).
+untimed ones. Several models (a student and its teacher) are timed round by round, each round running every model's
+prefill, then every model's generate, so load from other processes hits them alike; their speed ratios are taken
+per round and reported as the median with the min-max spread (bench/bench_method.py's rule).
+
+Peak memory is each model's own, measured over its untimed runs (at least one) while the others sit idle: the
+model's parameter and buffer bytes plus the peak rise above the level before those runs, of
+`torch.cuda.max_memory_allocated` on CUDA and of the process RSS on CPU, sampled every millisecond by a thread
+(torch's CPU allocator is invisible to tracemalloc, so RSS is the measure). Counting the rise, not the total, keeps
+the other resident models' weights out of a model's peak.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +30,7 @@ from transformers import PreTrainedModel
 
 from slim.harness.evaluation.mtp_acceptance import greedy_continuation
 
-CUDA_MEMORY = "cuda_max_memory_allocated"
+CUDA_MEMORY = "cuda_weights_plus_peak_allocated_rise"
 CPU_MEMORY = "cpu_weights_plus_peak_rss_rise"
 
 
@@ -64,60 +70,100 @@ class _PeakRSS:
 
 @contextmanager
 def _peak_memory(model: PreTrainedModel, device: torch.device) -> Iterator[list[int]]:
-    """Yields a one-element list that holds the peak memory in bytes once the block exits."""
+    """Yields a one-element list that holds the model's peak memory in bytes once the block exits: its weights plus
+    the peak rise of allocated (CUDA) or resident (CPU) memory during the block."""
     result = [0]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        yield result
-        result[0] = torch.cuda.max_memory_allocated(device)
-        return
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result[0] = weights + torch.cuda.max_memory_allocated(device) - before
+        return
     with _PeakRSS() as rss:
         before = rss.peak
         yield result
     result[0] = weights + rss.peak - before
 
 
+def timed_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """One run's wall time, the device synchronized before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - begin
+
+
 def mean_seconds(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        begin = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - begin)
-    return sum(times) / len(times)
+    return statistics.fmean(timed_seconds(run, device) for _ in range(repeats))
+
+
+@dataclass(frozen=True)
+class Timings:
+    """One model's peak memory and its seconds per timed round."""
+
+    peak_memory_bytes: int
+    prefill_s: tuple[float, ...]
+    generate_s: tuple[float, ...]
+
+    def efficiency(self, prompts: torch.Tensor, new_tokens: int) -> Efficiency:
+        batch, prompt_len = prompts.shape
+        prefill_s, generate_s = statistics.fmean(self.prefill_s), statistics.fmean(self.generate_s)
+        return Efficiency(
+            prefill_tokens_per_s=batch * prompt_len / prefill_s,
+            decode_tokens_per_s=batch * (new_tokens - 1) / max(generate_s - prefill_s, 1e-9),
+            peak_memory_bytes=self.peak_memory_bytes,
+            memory_method=CUDA_MEMORY if prompts.device.type == "cuda" else CPU_MEMORY,
+        )
 
 
 @torch.no_grad()
-def measure_efficiency(model: PreTrainedModel, prompts: torch.Tensor, new_tokens: int, repeats: int,
-                       warmup: int) -> Efficiency:
-    """Prefill and decode throughput and peak memory of `model` on `prompts` [B, P] (on the model's device)."""
-    was_training = model.training
-    model.eval()
+def time_models(models: dict[str, PreTrainedModel], prompts: torch.Tensor, new_tokens: int, repeats: int,
+                warmup: int) -> dict[str, Timings]:
+    """Each model's peak memory over its untimed runs, then `repeats` rounds that time every model's prefill and
+    then every model's generate on `prompts` [B, P] (on the models' device)."""
+    was_training = {name: model.training for name, model in models.items()}
+    for model in models.values():
+        model.eval()
     device = prompts.device
-    batch, prompt_len = prompts.shape
-    with _peak_memory(model, device) as peak:
-        prefill_s = mean_seconds(lambda: model(input_ids=prompts), device, repeats, warmup)
-        generate_s = mean_seconds(lambda: greedy_continuation(model, prompts, new_tokens), device, repeats, warmup)
-    model.train(was_training)
-    decode_s = max(generate_s - prefill_s, 1e-9)
-    return Efficiency(
-        prefill_tokens_per_s=batch * prompt_len / prefill_s,
-        decode_tokens_per_s=batch * (new_tokens - 1) / decode_s,
-        peak_memory_bytes=peak[0],
-        memory_method=CUDA_MEMORY if device.type == "cuda" else CPU_MEMORY,
-    )
+    prefill = {name: (lambda model=model: model(input_ids=prompts)) for name, model in models.items()}
+    generate = {name: (lambda model=model: greedy_continuation(model, prompts, new_tokens))
+                for name, model in models.items()}
+    peaks = {}
+    for name, model in models.items():
+        with _peak_memory(model, device) as peak:
+            for _ in range(max(warmup, 1)):
+                prefill[name]()
+                generate[name]()
+        peaks[name] = peak[0]
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for kind, runs in (("prefill", prefill), ("generate", generate)):
+            for name, run in runs.items():
+                seconds.setdefault((name, kind), []).append(timed_seconds(run, device))
+    for name, model in models.items():
+        model.train(was_training[name])
+    return {name: Timings(peaks[name], tuple(seconds[name, "prefill"]), tuple(seconds[name, "generate"]))
+            for name in models}
 
 
-def efficiency_ratios(student: Efficiency, teacher: Efficiency) -> dict[str, float]:
-    """Student over teacher: speedups (> 1 is faster) and memory ratio (< 1 is smaller), Table 11 style."""
-    return {
-        "prefill_speedup": student.prefill_tokens_per_s / teacher.prefill_tokens_per_s,
-        "decode_speedup": student.decode_tokens_per_s / teacher.decode_tokens_per_s,
-        "memory_ratio": student.peak_memory_bytes / teacher.peak_memory_bytes,
-    }
+def efficiency_ratios(student: Timings, teacher: Timings) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Student over teacher, Table 11 style: speedups (> 1 is faster) paired per round, and the memory ratio (< 1 is
+    smaller). (ratios, with the speedups' median; the speedups' median and min-max over the rounds)."""
+    def decode_s(timings: Timings) -> list[float]:
+        return [max(generate - prefill, 1e-9) for prefill, generate in zip(timings.prefill_s, timings.generate_s,
+                                                                            strict=True)]
+
+    rounds = {"prefill_speedup": [t / s for s, t in zip(student.prefill_s, teacher.prefill_s, strict=True)],
+              "decode_speedup": [t / s for s, t in zip(decode_s(student), decode_s(teacher), strict=True)]}
+    spread = {name: {"median": statistics.median(values), "min": min(values), "max": max(values),
+                     "rounds": len(values)} for name, values in rounds.items()}
+    ratios = {name: summary["median"] for name, summary in spread.items()}
+    return {**ratios, "memory_ratio": student.peak_memory_bytes / teacher.peak_memory_bytes}, spread

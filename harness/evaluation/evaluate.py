@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from slim.harness.data.packing import WindowDataset, validation_windows
 from slim.harness.distributed import init_distributed, local_rank, on_rank_zero
 from slim.harness.errors import UserError
 from slim.harness.evaluation.backends import backend_summaries, inference_backends
-from slim.harness.evaluation.efficiency import efficiency_ratios, measure_efficiency
+from slim.harness.evaluation.efficiency import efficiency_ratios, time_models
 from slim.harness.evaluation.lm_eval_runner import check_tasks, go_offline, run_lm_eval, task_manager
 from slim.harness.evaluation.mtp_acceptance import acceptance_rates, mtp_drafter
 from slim.harness.evaluation.perplexity import model_perplexity
@@ -118,20 +117,21 @@ def _mtp_summary(cfg: SlimConfig, model: PreTrainedModel, tokenizer: PreTrainedT
 
 
 def _efficiency_summary(cfg: SlimConfig, model: PreTrainedModel, prompts: torch.Tensor) -> dict:
-    """The model's speed and memory, and with eval.teacher the teacher's on the same prompts and their ratios."""
+    """The model's speed and memory, and with eval.teacher the teacher's on the same prompts, timed round by round
+    with the model's, and their ratios with the speedups' spread over the rounds."""
     settings = cfg.eval.efficiency
-    measure = partial(measure_efficiency, prompts=prompts, new_tokens=settings.new_tokens, repeats=settings.repeats,
-                      warmup=settings.warmup)
-    measured = {"model": measure(model)}
+    models = {"model": model}
     summary: dict = {"device": str(prompts.device)}
     if cfg.eval.teacher:
         teacher = load_pretrained(cfg.eval.teacher, device=str(prompts.device))[0]
         apply_experts_policy(cfg.model_runtime.experts_implementation, teacher)
         summary["teacher_decode_cache"] = prepare_decoding(teacher)
-        measured["teacher"] = measure(teacher)
-    summary.update((name, asdict(value)) for name, value in measured.items())
-    if "teacher" in measured:
-        summary["student_vs_teacher"] = efficiency_ratios(measured["model"], measured["teacher"])
+        models["teacher"] = teacher
+    timings = time_models(models, prompts, settings.new_tokens, settings.repeats, settings.warmup)
+    summary.update((name, asdict(timing.efficiency(prompts, settings.new_tokens))) for name, timing in timings.items())
+    if "teacher" in timings:
+        summary["student_vs_teacher"], summary["student_vs_teacher_spread"] = efficiency_ratios(timings["model"],
+                                                                                                timings["teacher"])
     if settings.backends:
         summary["backends"] = backend_summaries(settings.backends, cfg.eval.model, cfg.eval.teacher, prompts.tolist(),
                                                 settings)
