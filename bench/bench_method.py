@@ -10,35 +10,14 @@ machine was too noisy for the number to mean anything, so rerun it on a quieter 
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from slim.harness.spread import Spread
+
+__all__ = ["MIN_ROUNDS", "Spread", "environment", "interleaved", "load_average", "paired_ratio", "refuse_noisy"]
 
 MIN_ROUNDS = 5
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Median and min-max of repeated measurements (seconds, or a ratio)."""
-
-    values: tuple[float, ...]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def relative_spread(self) -> float:
-        """(max - min) / median: 0.1 means the rounds lie within 10% of the median's size."""
-        return (max(self.values) - min(self.values)) / self.median
-
-    def summary(self, digits: int = 4) -> dict[str, float | int]:
-        return {"median": round(self.median, digits), "min": round(min(self.values), digits),
-                "max": round(max(self.values), digits), "rounds": len(self.values)}
-
-    def contains(self, value: float) -> bool:
-        return min(self.values) <= value <= max(self.values)
 
 
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int = MIN_ROUNDS, warmup: int = 1,

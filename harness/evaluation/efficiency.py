@@ -6,7 +6,7 @@ DeltaNet conv and recurrent states; slim.harness.models.families.prepare_decodin
 B·(G-1) tokens over (generate time - prefill time). Each is the mean of `repeats` timed runs after `warmup`
 untimed ones. Several models (a student and its teacher) are timed round by round, each round running every model's
 prefill, then every model's generate, so load from other processes hits them alike; their speed ratios are taken
-per round and reported as the median with the min-max spread (bench/bench_method.py's rule).
+per round and reported as the median with the min-max spread (slim.harness.spread, as the benchmarks report theirs).
 
 Peak memory is each model's own, measured over its untimed runs (at least one) while the others sit idle: the
 model's parameter and buffer bytes plus the peak rise above the level before those runs, of
@@ -29,6 +29,7 @@ import torch
 from transformers import PreTrainedModel
 
 from slim.harness.evaluation.mtp_acceptance import greedy_continuation
+from slim.harness.spread import Spread
 
 CUDA_MEMORY = "cuda_weights_plus_peak_allocated_rise"
 CPU_MEMORY = "cpu_weights_plus_peak_rss_rise"
@@ -156,14 +157,16 @@ def time_models(models: dict[str, PreTrainedModel], prompts: torch.Tensor, new_t
 
 def efficiency_ratios(student: Timings, teacher: Timings) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Student over teacher, Table 11 style: speedups (> 1 is faster) paired per round, and the memory ratio (< 1 is
-    smaller). (ratios, with the speedups' median; the speedups' median and min-max over the rounds)."""
+    smaller). (ratios, with the speedups' median; the speedups' median and min-max over the rounds, 4 decimals as
+    slim.harness.spread rounds them)."""
     def decode_s(timings: Timings) -> list[float]:
         return [max(generate - prefill, 1e-9) for prefill, generate in zip(timings.prefill_s, timings.generate_s,
                                                                             strict=True)]
 
-    rounds = {"prefill_speedup": [t / s for s, t in zip(student.prefill_s, teacher.prefill_s, strict=True)],
-              "decode_speedup": [t / s for s, t in zip(decode_s(student), decode_s(teacher), strict=True)]}
-    spread = {name: {"median": statistics.median(values), "min": min(values), "max": max(values),
-                     "rounds": len(values)} for name, values in rounds.items()}
+    rounds = {"prefill_speedup": Spread(tuple(t / s for s, t in zip(student.prefill_s, teacher.prefill_s,
+                                                                    strict=True))),
+              "decode_speedup": Spread(tuple(t / s for s, t in zip(decode_s(student), decode_s(teacher),
+                                                                   strict=True)))}
+    spread = {name: ratio.summary() for name, ratio in rounds.items()}
     ratios = {name: summary["median"] for name, summary in spread.items()}
     return {**ratios, "memory_ratio": student.peak_memory_bytes / teacher.peak_memory_bytes}, spread
